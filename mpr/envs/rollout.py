@@ -1,0 +1,187 @@
+"""The episode driver: plays a list of (game, seed) jobs on an EnvPool with a batched policy.
+
+Why this shape: a model policy is fastest on a batch, envs are fastest in parallel, and the two
+should overlap. So up to `pool.num_slots` episodes are in flight; each turn the driver collects
+whatever env results are ready, asks the policy for one action per waiting episode in a single
+call, and submits them, while the other slots keep stepping in the workers.
+
+Results are deterministic: an episode depends only on its game and the policy's answers to its
+own views, never on which slot or worker played it or on timing, provided the policy itself
+depends only on each view. A worker crash or hang fails only the episodes it was hosting (with the
+pool's reason); the run goes on.
+
+  episodes = rollout(pool, [(game, 0) for game in games], expert_policy, progress="expert")
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import heapq
+from typing import Any, Callable, Optional, Sequence, Union
+
+from tqdm import tqdm
+
+from mpr.envs.alfworld import StepResult
+from mpr.envs.games import GameSpec
+from mpr.envs.pool import EnvPool, Outcome, Reset, WorkerFailure
+from mpr.records import Episode, Step
+
+# Decision.info keys that are Step fields; every other key lands in Step.extra.
+_STEP_FIELDS = frozenset({"precision", "p_high", "tokens_prefilled", "tokens_decoded", "model_seconds"})
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeView:
+  """What a policy sees of one episode that is waiting for its next action."""
+  index: int                      # position in `jobs`
+  game: GameSpec
+  seed: int
+  goal: str
+  t: int                          # steps taken so far
+  observation: str
+  admissible: tuple[str, ...]
+  expert_action: Optional[str]    # None unless the pool runs an expert
+  steps: tuple[Step, ...]         # completed steps, oldest first
+  slot: int                       # pool slot playing it: diagnostics only, a policy must ignore it
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+  action: str
+  info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+Policy = Callable[[list[EpisodeView]], Sequence[Decision]]
+
+
+def expert_policy(views: list[EpisodeView]) -> list[Decision]:
+  """Plays the expert's action: for evaluating experts on a pool built with `expert=`."""
+  for v in views:
+    if v.expert_action is None:
+      raise ValueError(f"no expert action for {v.game.game_id} at t={v.t}: build the EnvPool with expert=...")
+  return [Decision(v.expert_action) for v in views]
+
+
+@dataclasses.dataclass
+class _Run:
+  """One episode in flight on one slot."""
+  index: int
+  game: GameSpec
+  seed: int
+  slot: int
+  goal: str = ""
+  last: Optional[StepResult] = None       # latest env result; None until the reset is back
+  decision: Optional[Decision] = None     # the action in flight, if any
+  steps: list[Step] = dataclasses.field(default_factory=list)
+  reset_seconds: float = 0.0
+
+  def view(self) -> EpisodeView:
+    return EpisodeView(index=self.index, game=self.game, seed=self.seed, goal=self.goal,
+                       t=len(self.steps), observation=self.last.observation,
+                       admissible=self.last.admissible, expert_action=self.last.expert_action,
+                       steps=tuple(self.steps), slot=self.slot)
+
+  def record(self, env_seconds: float) -> None:
+    """Turns the in-flight decision into a Step (observation and commands from before acting)."""
+    d = self.decision
+    fields = {k: v for k, v in d.info.items() if k in _STEP_FIELDS}
+    extra = {k: v for k, v in d.info.items() if k not in _STEP_FIELDS}
+    self.steps.append(Step(t=len(self.steps), observation=self.last.observation,
+                           admissible=list(self.last.admissible), action=d.action,
+                           env_seconds=env_seconds, extra=extra, **fields))
+    self.decision = None
+
+  def episode(self, failure: Optional[str]) -> Episode:
+    won = failure is None and self.last is not None and self.last.won
+    return Episode(game=self.game.game_id, task_type=self.game.task_type, seed=self.seed,
+                   goal=self.goal, steps=self.steps, won=won, failure=failure,
+                   extra={"reset_seconds": self.reset_seconds})
+
+
+def _advance(run: _Run, outcome: Outcome) -> Optional[Episode]:
+  """Applies one pool outcome; returns the finished Episode, or None when it wants an action."""
+  if isinstance(outcome, WorkerFailure):
+    # The action was chosen (and paid for) even though its result never came back.
+    if run.decision is not None:
+      run.record(outcome.env_seconds)
+    return run.episode(outcome.reason)
+  if isinstance(outcome, Reset):
+    run.goal, run.reset_seconds = outcome.goal, outcome.env_seconds
+  else:
+    run.record(outcome.env_seconds)
+  run.last = outcome.result
+  if not run.last.done:
+    return None
+  return run.episode(None if run.last.won else "step_cap")
+
+
+def _act(pool: EnvPool, policy: Policy, runs: list[_Run]) -> None:
+  runs = sorted(runs, key=lambda r: r.index)   # a stable batch order, whatever the arrival order
+  decisions = list(policy([r.view() for r in runs]))
+  if len(decisions) != len(runs):
+    raise ValueError(f"policy returned {len(decisions)} decisions for {len(runs)} views")
+  for run, d in zip(runs, decisions):
+    run.decision = d
+    pool.submit_step(run.slot, d.action)
+
+
+class _Bar:
+  """A tqdm bar with the running success rate, or nothing."""
+
+  def __init__(self, total: int, progress: Union[bool, str]):
+    self._bar = None
+    if progress:
+      desc = progress if isinstance(progress, str) else "episodes"
+      self._bar = tqdm(total=total, desc=desc, unit="ep", dynamic_ncols=True)
+    self._done = self._won = 0
+
+  def update(self, episode: Episode) -> None:
+    self._done += 1
+    self._won += episode.won
+    if self._bar is not None:
+      self._bar.set_postfix_str(f"success={self._won / self._done:.2f}", refresh=False)
+      self._bar.update(1)
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+
+
+def rollout(pool: EnvPool, jobs: Sequence[tuple[GameSpec, int]], policy: Policy, *,
+            on_episode: Optional[Callable[[Episode], None]] = None,
+            progress: Union[bool, str] = False) -> list[Episode]:
+  """Plays every job to the end; returns the Episodes in `jobs` order.
+
+  `on_episode` is called as each episode finishes (in completion order). `progress` shows a tqdm
+  bar when true (a string is its label).
+  """
+  pool.drain()   # outcomes left by an earlier, aborted rollout belong to no one here
+  episodes: list[Optional[Episode]] = [None] * len(jobs)
+  todo = collections.deque(range(len(jobs)))
+  free = list(range(pool.num_slots))          # a heap: low slots first spreads over the workers
+  running: dict[int, _Run] = {}
+  bar = _Bar(len(jobs), progress)
+  try:
+    while todo or running:
+      while todo and free:
+        slot, index = heapq.heappop(free), todo.popleft()
+        running[slot] = _Run(index, jobs[index][0], jobs[index][1], slot)
+        pool.submit_reset(slot, jobs[index][0])
+      waiting = []
+      for slot, outcome in pool.collect():
+        run = running[slot]
+        episode = _advance(run, outcome)
+        if episode is None:
+          waiting.append(run)
+          continue
+        del running[slot]
+        heapq.heappush(free, slot)
+        episodes[run.index] = episode
+        if on_episode is not None:
+          on_episode(episode)
+        bar.update(episode)
+      if waiting:
+        _act(pool, policy, waiting)
+  finally:
+    bar.close()
+  return episodes

@@ -1,0 +1,147 @@
+"""Orbax checkpoints of models: float params, or a frozen low-bit variant, plus what describes them.
+
+  save_model(dir, cfg, params)            → dir/{model.json, params/}
+  cfg, params = load_model(dir)
+  save_variant(dir, variant)              → dir/{model.json, variables/}   (only what serving reads)
+  variant = load_variant(dir)
+
+Every load checks the stored tree against what the config implies before reading a byte of data,
+so a missing, corrupt or mismatched checkpoint fails with one line naming the first bad tensor.
+Saves go to a temporary sibling folder renamed into place, so a kill never leaves half a checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from typing import Any
+
+import jax
+import numpy as np
+
+from mpr import io
+from mpr.errors import UserError
+from mpr.models import params as params_lib
+from mpr.models.config import ModelConfig, RopeScaling
+from mpr.models.quant import Precision, precision
+
+
+def config_to_json(cfg: ModelConfig) -> dict:
+  return dataclasses.asdict(cfg)
+
+
+def config_from_json(d: dict) -> ModelConfig:
+  d = dict(d)
+  if d.get("rope_scaling"):
+    d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
+  try:
+    return ModelConfig(**d)
+  except TypeError as e:
+    raise UserError(f"model.json does not describe a ModelConfig ({e})") from None
+
+
+def _checkpointer():
+  import orbax.checkpoint as ocp
+  return ocp.StandardCheckpointer()
+
+
+def _save(path: str, meta: dict, name: str, tree: Any) -> None:
+  path = os.path.abspath(path)
+  tmp = path + ".tmp"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  ckptr = _checkpointer()
+  ckptr.save(os.path.join(tmp, name), _flat(tree))
+  ckptr.wait_until_finished()
+  io.atomic_write_json(os.path.join(tmp, "model.json"), meta)
+  if os.path.exists(path):
+    shutil.rmtree(path)
+  os.replace(tmp, path)
+
+
+def _key(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+  """{"a/b/c": leaf}: frozen AQT trees hold QTensor dataclasses, which orbax cannot name; a flat
+  dict of plain arrays stores any pytree, and the expected tree's structure rebuilds it."""
+  return {_key(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _flat_meta(flat: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
+  return {k: (tuple(v.shape), str(np.dtype(v.dtype))) for k, v in flat.items()}
+
+
+def _restore(path: str, name: str, expected: Any) -> Any:
+  """Restores `name` under path, checking tensor names, shapes and dtypes against `expected`."""
+  where = os.path.join(os.path.abspath(path), name)
+  if not os.path.isdir(where):
+    raise UserError(f"{path}: not a checkpoint (no {name}/ folder)")
+  ckptr = _checkpointer()
+  try:
+    stored = _flat_meta(ckptr.metadata(where).item_metadata.tree)
+  except Exception as e:  # orbax raises many types for unreadable metadata
+    raise UserError(f"{path}: corrupt checkpoint, unreadable metadata ({type(e).__name__})") from None
+  want = _flat_meta(_flat(expected))
+  for key, (shape, dtype) in want.items():
+    if key not in stored:
+      raise UserError(f"{path}: checkpoint lacks tensor {key}")
+    if stored[key] != (shape, dtype):
+      raise UserError(f"{path}: tensor {key} is {stored[key][1]}{list(stored[key][0])}, "
+                      f"expected {dtype}{list(shape)}")
+  extra = sorted(set(stored) - set(want))
+  if extra:
+    raise UserError(f"{path}: checkpoint has unexpected tensor {extra[0]} (a different model?)")
+  try:
+    flat = ckptr.restore(where, _flat(expected))
+    leaves = [flat[k] for k in _flat(expected)]
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(expected), leaves)
+  except Exception as e:
+    raise UserError(f"{path}: corrupt checkpoint data ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+
+
+def _read_meta(path: str) -> dict:
+  meta_file = os.path.join(path, "model.json")
+  if not os.path.isfile(meta_file):
+    raise UserError(f"{path}: not an mpr model checkpoint (no model.json)")
+  try:
+    return io.read_json(meta_file)
+  except json.JSONDecodeError:
+    raise UserError(f"{meta_file}: corrupt JSON") from None
+
+
+def save_model(path: str, cfg: ModelConfig, params: dict, extra: dict | None = None) -> None:
+  _save(path, {"kind": "float", "config": config_to_json(cfg), **(extra or {})}, "params", params)
+
+
+def load_model(path: str) -> tuple[ModelConfig, dict]:
+  meta = _read_meta(path)
+  if meta.get("kind") != "float":
+    raise UserError(f"{path}: holds a {meta.get('kind')!r} checkpoint, expected float params")
+  cfg = config_from_json(meta["config"])
+  expected = params_lib.unflatten({p: jax.ShapeDtypeStruct(s, np.float32)
+                                   for p, s in params_lib.expected_shapes(cfg).items()})
+  return cfg, _restore(path, "params", expected)
+
+
+def save_variant(path: str, variant) -> None:
+  meta = {"kind": "variant", "config": config_to_json(variant.cfg),
+          "precision": dataclasses.asdict(variant.prec), "quant_head": variant.model.quant_head}
+  _save(path, meta, "variables", variant.variables)
+
+
+def load_variant(path: str):
+  from mpr.models.variants import Variant, make_variant
+  meta = _read_meta(path)
+  if meta.get("kind") != "variant":
+    raise UserError(f"{path}: holds a {meta.get('kind')!r} checkpoint, expected a frozen variant")
+  cfg = config_from_json(meta["config"])
+  prec = Precision(**meta["precision"])
+  precision(prec.name)  # validates the name
+  # The expected tree: what make_variant would build, as shapes only (no float weights needed).
+  shapes = params_lib.unflatten({p: jax.ShapeDtypeStruct(s, np.float32)
+                                 for p, s in params_lib.expected_shapes(cfg).items()})
+  abstract = jax.eval_shape(lambda p: make_variant(cfg, p, prec, meta["quant_head"]).variables, shapes)
+  return Variant.serve(cfg, prec, _restore(path, "variables", abstract), meta["quant_head"])

@@ -1,0 +1,67 @@
+"""The decoder: token embeddings, `num_layers` pre-norm blocks, final norm, LM head.
+
+One module for Qwen3 and Llama (the differences are in ModelConfig). Every call appends a chunk of
+tokens to a KV cache, so a full forward, a prefill and a one-token decode step are the same code:
+
+  cache = init_cache(cfg, batch=B, length=S)
+  hidden, cache = model.apply(variables, tokens[B, T], chunk_lens[B], cache)
+  logits = model.apply(variables, hidden, method=Decoder.logits)
+
+`chunk_lens[b]` real tokens of row b are appended after its `cache["lengths"][b]` cached ones; the
+rest of the row is right padding. Each row keeps its own length, so episodes of different history
+lengths share a batch without left padding or recompute.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mpr.models.config import ModelConfig
+from mpr.models.layers import Block, Linear, RMSNorm, rope_inv_freq
+
+Cache = dict[str, Any]   # {"k": [L] of [B,S,K,D], "v": same, "lengths": [B] int32}
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=jnp.bfloat16) -> Cache:
+  shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
+  return {"k": [jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)],
+          "v": [jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)],
+          "lengths": jnp.zeros((batch,), jnp.int32)}
+
+
+class Decoder(nn.Module):
+  cfg: ModelConfig
+  quant: Optional[Any] = None       # an mpr.models.quant variant's injector, None for float
+  dtype: Any = jnp.float32          # activation/compute dtype (bf16 for serving)
+  quant_head: bool = False          # quantize the LM head too (it usually stays high precision)
+
+  def setup(self):
+    cfg = self.cfg
+    self.embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=self.dtype, param_dtype=jnp.float32)
+    self.blocks = [Block(cfg, self.quant, self.dtype, name=f"layer_{i}") for i in range(cfg.num_layers)]
+    self.final_norm = RMSNorm(cfg.rms_norm_eps, self.dtype)
+    if not cfg.tie_embeddings:
+      self.lm_head = Linear(cfg.vocab_size, self.quant if self.quant_head else None, self.dtype)
+
+  def __call__(self, tokens: jax.Array, chunk_lens: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
+    """tokens [B, T] → (final-norm hidden states [B, T, H], updated cache)."""
+    offsets = cache["lengths"]
+    positions = offsets[:, None] + jnp.arange(tokens.shape[1])[None, :]
+    inv_freq = jnp.asarray(rope_inv_freq(self.cfg))
+    x = self.embed(tokens)
+    ks, vs = [], []
+    for block, kc, vc in zip(self.blocks, cache["k"], cache["v"]):
+      x, kc, vc = block(x, positions, offsets, kc, vc, inv_freq)
+      ks.append(kc)
+      vs.append(vc)
+    new_cache = {"k": ks, "v": vs, "lengths": offsets + chunk_lens.astype(jnp.int32)}
+    return self.final_norm(x), new_cache
+
+  def logits(self, hidden: jax.Array) -> jax.Array:
+    """[..., H] → f32 logits [..., V]."""
+    if self.cfg.tie_embeddings:
+      return self.embed.attend(hidden).astype(jnp.float32)
+    return self.lm_head(hidden).astype(jnp.float32)

@@ -1,0 +1,185 @@
+"""What the agent asks of a model variant: prefill, generate, score continuations, distributions.
+
+All entry points take host-side token lists, pad them to bucketed shapes (so repeated agent steps
+reuse compiled programs) and run jitted code on the variant. Padding is on the right: each cache
+row has its own length (see decoder.py), so no left padding or recomputation is ever needed.
+
+  cache = variant.init_cache(batch, cache_len)
+  last, cache = prefill(variant, cache, [prompt_ids_0, prompt_ids_1])        # last hidden per row
+  out = generate(variant, cache, last, max_new_tokens=16, eos_ids=tok.eos_ids)
+  lp = score(variant, cache, last, row_of=[0, 0, 1], continuations=[[5, 6], [7], [8, 9, 10]])
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mpr.models.variants import Variant
+
+MIN_BUCKET = 8
+
+
+def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
+  """The padded size for n: the next power of two (at least `minimum`)."""
+  return max(minimum, 1 << max(0, int(n - 1).bit_length()))
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], length: Optional[int] = None, pad: int = 0):
+  """Right-pads token lists → (tokens [B, T] int32, lens [B] int32), T bucketed unless given."""
+  lens = np.array([len(s) for s in seqs], np.int32)
+  t = length or bucket(int(lens.max(initial=1)))
+  out = np.full((len(seqs), t), pad, np.int32)
+  for i, s in enumerate(seqs):
+    out[i, :len(s)] = s
+  return out, lens
+
+
+def _check_room(cache, lens) -> None:
+  room = cache["k"][0].shape[1] - np.asarray(cache["lengths"])
+  if np.any(np.asarray(lens) > room):
+    raise ValueError(f"KV cache overflow: appending {np.asarray(lens).tolist()} tokens with room "
+                     f"{room.tolist()}; use a longer cache (trim the history)")
+
+
+@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(2,))
+def _prefill(variant: Variant, variables, cache, tokens, lens):
+  hidden, cache = variant.model.apply(variant.full_variables(variables), tokens, lens, cache)
+  last = jnp.take_along_axis(hidden, jnp.maximum(lens - 1, 0)[:, None, None], axis=1)[:, 0]
+  return hidden, last, cache
+
+
+def prefill(variant: Variant, cache, seqs: Sequence[Sequence[int]], return_hidden: bool = False):
+  """Appends each row's tokens (at least one) to its cache row.
+
+  Returns (hidden state of each row's last new token [B, H], cache[, all hidden states [B, T, H]]).
+  """
+  tokens, lens = pad_batch(seqs)
+  _check_room(cache, lens)
+  hidden, last, cache = _prefill(variant, variant.variables, cache, tokens, lens)
+  return (last, cache, hidden) if return_hidden else (last, cache)
+
+
+# --- generation ---------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+  tokens: np.ndarray        # [B, max_new] generated ids (valid up to lengths)
+  logprobs: np.ndarray      # [B, max_new] log p of each generated token under the variant
+  lengths: np.ndarray       # [B] tokens generated before eos / the cap (eos included)
+  cache: dict               # holds the context plus all generated tokens but the last
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6), donate_argnums=(2,))
+def _generate(variant: Variant, variables, cache, last_hidden, max_new: int, eos_ids: tuple,
+              temperature: float, rng):
+  variables = variant.full_variables(variables)
+  b = last_hidden.shape[0]
+  eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
+
+  def pick(hidden, key):
+    logits = variant.model.apply(variables, hidden, method="logits")
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    if temperature == 0.0:
+      tok = jnp.argmax(logits, axis=-1)
+    else:
+      tok = jax.random.categorical(key, logits / temperature, axis=-1)
+    return tok.astype(jnp.int32), jnp.take_along_axis(logp, tok[:, None], axis=-1)[:, 0]
+
+  def body(state):
+    i, cache, hidden, toks, lps, done, key = state
+    key, sub = jax.random.split(key)
+    tok, lp = pick(hidden, sub)
+    toks = toks.at[:, i].set(jnp.where(done, 0, tok))
+    lps = lps.at[:, i].set(jnp.where(done, 0.0, lp))
+    now_done = done | jnp.isin(tok, eos) | (i + 1 >= max_new)
+    # Feed the new token only for rows still running: finished rows append nothing.
+    h, cache = variant.model.apply(variables, tok[:, None], (~now_done).astype(jnp.int32), cache)
+    return i + 1, cache, h[:, 0], toks, lps, now_done | done, key
+
+  def cond(state):
+    return (state[0] < max_new) & ~jnp.all(state[5])
+
+  init = (jnp.int32(0), cache, last_hidden, jnp.zeros((b, max_new), jnp.int32),
+          jnp.zeros((b, max_new), jnp.float32), jnp.zeros((b,), bool), rng)
+  i, cache, _, toks, lps, _, _ = jax.lax.while_loop(cond, body, init)
+  return toks, lps, cache
+
+
+def generate(variant: Variant, cache, last_hidden, *, max_new_tokens: int, eos_ids: Sequence[int] = (),
+             temperature: float = 0.0, rng: Optional[jax.Array] = None) -> Generation:
+  """Greedy (temperature 0) or sampled decoding from each row's cached context."""
+  _check_room(cache, np.full(last_hidden.shape[0], max_new_tokens))
+  rng = jax.random.key(0) if rng is None else rng
+  toks, lps, cache = _generate(variant, variant.variables, cache, last_hidden, int(max_new_tokens),
+                               tuple(int(e) for e in eos_ids), float(temperature), rng)
+  toks, lps = np.asarray(toks), np.asarray(lps)
+  lengths = np.full(toks.shape[0], toks.shape[1], np.int32)
+  for row in range(toks.shape[0]):
+    hit = np.flatnonzero(np.isin(toks[row], list(eos_ids))) if eos_ids else []
+    if len(hit):
+      lengths[row] = hit[0] + 1
+  return Generation(toks, lps, lengths, cache)
+
+
+def truncate_cache(cache, lengths) -> dict:
+  """Rolls rows back to `lengths` cached tokens (e.g. after a stop string): later tokens are dead."""
+  return {**cache, "lengths": jnp.asarray(lengths, jnp.int32)}
+
+
+# --- scoring ------------------------------------------------------------------------------------
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _score(variant: Variant, variables, cache, last_hidden, row_of, tokens, lens):
+  variables = variant.full_variables(variables)
+  # Each candidate continues its row's context: gather that row's cache (read-only, not donated).
+  sub = {"k": [k[row_of] for k in cache["k"]], "v": [v[row_of] for v in cache["v"]],
+         "lengths": cache["lengths"][row_of]}
+  hidden, _ = variant.model.apply(variables, tokens, lens, sub)
+  # Position j's logits predict token j+1; the context's last hidden predicts token 0.
+  h = jnp.concatenate([last_hidden[row_of][:, None], hidden[:, :-1]], axis=1)
+  logp = jax.nn.log_softmax(variant.model.apply(variables, h, method="logits"), axis=-1)
+  tok_lp = jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]           # [M, T]
+  valid = jnp.arange(tokens.shape[1])[None, :] < lens[:, None]
+  return jnp.where(valid, tok_lp, 0.0)
+
+
+def score(variant: Variant, cache, last_hidden, row_of: Sequence[int],
+          continuations: Sequence[Sequence[int]]) -> list[np.ndarray]:
+  """Per-token log-probabilities of each continuation given its row's cached context.
+
+  row_of[m] names the cache row continuation m extends. The cache is not modified. Memory:
+  each candidate reads a gathered copy of its row's cache (fine up to a few dozen candidates).
+  """
+  if any(len(c) == 0 for c in continuations):
+    raise ValueError("empty continuation")
+  tokens, lens = pad_batch(continuations)
+  m = bucket(len(continuations), 1)
+  row_pad = np.zeros(m, np.int32)
+  row_pad[:len(row_of)] = row_of
+  tok_pad = np.zeros((m, tokens.shape[1]), np.int32)
+  tok_pad[:len(tokens)] = tokens
+  len_pad = np.zeros(m, np.int32)
+  len_pad[:len(lens)] = lens
+  _check_room({"k": cache["k"], "lengths": np.asarray(cache["lengths"])[row_pad]}, len_pad)
+  out = np.asarray(_score(variant, variant.variables, cache, last_hidden, row_pad, tok_pad, len_pad))
+  return [out[i, :lens[i]] for i in range(len(continuations))]
+
+
+# --- distributions --------------------------------------------------------------------------------
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _log_dists(variant: Variant, variables, hidden, positions):
+  variables = variant.full_variables(variables)
+  h = jnp.take_along_axis(hidden, positions[..., None], axis=1)                    # [B, P, H]
+  return jax.nn.log_softmax(variant.model.apply(variables, h, method="logits"), axis=-1)
+
+
+def next_token_logprobs(variant: Variant, hidden, positions: Sequence[Sequence[int]]) -> jax.Array:
+  """Full next-token log-distributions [B, P, V] at chosen positions of a prefill's hidden states."""
+  pos, _ = pad_batch(positions, length=max(len(p) for p in positions))
+  return _log_dists(variant, variant.variables, hidden, jnp.asarray(pos))

@@ -1,0 +1,147 @@
+"""Decoder building blocks (Flax linen): RMSNorm, RoPE, GQA attention over a KV cache, SwiGLU MLP.
+
+Axis letters used in shapes and einsums:
+  B batch   T new tokens (chunk)   S cache length   H hidden   F MLP hidden
+  N query heads   K kv heads   G = N // K (query heads per kv head)   D head dim
+
+Quantization never appears here as bit widths: every projection is a `Linear` whose dot_general is
+injected (`quant.dot_general_cls()`), the AQT pattern; `quant=None` is plain float.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mpr.models.config import ModelConfig
+
+Dtype = Any
+_NEG = -1e30   # masked attention logit: finite, so fully masked (padding) rows stay NaN-free
+
+
+class RMSNorm(nn.Module):
+  eps: float
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
+    xf = x.astype(jnp.float32)
+    y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+    # As in HF: normalise in f32, cast back, then scale (no 1+w offset).
+    return y.astype(self.dtype) * scale.astype(self.dtype)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
+  """[D/2] RoPE inverse frequencies, with Llama-3 scaling when configured."""
+  d = cfg.head_dim
+  inv = 1.0 / (cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
+  s = cfg.rope_scaling
+  if s is None:
+    return inv.astype(np.float32)
+  wavelen = 2 * np.pi / inv
+  ctx = s.original_max_position_embeddings
+  # Long wavelengths (beyond ctx / low_freq_factor) are slowed by `factor`; short ones (below
+  # ctx / high_freq_factor) are kept; the band between blends the two linearly in ctx / wavelen.
+  blend = np.clip((ctx / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor), 0.0, 1.0)
+  return ((1 - blend) * inv / s.factor + blend * inv).astype(np.float32)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+  """x: [B, T, heads, D], positions: [B, T]. Non-interleaved (rotate-half, NeoX/HF) layout."""
+  angles = positions[..., None].astype(jnp.float32) * inv_freq          # [B, T, D/2]
+  cos = jnp.concatenate([jnp.cos(angles)] * 2, axis=-1)[:, :, None, :]  # [B, T, 1, D]
+  sin = jnp.concatenate([jnp.sin(angles)] * 2, axis=-1)[:, :, None, :]
+  xf = x.astype(jnp.float32)
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
+  return (xf * cos + rotated * sin).astype(x.dtype)
+
+
+class Linear(nn.Module):
+  """A bias-free projection; the only place a quantized dot_general enters the model."""
+  features: int
+  quant: Optional[Any] = None
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dg_cls = self.quant.dot_general_cls() if self.quant is not None else None
+    return nn.Dense(self.features, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+                    dot_general_cls=dg_cls, name="proj")(x)
+
+
+def write_cache(cache: jax.Array, chunk: jax.Array, offsets: jax.Array) -> jax.Array:
+  """Writes chunk [B, T, K, D] into cache [B, S, K, D] at each row's own offset."""
+  def one(c, x, o):
+    return jax.lax.dynamic_update_slice(c, x.astype(c.dtype), (o, 0, 0))
+  return jax.vmap(one)(cache, chunk, offsets)
+
+
+class Attention(nn.Module):
+  cfg: ModelConfig
+  quant: Optional[Any] = None
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, positions, offsets, k_cache, v_cache, inv_freq):
+    """x [B,T,H]; positions [B,T]; offsets [B] = tokens already cached per row.
+
+    Query i of row b sees cache slots j <= offsets[b] + i: its history and the chunk up to itself.
+    Padding tokens at the end of a row's chunk are written too but never seen, because the
+    caller advances that row's length only by its real tokens and overwrites them next time.
+    """
+    cfg = self.cfg
+    b, t, _ = x.shape
+    n, k, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    q = Linear(n * d, self.quant, self.dtype, name="q")(x).reshape(b, t, n, d)
+    kk = Linear(k * d, self.quant, self.dtype, name="k")(x).reshape(b, t, k, d)
+    v = Linear(k * d, self.quant, self.dtype, name="v")(x).reshape(b, t, k, d)
+    if cfg.qk_norm:
+      q = RMSNorm(cfg.rms_norm_eps, self.dtype, name="q_norm")(q)
+      kk = RMSNorm(cfg.rms_norm_eps, self.dtype, name="k_norm")(kk)
+    q = apply_rope(q, positions, inv_freq)
+    kk = apply_rope(kk, positions, inv_freq)
+    k_cache = write_cache(k_cache, kk, offsets)
+    v_cache = write_cache(v_cache, v, offsets)
+
+    s = k_cache.shape[1]
+    q = q.reshape(b, t, k, n // k, d)
+    logits = jnp.einsum("btkgd,bskd->bkgts", q, k_cache.astype(q.dtype),
+                        preferred_element_type=jnp.float32) * (d ** -0.5)
+    visible = jnp.arange(s)[None, None, :] <= (offsets[:, None] + jnp.arange(t)[None, :])[..., None]
+    logits = jnp.where(visible[:, None, None], logits, _NEG)               # [B, K, G, T, S]
+    probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v_cache.astype(self.dtype)).reshape(b, t, n * d)
+    return Linear(cfg.hidden_size, self.quant, self.dtype, name="o")(out), k_cache, v_cache
+
+
+class Mlp(nn.Module):
+  cfg: ModelConfig
+  quant: Optional[Any] = None
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    f = self.cfg.intermediate_size
+    gate = Linear(f, self.quant, self.dtype, name="gate")(x)
+    up = Linear(f, self.quant, self.dtype, name="up")(x)
+    return Linear(self.cfg.hidden_size, self.quant, self.dtype, name="down")(nn.silu(gate) * up)
+
+
+class Block(nn.Module):
+  cfg: ModelConfig
+  quant: Optional[Any] = None
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, positions, offsets, k_cache, v_cache, inv_freq):
+    eps = self.cfg.rms_norm_eps
+    h, k_cache, v_cache = Attention(self.cfg, self.quant, self.dtype, name="attn")(
+        RMSNorm(eps, self.dtype, name="attn_norm")(x), positions, offsets, k_cache, v_cache, inv_freq)
+    x = x + h
+    x = x + Mlp(self.cfg, self.quant, self.dtype, name="mlp")(RMSNorm(eps, self.dtype, name="mlp_norm")(x))
+    return x, k_cache, v_cache

@@ -1,0 +1,91 @@
+"""launch.py end to end: bad input fails in one line with exit 2; a killed run resumes to identical numbers."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CFG = os.path.join(ROOT, "experiments/configs/expert_eval.py")
+
+
+def _launch(args, env=None, **kw):
+  return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *args], cwd=ROOT,
+                        capture_output=True, text=True, env={**os.environ, **(env or {})}, **kw)
+
+
+def _assert_one_line_error(proc, *needles):
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  errors = [l for l in proc.stderr.splitlines() if "error" in l.lower()]
+  assert len(errors) == 1, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  for n in needles:
+    assert n in errors[0], errors[0]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--config.expert.bogus=1"], "bogus"),
+    (["--config.env.max_steps=lots"], "max_steps"),
+    (["--config.env.source=somewhere", "--config.expert.splits=('valid_seen',)"], "env.source"),
+    (["--config.expert.name=oracle"], "oracle"),
+    (["--config.stages=('nope',)"], "nope"),
+])
+def test_bad_config_is_one_line_exit_2(tmp_path, args, needle, alfworld_data):
+  _assert_one_line_error(_launch(["--config", CFG, "--workdir", str(tmp_path), *args]), needle)
+
+
+def test_bad_config_arg_and_missing_file(tmp_path):
+  _assert_one_line_error(_launch(["--config", CFG + ":splitt=x", "--workdir", str(tmp_path)]), "splitt")
+  _assert_one_line_error(_launch(["--config", "nowhere.py", "--workdir", str(tmp_path)]), "nowhere.py")
+
+
+def test_missing_real_data_says_how_to_get_it(tmp_path):
+  p = _launch(["--config", CFG, "--workdir", str(tmp_path), "--config.env.source=real"],
+              env={"ALFWORLD_DATA": str(tmp_path / "empty")})
+  _assert_one_line_error(p, "alfworld-download", "ALFWORLD_DATA")
+
+
+def _episodes(workdir):
+  with open(os.path.join(workdir, "expert_rollouts", "episodes_valid_seen.jsonl")) as f:
+    return [json.loads(l) for l in f]
+
+
+def test_kill_and_resume_gives_identical_numbers(tmp_path, alfworld_data):
+  args = ["--config", CFG + ":num_games=10", "--config.env.source=real", "--config.env.num_slots=2"]
+  ref = tmp_path / "ref"
+  p = _launch([*args, "--workdir", str(ref)])
+  assert p.returncode == 0, p.stderr[-3000:]
+  ref_metrics = json.load(open(ref / "expert_rollouts" / "metrics.json"))
+
+  run = tmp_path / "run"
+  proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), *args, "--workdir", str(run)],
+                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          start_new_session=True)
+  log = run / "expert_rollouts" / "episodes_valid_seen.jsonl"
+  deadline = time.time() + 240
+  while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 3):
+    time.sleep(0.2)
+  os.killpg(proc.pid, signal.SIGKILL)   # the whole group: launcher and its env workers
+  proc.wait()
+  done_before = len(_episodes(run))
+  assert 3 <= done_before < 10
+  assert not (run / "expert_rollouts" / "metrics.json").exists()
+
+  p = _launch([*args, "--workdir", str(run)])
+  assert p.returncode == 0, p.stderr[-3000:]
+  eps = _episodes(run)
+  assert len(eps) == 10 and len({e["game"] for e in eps}) == 10   # nothing replayed twice
+  metrics = json.load(open(run / "expert_rollouts" / "metrics.json"))
+  for m in (metrics, ref_metrics):
+    m.pop("stage_seconds")
+  assert metrics == ref_metrics
+  assert (run / "expert_rollouts" / "summary.md").read_text().startswith("###")
+
+  # A finished stage is reused, not recomputed; a changed config is refused.
+  p = _launch([*args, "--workdir", str(run)])
+  assert p.returncode == 0 and len(_episodes(run)) == 10
+  _assert_one_line_error(_launch([*args, "--workdir", str(run), "--config.env.max_steps=30"]),
+                         "different config")

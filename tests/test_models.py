@@ -1,0 +1,212 @@
+"""Decoder parity with Hugging Face (committed fixtures), KV cache, padding, engine operations."""
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mpr.errors import UserError
+from mpr.models import engine
+from mpr.models.config import from_hf
+from mpr.models.decoder import Decoder, init_cache
+from mpr.models.hf import load_hf
+from mpr.models.layers import rope_inv_freq
+from mpr.models.quant import precision
+from mpr.models.variants import make_variant
+
+FIX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+NAMES = ["qwen3_tied", "qwen3_untied", "llama3_scaled"]
+
+
+def _load(name):
+  cfg, params = load_hf(os.path.join(FIX, name))
+  return cfg, params, dict(np.load(os.path.join(FIX, name, "ref.npz")))
+
+
+def _forward(cfg, params, ids, lens, cache_len=16):
+  m = Decoder(cfg)
+  h, cache = m.apply({"params": params}, jnp.asarray(ids), jnp.asarray(lens), init_cache(cfg, len(ids), cache_len, jnp.float32))
+  return h, m.apply({"params": params}, h, method=Decoder.logits), cache
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_f32_logits_match_hf(name):
+  cfg, params, ref = _load(name)
+  h, logits, _ = _forward(cfg, params, ref["input_ids"], [12, 12])
+  assert np.abs(logits - ref["logits"]).max() < 1e-4
+  assert np.abs(h - ref["hidden_last"]).max() < 1e-4
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_right_padded_batch_matches_hf_and_unbatched(name):
+  cfg, params, ref = _load(name)
+  mask = ref["pad_attention_mask"]
+  _, logits, cache = _forward(cfg, params, ref["pad_input_ids"], mask.sum(1))
+  valid = mask.astype(bool)
+  assert np.abs(logits[valid] - ref["pad_logits"][valid]).max() < 1e-4
+  assert list(np.asarray(cache["lengths"])) == list(mask.sum(1))
+  n1 = int(mask[1].sum())
+  _, alone, _ = _forward(cfg, params, ref["pad_input_ids"][1:, :n1], [n1])
+  assert np.abs(alone[0] - logits[1, :n1]).max() < 1e-5
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cached_decode_equals_full_forward(name):
+  cfg, params, ref = _load(name)
+  ids = ref["input_ids"]
+  m, v = Decoder(cfg), {"params": params}
+  cache = init_cache(cfg, 2, 16, jnp.float32)
+  hs = []
+  # Prefill 5, decode 4 tokens one by one, then append a 3-token chunk (the next observation).
+  for a, b in [(0, 5), (5, 6), (6, 7), (7, 8), (8, 9), (9, 12)]:
+    h, cache = m.apply(v, jnp.asarray(ids[:, a:b]), jnp.full((2,), b - a), cache)
+    hs.append(h)
+  logits = m.apply(v, jnp.concatenate(hs, 1), method=Decoder.logits)
+  assert np.abs(logits - ref["logits"]).max() < 1e-4
+
+
+def test_rows_with_different_history_lengths_share_a_batch():
+  cfg, params, ref = _load("qwen3_tied")
+  ids = ref["input_ids"]
+  v = make_variant(cfg, params, precision("f32"))
+  cache = v.init_cache(2, 32)
+  last, cache, h1 = engine.prefill(v, cache, [ids[0, :7], ids[1, :3]], return_hidden=True)
+  _, cache, h2 = engine.prefill(v, cache, [ids[0, 7:], ids[1, 3:]], return_hidden=True)
+  row0 = v.logits(jnp.concatenate([h1[0, :7], h2[0, :5]]))
+  row1 = v.logits(jnp.concatenate([h1[1, :3], h2[1, :9]]))
+  assert np.abs(row0 - ref["logits"][0]).max() < 1e-4
+  assert np.abs(row1 - ref["logits"][1]).max() < 1e-4
+
+
+def test_llama3_rope_scaling_frequencies():
+  cfg, _, _ = _load("llama3_scaled")
+  # Reference values computed by transformers (tests/fixtures/README.md).
+  want = [1.0, 0.07940301, 0.00470075, 9.1158e-4, 1.7678e-4, 3.4281e-5, 6.6479e-6, 1.2892e-6]
+  np.testing.assert_allclose(rope_inv_freq(cfg), want, rtol=2e-4)
+
+
+@pytest.mark.parametrize("name", ["qwen3_tied", "llama3_scaled"])
+def test_greedy_generation_matches_hf(name):
+  cfg, params, ref = _load(name)
+  v = make_variant(cfg, params, precision("f32"))
+  last, cache = engine.prefill(v, v.init_cache(1, 32), [ref["input_ids"][0]])
+  out = engine.generate(v, cache, last, max_new_tokens=8)
+  assert list(out.tokens[0]) == list(ref["greedy_ids"][0])
+  assert int(out.cache["lengths"][0]) == 12 + 7   # the last generated token is not fed back
+
+
+def test_generation_stops_at_eos_per_row():
+  cfg, params, ref = _load("qwen3_tied")
+  v = make_variant(cfg, params, precision("f32"))
+  last, cache = engine.prefill(v, v.init_cache(2, 32), [ref["input_ids"][0], ref["input_ids"][0]])
+  eos = int(ref["greedy_ids"][0][3])   # the 4th greedy token acts as eos
+  out = engine.generate(v, cache, last, max_new_tokens=8, eos_ids=[eos])
+  assert list(out.lengths) == [4, 4]
+  assert list(out.tokens[0, :4]) == list(ref["greedy_ids"][0][:4])
+  assert (out.tokens[:, 4:] == 0).all()
+
+
+def test_sampled_generation_is_seeded():
+  cfg, params, ref = _load("qwen3_tied")
+  v = make_variant(cfg, params, precision("f32"))
+  outs = []
+  for seed in (0, 0, 1):
+    last, cache = engine.prefill(v, v.init_cache(1, 32), [ref["input_ids"][0]])
+    outs.append(engine.generate(v, cache, last, max_new_tokens=8, temperature=1.0, rng=jax.random.key(seed)).tokens)
+  assert (outs[0] == outs[1]).all() and not (outs[0] == outs[2]).all()
+
+
+def test_score_equals_full_forward_logprobs():
+  cfg, params, ref = _load("llama3_scaled")
+  ids = ref["input_ids"]
+  v = make_variant(cfg, params, precision("f32"))
+  last, cache = engine.prefill(v, v.init_cache(2, 32), [ids[0, :3], ids[1, :7]])
+  lp = engine.score(v, cache, last, [1, 0, 1], [ids[1, 7:12], ids[0, 3:5], ids[1, 7:8]])
+  full = jax.nn.log_softmax(ref["logits"], -1)
+  want1 = [full[1, 6 + j, ids[1, 7 + j]] for j in range(5)]
+  want0 = [full[0, 2 + j, ids[0, 3 + j]] for j in range(2)]
+  np.testing.assert_allclose(lp[0], want1, atol=1e-4)
+  np.testing.assert_allclose(lp[1], want0, atol=1e-4)
+  np.testing.assert_allclose(lp[2], want1[:1], atol=1e-4)
+  assert list(np.asarray(cache["lengths"])) == [3, 7]   # scoring leaves the cache alone
+
+
+def test_next_token_distributions_at_positions():
+  cfg, params, ref = _load("qwen3_untied")
+  v = make_variant(cfg, params, precision("f32"))
+  _, _, hidden = engine.prefill(v, v.init_cache(2, 16), list(ref["input_ids"]), return_hidden=True)
+  d = engine.next_token_logprobs(v, hidden, [[0, 5], [11, 3]])
+  full = jax.nn.log_softmax(ref["logits"], -1)
+  assert np.abs(d[0, 1] - full[0, 5]).max() < 1e-4 and np.abs(d[1, 0] - full[1, 11]).max() < 1e-4
+
+
+def test_jit_does_not_recompile_within_a_bucket():
+  cfg, params, ref = _load("qwen3_tied")
+  v = make_variant(cfg, params, precision("f32"))
+  engine.prefill(v, v.init_cache(2, 32), [ref["input_ids"][0][:9]] * 2)
+  compiled = engine._prefill._cache_size()
+  for n in (10, 12, 11):   # all bucket to 16 tokens
+    engine.prefill(v, v.init_cache(2, 32), [ref["input_ids"][0][:n]] * 2)
+  assert engine._prefill._cache_size() == compiled
+
+
+# --- bad inputs ---------------------------------------------------------------------------------
+
+def _copy_fixture(tmp_path, name="qwen3_tied"):
+  d = tmp_path / name
+  shutil.copytree(os.path.join(FIX, name), d)
+  return d
+
+
+def _edit_config(d, **changes):
+  cfg = json.loads((d / "config.json").read_text())
+  cfg.update(changes)
+  (d / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("changes, needle", [
+    ({"model_type": "gpt2"}, "unsupported architecture"),
+    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0}}, "unsupported rope type"),
+    ({"use_sliding_window": True, "sliding_window": 128}, "sliding-window"),
+    ({"attention_bias": True}, "attention_bias"),
+])
+def test_unsupported_configs_are_refused(tmp_path, changes, needle):
+  d = _copy_fixture(tmp_path)
+  _edit_config(d, **changes)
+  with pytest.raises(UserError, match=needle):
+    load_hf(str(d))
+
+
+def test_missing_and_misshapen_tensors_are_named(tmp_path):
+  from safetensors.numpy import load_file, save_file
+  d = _copy_fixture(tmp_path)
+  tensors = load_file(str(d / "model.safetensors"))
+  del tensors["model.layers.1.mlp.up_proj.weight"]
+  save_file(tensors, str(d / "model.safetensors"))
+  with pytest.raises(UserError, match=r"missing tensor 'model.layers.1.mlp.up_proj.weight'"):
+    load_hf(str(d))
+  tensors = load_file(os.path.join(FIX, "qwen3_tied", "model.safetensors"))
+  tensors["model.layers.0.self_attn.k_proj.weight"] = tensors["model.layers.0.self_attn.k_proj.weight"][:8]
+  save_file(tensors, str(d / "model.safetensors"))
+  with pytest.raises(UserError, match=r"'model.layers.0.self_attn.k_proj.weight' has shape \(8, 64\)"):
+    load_hf(str(d))
+
+
+def test_not_a_checkpoint_dir(tmp_path):
+  with pytest.raises(UserError, match="no config.json"):
+    load_hf(str(tmp_path))
+  d = _copy_fixture(tmp_path)
+  (d / "model.safetensors").write_bytes(b"\x00garbage")
+  with pytest.raises(UserError, match="unreadable safetensors"):
+    load_hf(str(d))
+
+
+def test_config_reads_both_rope_styles():
+  tied = json.load(open(os.path.join(FIX, "qwen3_tied", "config.json")))
+  untied = json.load(open(os.path.join(FIX, "qwen3_untied", "config.json")))
+  assert "rope_parameters" in tied and "rope_theta" in untied
+  assert from_hf(tied).rope_theta == from_hf(untied).rope_theta == 1e6
+  assert from_hf(untied).head_dim == 32 and not from_hf(untied).tie_embeddings

@@ -1,0 +1,184 @@
+"""EnvPool and rollout on real ALFWorld games: determinism, and recovery from crashed or hung workers.
+
+Why these tests: the pool is what every stage's numbers come through, so it must give the same
+episodes whatever its shape, and a dying worker must cost only the episodes it hosted.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from mpr.envs import AlfworldEnv, GameSpec
+from mpr.envs.pool import EnvPool, Reset, WorkerFailure
+from mpr.envs.rollout import Decision, EpisodeView, Policy, expert_policy, rollout
+from mpr.records import Episode
+
+EXPERT = "walkthrough"
+Trace = tuple[list[str], list[str], bool]     # actions, observations before acting, won
+
+
+# Small rooms: a kitchen game's reset costs 2 s or more of CPU, these cost under 0.6 s each, and
+# they still cover three kinds of plan (place, examine, clean) and 3-8 step solutions.
+GAME_IDS = (
+    "pick_two_obj_and_place-SprayBottle-None-GarbageCan-419/trial_T20190908_164236_518264",
+    "look_at_obj_in_light-CD-None-DeskLamp-314/trial_T20190907_114323_767231",
+    "pick_and_place_simple-Candle-None-Toilet-429/trial_T20190908_052232_887934",
+    "pick_clean_then_place_in_recep-Cloth-None-Cabinet-405/trial_T20190907_080903_889497",
+    "pick_two_obj_and_place-CD-None-Drawer-304/trial_T20190907_230232_832893",
+    "pick_clean_then_place_in_recep-SoapBar-None-Toilet-428/trial_T20190907_041436_588106",
+)
+
+
+@pytest.fixture(scope="module")
+def games(valid_seen: list[GameSpec]) -> list[GameSpec]:
+  by_id = {g.game_id: g for g in valid_seen}
+  missing = [i for i in GAME_IDS if i not in by_id]
+  assert not missing, f"valid_seen lacks {missing}"
+  return [by_id[i] for i in GAME_IDS]
+
+
+@pytest.fixture(scope="module")
+def reference(games: list[GameSpec]) -> dict[str, Trace]:
+  """Each game played on one AlfworldEnv in this process, following the expert."""
+  env = AlfworldEnv(max_steps=50, expert=EXPERT)
+  traces = {}
+  for g in games:
+    _, res = env.reset(g)
+    actions, observations = [], []
+    while not res.done:
+      actions.append(res.expert_action)
+      observations.append(res.observation)
+      res = env.step(res.expert_action)
+    traces[g.game_id] = (actions, observations, res.won)
+  return traces
+
+
+def trace(ep: Episode) -> Trace:
+  return [s.action for s in ep.steps], [s.observation for s in ep.steps], ep.won
+
+
+def jobs_of(games: list[GameSpec]) -> list[tuple[GameSpec, int]]:
+  return [(g, 0) for g in games]
+
+
+def sabotaging_policy(pool: EnvPool, sig: signal.Signals,
+                      seen: dict[int, EpisodeView]) -> tuple[Policy, list[tuple[int, int]]]:
+  """Plays the expert, but signals worker 0 the first time one of its episodes asks for a 2nd action.
+
+  Returns (policy, victim) where victim[0] becomes (episode index, pid) once it has struck.
+  """
+  victim: list[tuple[int, int]] = []
+
+  def policy(views: list[EpisodeView]) -> list[Decision]:
+    for v in views:
+      seen[v.index] = v
+      if not victim and v.t >= 1 and pool.worker_of(v.slot) == 0:
+        victim.append((v.index, pool.pids[0]))
+        os.kill(pool.pids[0], sig)
+    return expert_policy(views)
+
+  return policy, victim
+
+
+def assert_only_worker0_failed(episodes: list[Episode], seen: dict[int, EpisodeView], pool: EnvPool,
+                               victim_index: int, prefix: str, reference: dict[str, Trace]) -> None:
+  failed = [i for i, ep in enumerate(episodes) if ep.failure is not None]
+  assert victim_index in failed
+  # Only the slots of worker 0 can have lost their episode.
+  assert len(failed) <= len(pool.slots_of(0))
+  for i in failed:
+    assert episodes[i].failure.startswith(prefix), episodes[i].failure
+    assert not episodes[i].won
+    if i in seen:
+      assert pool.worker_of(seen[i].slot) == 0
+  for i, ep in enumerate(episodes):
+    if i not in failed:
+      assert trace(ep) == reference[ep.game] and ep.won
+
+
+@pytest.mark.parametrize("num_workers,num_slots", [(1, 1), (2, 6)])
+def test_rollout_matches_sequential_play(games, reference, num_workers, num_slots):
+  finished: list[str] = []
+  with EnvPool(num_workers, num_slots, expert=EXPERT) as pool:
+    episodes = rollout(pool, jobs_of(games), expert_policy, on_episode=lambda ep: finished.append(ep.game))
+  assert [ep.game for ep in episodes] == [g.game_id for g in games]
+  assert sorted(finished) == sorted(g.game_id for g in games)
+  for ep in episodes:
+    assert ep.won and ep.failure is None
+    assert trace(ep) == reference[ep.game]
+    assert [s.t for s in ep.steps] == list(range(len(ep.steps)))
+    assert all(s.env_seconds > 0 for s in ep.steps) and ep.extra["reset_seconds"] > 0
+
+
+def test_decision_info_goes_to_step_fields_and_extra(games):
+  def policy(views: list[EpisodeView]) -> list[Decision]:
+    return [Decision(v.expert_action, {"precision": "int8", "p_high": 0.25, "tokens_decoded": 7,
+                                       "logprob": -1.5}) for v in views]
+
+  with EnvPool(1, 1, expert=EXPERT) as pool:
+    (ep,) = rollout(pool, jobs_of(games[:1]), policy)
+  step = ep.steps[0]
+  assert (step.precision, step.p_high, step.tokens_decoded) == ("int8", 0.25, 7)
+  assert step.extra == {"logprob": -1.5}
+
+
+def test_step_cap_ends_an_episode_as_a_failure(games):
+  with EnvPool(1, 1, max_steps=3) as pool:
+    (ep,) = rollout(pool, jobs_of(games[:1]), lambda views: [Decision("look") for _ in views])
+  assert (ep.won, ep.failure, [s.action for s in ep.steps]) == (False, "step_cap", ["look"] * 3)
+
+
+def test_killed_worker_fails_only_its_episodes_and_is_restarted(games, reference):
+  seen: dict[int, EpisodeView] = {}
+  with EnvPool(2, 4, expert=EXPERT) as pool:
+    policy, victim = sabotaging_policy(pool, signal.SIGKILL, seen)
+    episodes = rollout(pool, jobs_of(games), policy)
+    (victim_index, killed_pid), = victim
+    assert episodes[victim_index].failure == "worker_crash: exit code -9"
+    assert_only_worker0_failed(episodes, seen, pool, victim_index, "worker_crash: exit code -9", reference)
+    assert pool.restarts == 1 and pool.pids[0] != killed_pid
+
+    # The first job goes to slot 0, so the restarted worker 0 plays.
+    again = rollout(pool, jobs_of(games[:3]), expert_policy)
+    assert [trace(ep) for ep in again] == [reference[g.game_id] for g in games[:3]]
+    assert pool.restarts == 1
+
+
+def test_hung_worker_times_out_and_is_replaced(games, reference):
+  seen: dict[int, EpisodeView] = {}
+  # One slot per worker, so the stopped step is the only request on worker 0, not queued behind
+  # a reset (whose timeout is far longer).
+  with EnvPool(2, 2, expert=EXPERT, step_timeout=3.0) as pool:
+    policy, victim = sabotaging_policy(pool, signal.SIGSTOP, seen)
+    start = time.monotonic()
+    episodes = rollout(pool, jobs_of(games), policy)
+    (victim_index, stopped_pid), = victim
+    assert episodes[victim_index].failure == "timeout: step took > 3 s"
+    assert_only_worker0_failed(episodes, seen, pool, victim_index, "timeout: step took > 3 s", reference)
+    assert pool.restarts == 1 and pool.pids[0] != stopped_pid
+    with pytest.raises(ProcessLookupError):
+      os.kill(stopped_pid, 0)     # killed and reaped, not left stopped
+    assert time.monotonic() - start < 60
+
+
+def test_bad_game_is_a_failure_not_a_dead_pool(games, reference, tmp_path):
+  bad = GameSpec(str(tmp_path / "missing" / "game.tw-pddl"), "missing/trial", games[0].task_type, "valid_seen")
+  with EnvPool(1, 2, expert=EXPERT) as pool:
+    pid = pool.pids[0]
+    pool.submit_reset(0, bad)
+    (slot, outcome), = pool.collect()
+    assert slot == 0 and isinstance(outcome, WorkerFailure)
+    assert "No such file" in outcome.reason and "\n" not in outcome.reason
+
+    # The same slot, and the pool as a whole, still play.
+    pool.submit_reset(0, games[0])
+    (slot, outcome), = pool.collect()
+    assert slot == 0 and isinstance(outcome, Reset)
+
+    bad_ep, good_ep = rollout(pool, [(bad, 0), (games[1], 0)], expert_policy)
+    assert not bad_ep.won and "No such file" in bad_ep.failure and bad_ep.steps == []
+    assert trace(good_ep) == reference[games[1].game_id]
+    assert pool.restarts == 0 and pool.pids == [pid]

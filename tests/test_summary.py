@@ -1,0 +1,37 @@
+import pytest
+
+from mpr.eval import summary
+from mpr.records import Episode, Step
+
+
+def _ep(task, won, n):
+  steps = [Step(t=i, observation="o", admissible=["look"], action="look") for i in range(n)]
+  return Episode(game=f"g{n}", task_type=task, seed=0, goal="g", steps=steps, won=won,
+                 failure=None if won else "step_cap")
+
+
+def test_wilson_interval_matches_reference_values():
+  # Reference values from the closed form (Wilson 1927), z = 1.96.
+  assert summary.wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+  assert summary.wilson_interval(7, 10) == pytest.approx((0.3968, 0.8922), abs=1e-4)
+  assert summary.wilson_interval(140, 140) == pytest.approx((0.9733, 1.0), abs=1e-4)
+
+
+def test_summarize_per_task_and_failures():
+  eps = [_ep("pick_and_place_simple", True, 4), _ep("pick_and_place_simple", False, 50),
+         _ep("look_at_obj_in_light", True, 2)]
+  s = summary.summarize(eps)
+  assert s["overall"]["n"] == 3
+  assert s["overall"]["success"] == pytest.approx(2 / 3)
+  assert s["overall"]["mean_steps"] == pytest.approx(56 / 3)
+  assert s["overall"]["mean_steps_won"] == pytest.approx(3)
+  assert s["overall"]["failures"] == {"step_cap": 1}
+  assert set(s["per_task"]) == {"pick_and_place_simple", "look_at_obj_in_light"}
+  assert s["per_task"]["pick_and_place_simple"]["success"] == 0.5
+  table = summary.markdown_table(s, "t")
+  assert "| pick_and_place_simple | 2 | 50.0 |" in table
+
+
+def test_episode_json_round_trip():
+  e = _ep("pick_two_obj_and_place", True, 3)
+  assert Episode.from_json(e.to_json()) == e
