@@ -68,7 +68,7 @@ def main() -> None:
 
   results = []
   for source in ("real", "generated"):
-    games = select_games(find_games("valid_seen", source=source), a.games)
+    games = select_games(find_games("valid_seen", source=source, num_generated=a.games), a.games)
     for workers, slots in ((1, 1), (a.pool_workers, a.pool_slots)):
       # Enough steps in total that both settings play the same number: slots x steps_per_slot.
       per_slot = max(1, a.steps * a.pool_slots // slots)

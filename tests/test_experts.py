@@ -100,24 +100,27 @@ def test_unfixed_alfworld_expert_fails_pick_two_that_ours_wins(valid_seen):
   from textworld.envs.pddl import PddlEnv
 
   game = next(g for g in valid_seen if g.game_id == UNFIXED_FAILS)
+  # alfworld's own driver: it requests the facts and proposes "look" for inadmissible actions.
   infos = textworld.EnvInfos(won=True, admissible_commands=True, extras=["gamefile"])
-  upstream = AlfredExpert(AlfredInfos(AlfredDemangler(PddlEnv(infos), shuffle=False)), expert_type="handcoded")
+  upstream = AlfredExpert(AlfredInfos(AlfredDemangler(PddlEnv(infos), shuffle=False)),
+                          expert_type="handcoded")
   upstream.load(game.path)
   rng_state = random.getstate()
-  random.seed(0)
+  random.seed(0)   # its fallback when stuck is a random admissible command
   try:
-    state, steps, inventory_after_move = upstream.reset(), 0, None
+    state, steps, first_move = upstream.reset(), 0, None
     while not state["won"] and steps < MAX_STEPS:
       action = state["extra.expert_plan"][0]
       state, _, _ = upstream.step(action)
       steps += 1
-      if inventory_after_move is None and action.startswith("move ") and "Nothing happens" not in state.feedback:
-        inventory_after_move = list(upstream._handcoded_expert.policy.inventory)
-        moved = action.split(" to ")[0][len("move "):]
+      if first_move is None and action.startswith("move ") and "Nothing happens" not in state.feedback:
+        placed = action[len("move "):].split(" to ")[0]
+        first_move = (placed, list(upstream._handcoded_expert.policy.inventory))
   finally:
     random.setstate(rng_state)
   # The bug: after "move X to Y" upstream still believes it holds X (it looks for "put").
-  assert inventory_after_move == [moved]
+  placed, believed_inventory = first_move
+  assert believed_inventory == [placed]
   assert not state["won"]
 
   won, actions, _ = _play(game, "exploring")

@@ -71,7 +71,8 @@ def test_games_load_as_real_data(games, data_dir):
     lamp = task_type == "look_at_obj_in_light"
     assert (params["parent_target"], params["toggle_target"]) == (("", "DeskLamp") if lamp else (parent, ""))
   assert sorted(indices) == list(range(NUM))
-  assert _load(os.path.join(generate.split_dir(data_dir, SPLIT), ".complete")) == {"num_games": NUM, "seed": SEED}
+  assert _load(os.path.join(generate.split_dir(data_dir, SPLIT), ".complete")) == {
+      "num_games": NUM, "seed": SEED, "version": generate.GENERATOR_VERSION}
 
 
 def test_walkthroughs_win_in_realistic_scenes(games):

@@ -70,6 +70,9 @@ class _PolicyFixes:
     # Where each object was last seen. The policy remembers one receptacle per object class and
     # forgets it once it takes or places an object of that class (see blacklist_obj).
     self._last_seen: dict[str, str] = {}
+    # Receptacles whose contents it has seen. Upstream plans each search from scratch, so the
+    # second object of pick_two is looked for first where the first search already found nothing.
+    self._looked_in: set[str] = set()
 
   def update_state_tracking(self, game_state, last_action):
     # Receptacles that share a location (a desk and its drawers, a row of stove burners) cannot
@@ -83,6 +86,8 @@ class _PolicyFixes:
     # The backlog holds "close X" for receptacles opened while searching. An entry outlives the
     # visit when the object was found inside, and popping it elsewhere is inadmissible.
     self.action_backlog = [a for a in self.action_backlog if a == "close " + self.curr_recep]
+    if self.checked_inside_curr_recep and "you see" in game_state["feedback"]:
+      self._looked_in.add(self.curr_recep)
     # The upstream bookkeeping looks for "put" in the action, but the grammar says
     # "move X to Y": without this the policy believes it still holds what it placed, which
     # breaks every task that continues after a placement (pick_two_obj_and_place).
@@ -135,13 +140,15 @@ class _PolicyFixes:
   def _search_order(self, obj_cls: str) -> list[str]:
     """Every receptacle, in the reverse of the order to search them (the policy pops from the end).
 
-    Receptacles that can hold the object class come first, as upstream; within those, the ones
-    that need no opening, since looking costs one step there instead of three (go, open, close).
-    The rest keep upstream's order. Without this, rooms with a dozen drawers exceed 50 steps.
+    Unsearched receptacles before those already looked into (objects only move when the agent
+    moves them); then, as upstream, receptacles that can hold the object class before the rest;
+    then those that need no opening, since looking there costs one step instead of three (go,
+    open, close); ties in upstream's order. Upstream searches rooms with a dozen drawers and
+    cabinets drawer by drawer, which takes most of a 50-step episode.
     """
     likely = set(self.OBJECT_TO_VAL_RECEPTACLE.get(obj_cls, ()))
     upstream_order = list(reversed(self.receptacles))
-    search = sorted(upstream_order, key=lambda r: (self.receptacles[r] not in likely,
+    search = sorted(upstream_order, key=lambda r: (r in self._looked_in, self.receptacles[r] not in likely,
                                                    self.receptacles[r] in self.OPENABLE_OBJECTS))
     return search[::-1]
 
@@ -172,10 +179,11 @@ class ExploringExpert:
   """alfworld's hand-coded expert with its bugs fixed, driven as alfworld's `AlfredExpert` does.
 
   Differences from `AlfredExpert`: the first action comes from the intro state instead of a
-  "look"; a "go to" a receptacle the agent already stands at becomes "examine"; and when the policy
-  raises, repeats its last action or proposes an inadmissible one, this expert does not pick a
-  random admissible command but rebuilds the policy from the game's facts (`_rebuilt_policy`) and
-  asks again, falling back to IDLE_ACTION.
+  "look"; a "go to" to a receptacle at the agent's own location (inadmissible) becomes "examine";
+  and when the policy raises, repeats its last action or proposes an inadmissible one, this expert
+  does not pick a random admissible command but rebuilds the policy from the game's facts
+  (`_rebuilt_policy`) and asks again, falling back to IDLE_ACTION. It reads the engine's facts
+  (`state["facts"]`), which AlfworldEnv requests whenever it is given an expert.
   """
 
   def __init__(self):
@@ -243,8 +251,13 @@ _EXPERTS = {"walkthrough": WalkthroughExpert, "exploring": ExploringExpert}
 EXPERT_NAMES = tuple(_EXPERTS)
 
 
-def make(name: str):
-  """A fresh expert by name (one of EXPERT_NAMES)."""
+def check_name(name: str) -> None:
+  """Raises UserError unless `name` is an expert, so callers can validate before building one."""
   if name not in _EXPERTS:
     raise UserError(f"unknown expert {name!r}; known experts: {', '.join(EXPERT_NAMES)}")
+
+
+def make(name: str):
+  """A fresh expert by name (one of EXPERT_NAMES)."""
+  check_name(name)
   return _EXPERTS[name]()

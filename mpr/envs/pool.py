@@ -129,6 +129,9 @@ class EnvPool:
                reset_timeout: float = 120.0):
     if num_workers < 1 or num_slots < 1:
       raise ValueError(f"need num_workers >= 1 and num_slots >= 1, got {num_workers}, {num_slots}")
+    if expert is not None:
+      from mpr.envs import experts
+      experts.check_name(expert)   # here, not as a failure of every episode in the workers
     self.num_workers = num_workers
     self.num_slots = num_slots
     self.max_steps = max_steps
