@@ -210,3 +210,23 @@ def test_config_reads_both_rope_styles():
   assert "rope_parameters" in tied and "rope_theta" in untied
   assert from_hf(tied).rope_theta == from_hf(untied).rope_theta == 1e6
   assert from_hf(untied).head_dim == 32 and not from_hf(untied).tie_embeddings
+
+
+def test_sharded_checkpoint_with_index(tmp_path):
+  from safetensors.numpy import load_file, save_file
+  d = _copy_fixture(tmp_path)
+  tensors = load_file(str(d / "model.safetensors"))
+  names = sorted(tensors)
+  shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+  for file, keys in shards.items():
+    save_file({k: tensors[k] for k in keys}, str(d / file))
+  (d / "model.safetensors").unlink()
+  (d / "model.safetensors.index.json").write_text(json.dumps(
+      {"metadata": {}, "weight_map": {k: f for f, keys in shards.items() for k in keys}}))
+  cfg, params = load_hf(str(d))
+  ref = np.load(os.path.join(FIX, "qwen3_tied", "ref.npz"))
+  _, logits, _ = _forward(cfg, params, ref["input_ids"], [12, 12])
+  assert np.abs(logits - ref["logits"]).max() < 1e-4
+  (d / "model-00002-of-00002.safetensors").unlink()
+  with pytest.raises(UserError, match="shard model-00002-of-00002.safetensors listed in the index is missing"):
+    load_hf(str(d))

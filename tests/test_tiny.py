@@ -38,3 +38,14 @@ def test_tiny_model_forward_and_generate():
     assert np.isfinite(gen.logprobs).all()
     outs[name] = v.weight_bytes
   assert outs["int4"] < outs["bf16"] / 2
+
+
+def test_stop_strings_cut_text_and_cache():
+  tok = tiny.tokenizer()
+  ids = tok.encode("go to fridge 1\n<obs> You arrive at fridge 1.")
+  text, keep = engine.cut_at_stop(tok, ids, ["\n", "<obs>"])
+  assert text == "go to fridge 1" and tok.decode(ids[:keep]).startswith("go to fridge 1")
+  assert keep < len(ids) and not tok.decode(ids[:keep - 1]).startswith("go to fridge 1")
+  assert engine.cut_at_stop(tok, ids, ["xyz"]) == (tok.decode(ids), len(ids))
+  cache = {"lengths": jnp.array([30, 40])}
+  assert list(np.asarray(engine.truncate_cache(cache, [20 + keep, 40])["lengths"])) == [20 + keep, 40]

@@ -126,6 +126,21 @@ def generate(variant: Variant, cache, last_hidden, *, max_new_tokens: int, eos_i
   return Generation(toks, lps, lengths, cache)
 
 
+def cut_at_stop(tokenizer, tokens: Sequence[int], stop_strings: Sequence[str]) -> tuple[str, int]:
+  """Text up to the earliest stop string, and how many generated tokens it takes to cover it.
+
+  Stop strings are matched on decoded text (a stop like "\n" or "Observation:" need not be a token
+  boundary); generation itself stops on eos ids inside the jitted loop, and the caller rolls the
+  cache back to the kept tokens with `truncate_cache`.
+  """
+  text = tokenizer.decode(list(tokens))
+  cut = min((i for i in (text.find(s) for s in stop_strings) if i >= 0), default=-1)
+  if cut < 0:
+    return text, len(tokens)
+  keep = next(n for n in range(len(tokens) + 1) if len(tokenizer.decode(list(tokens[:n]))) >= cut)
+  return text[:cut], keep
+
+
 def truncate_cache(cache, lengths) -> dict:
   """Rolls rows back to `lengths` cached tokens (e.g. after a stop string): later tokens are dead."""
   return {**cache, "lengths": jnp.asarray(lengths, jnp.int32)}
