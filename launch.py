@@ -13,10 +13,12 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mpr.errors import UserError
-from mpr.stages import expert_rollouts, runner, tokenizer
+from mpr.stages import bc, evaluate, expert_rollouts, runner, tokenizer
 
 # The registry: a stage name in a config maps to exactly one module (no getattr on strings).
 STAGES = {
+    "bc": bc,
+    "eval": evaluate,
     "expert_rollouts": expert_rollouts,
     "tokenizer": tokenizer,
 }

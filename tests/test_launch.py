@@ -53,6 +53,18 @@ def _episodes(workdir):
     return [json.loads(l) for l in f]
 
 
+def _kill_after(args, workdir, log, n):
+  """Starts launch.py, SIGKILLs its whole process group once `log` holds n episodes."""
+  proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), *args, "--workdir", str(workdir)],
+                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          start_new_session=True)
+  deadline = time.time() + 240
+  while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= n):
+    time.sleep(0.2)
+  os.killpg(proc.pid, signal.SIGKILL)   # the whole group: launcher and its env workers
+  proc.wait()
+
+
 def test_kill_and_resume_gives_identical_numbers(tmp_path, alfworld_data):
   args = ["--config", CFG + ":num_games=10", "--config.env.source=real", "--config.env.num_slots=2"]
   ref = tmp_path / "ref"
@@ -61,15 +73,7 @@ def test_kill_and_resume_gives_identical_numbers(tmp_path, alfworld_data):
   ref_metrics = json.load(open(ref / "expert_rollouts" / "metrics.json"))
 
   run = tmp_path / "run"
-  proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), *args, "--workdir", str(run)],
-                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                          start_new_session=True)
-  log = run / "expert_rollouts" / "episodes_valid_seen.jsonl"
-  deadline = time.time() + 240
-  while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 3):
-    time.sleep(0.2)
-  os.killpg(proc.pid, signal.SIGKILL)   # the whole group: launcher and its env workers
-  proc.wait()
+  _kill_after(args, run, run / "expert_rollouts" / "episodes_valid_seen.jsonl", 3)
   done_before = len(_episodes(run))
   assert 3 <= done_before < 10
   assert not (run / "expert_rollouts" / "metrics.json").exists()
@@ -89,3 +93,36 @@ def test_kill_and_resume_gives_identical_numbers(tmp_path, alfworld_data):
   assert p.returncode == 0 and len(_episodes(run)) == 10
   _assert_one_line_error(_launch([*args, "--workdir", str(run), "--config.env.max_steps=30"]),
                          "different config")
+
+
+EVAL = os.path.join(ROOT, "experiments/configs/agent_eval.py")
+
+
+def test_eval_kill_and_resume_gives_identical_episodes(tmp_path, alfworld_data):
+  """The agent eval stage: killed mid-run, resumed, the same actions and success as an unbroken run."""
+  args = ["--config", EVAL + ":num_games=6,precisions=f32+int4", "--config.env.max_steps=12",
+          "--config.env.num_slots=2"]
+  ref, run = tmp_path / "ref", tmp_path / "run"
+  p = _launch([*args, "--workdir", str(ref)])
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert "| f32 |" in p.stdout and "| int4 |" in p.stdout           # the comparison table is printed
+  _kill_after(args, run, run / "eval" / "episodes_valid_seen_f32.jsonl", 2)
+  assert not (run / "eval" / "metrics.json").exists()
+  p = _launch([*args, "--workdir", str(run)])
+  assert p.returncode == 0, p.stderr[-3000:]
+  for name in ("f32", "int4"):
+    read = lambda d: sorted((json.loads(l)["game"], [s["action"] for s in json.loads(l)["steps"]])
+                            for l in open(d / "eval" / f"episodes_valid_seen_{name}.jsonl"))
+    assert read(run) == read(ref) and len(read(run)) == 6
+  got, want = (json.load(open(d / "eval" / "metrics.json"))["precisions"] for d in (run, ref))
+  assert all(got[n]["summary"] == want[n]["summary"] for n in ("f32", "int4"))
+
+
+@pytest.mark.parametrize("arg, needle", [
+    ("path=/nonexistent/policy", "not a folder"),
+    ("tier=onnx", "unknown model tier"),
+    ("precisions=bf16+int5", "int5"),
+    ("mode=beam", "action mode"),
+])
+def test_eval_bad_input_is_one_line_exit_2(tmp_path, arg, needle, alfworld_data):
+  _assert_one_line_error(_launch(["--config", f"{EVAL}:num_games=2,{arg}", "--workdir", str(tmp_path)]), needle)

@@ -18,6 +18,7 @@ import shutil
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mpr import io
@@ -112,8 +113,12 @@ def _read_meta(path: str) -> dict:
     raise UserError(f"{meta_file}: corrupt JSON") from None
 
 
-def save_model(path: str, cfg: ModelConfig, params: dict, extra: dict | None = None) -> None:
-  _save(path, {"kind": "float", "config": config_to_json(cfg), **(extra or {})}, "params", params)
+def save_model(path: str, cfg: ModelConfig, params: dict, extra: dict | None = None,
+               param_dtype: str = "float32") -> None:
+  """Float params, stored as `param_dtype` (bfloat16 halves a shipped checkpoint); loads as f32."""
+  stored = jax.tree.map(lambda x: np.asarray(x, np.dtype(jnp.dtype(param_dtype))), params)
+  _save(path, {"kind": "float", "config": config_to_json(cfg), "param_dtype": param_dtype, **(extra or {})},
+        "params", stored)
 
 
 def load_model(path: str) -> tuple[ModelConfig, dict]:
@@ -121,9 +126,10 @@ def load_model(path: str) -> tuple[ModelConfig, dict]:
   if meta.get("kind") != "float":
     raise UserError(f"{path}: holds a {meta.get('kind')!r} checkpoint, expected float params")
   cfg = config_from_json(meta["config"])
-  expected = params_lib.unflatten({p: jax.ShapeDtypeStruct(s, np.float32)
+  dtype = jnp.dtype(meta.get("param_dtype", "float32"))
+  expected = params_lib.unflatten({p: jax.ShapeDtypeStruct(s, dtype)
                                    for p, s in params_lib.expected_shapes(cfg).items()})
-  return cfg, _restore(path, "params", expected)
+  return cfg, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), _restore(path, "params", expected))
 
 
 def save_variant(path: str, variant) -> None:

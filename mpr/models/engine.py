@@ -149,40 +149,49 @@ def truncate_cache(cache, lengths) -> dict:
 # --- scoring ------------------------------------------------------------------------------------
 
 @functools.partial(jax.jit, static_argnums=(0,))
-def _score(variant: Variant, variables, cache, last_hidden, row_of, tokens, lens):
+def _score(variant: Variant, variables, cache, last_hidden, tokens, branch, within, prev):
   variables = variant.full_variables(variables)
-  # Each candidate continues its row's context: gather that row's cache (read-only, not donated).
-  sub = {"k": [k[row_of] for k in cache["k"]], "v": [v[row_of] for v in cache["v"]],
-         "lengths": cache["lengths"][row_of]}
-  hidden, _ = variant.model.apply(variables, tokens, lens, sub)
-  # Position j's logits predict token j+1; the context's last hidden predicts token 0.
-  h = jnp.concatenate([last_hidden[row_of][:, None], hidden[:, :-1]], axis=1)
+  hidden, _ = variant.model.apply(variables, tokens, jnp.zeros(tokens.shape[:1], jnp.int32), cache,
+                                  (branch, within))
+  # A token is predicted by the hidden state before it in its branch, or by the history's last one.
+  h = jnp.concatenate([last_hidden[:, None], hidden], axis=1)
+  h = jnp.take_along_axis(h, prev[..., None], axis=1)
   logp = jax.nn.log_softmax(variant.model.apply(variables, h, method="logits"), axis=-1)
-  tok_lp = jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]           # [M, T]
-  valid = jnp.arange(tokens.shape[1])[None, :] < lens[:, None]
-  return jnp.where(valid, tok_lp, 0.0)
+  return jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]                # [B, T]
 
 
 def score(variant: Variant, cache, last_hidden, row_of: Sequence[int],
           continuations: Sequence[Sequence[int]]) -> list[np.ndarray]:
   """Per-token log-probabilities of each continuation given its row's cached context.
 
-  row_of[m] names the cache row continuation m extends. The cache is not modified. Memory:
-  each candidate reads a gathered copy of its row's cache (fine up to a few dozen candidates).
+  row_of[m] names the cache row continuation m extends. The continuations of a row are packed
+  side by side into one chunk of that row and attend to its history and to themselves only, so
+  scoring 50 candidate actions costs one forward pass over their tokens and never copies the
+  cache, which is not modified.
   """
   if any(len(c) == 0 for c in continuations):
     raise ValueError("empty continuation")
-  tokens, lens = pad_batch(continuations)
-  m = bucket(len(continuations), 1)
-  row_pad = np.zeros(m, np.int32)
-  row_pad[:len(row_of)] = row_of
-  tok_pad = np.zeros((m, tokens.shape[1]), np.int32)
-  tok_pad[:len(tokens)] = tokens
-  len_pad = np.zeros(m, np.int32)
-  len_pad[:len(lens)] = lens
-  _check_room({"k": cache["k"], "lengths": np.asarray(cache["lengths"])[row_pad]}, len_pad)
-  out = np.asarray(_score(variant, variant.variables, cache, last_hidden, row_pad, tok_pad, len_pad))
-  return [out[i, :lens[i]] for i in range(len(continuations))]
+  b = last_hidden.shape[0]
+  per_row = np.zeros(b, np.int64)
+  for r, c in zip(row_of, continuations):
+    per_row[r] += len(c)
+  t = bucket(int(per_row.max(initial=1)))
+  tokens = np.zeros((b, t), np.int32)
+  branch = np.full((b, t), -1, np.int32)         # padding: a branch of its own, seen by no one
+  within = np.zeros((b, t), np.int32)
+  prev = np.zeros((b, t), np.int32)              # index into [last_hidden ; chunk hidden]
+  fill = np.zeros(b, np.int64)
+  where = []
+  for m, (r, c) in enumerate(zip(row_of, continuations)):
+    lo, n = fill[r], len(c)
+    tokens[r, lo:lo + n] = c
+    branch[r, lo:lo + n] = m
+    within[r, lo:lo + n] = np.arange(n)
+    prev[r, lo + 1:lo + n] = np.arange(lo + 1, lo + n)      # chunk position p-1 is index p
+    where.append((r, lo, n))
+    fill[r] += n
+  out = np.asarray(_score(variant, variant.variables, cache, last_hidden, tokens, branch, within, prev))
+  return [out[r, lo:lo + n] for r, lo, n in where]
 
 
 # --- distributions --------------------------------------------------------------------------------

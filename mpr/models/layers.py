@@ -75,9 +75,14 @@ class Linear(nn.Module):
 
 
 def write_cache(cache: jax.Array, chunk: jax.Array, offsets: jax.Array) -> jax.Array:
-  """Writes chunk [B, T, K, D] into cache [B, S, K, D] at each row's own offset."""
+  """Writes chunk [B, T, K, D] into cache [B, S, K, D] at each row's own offset.
+
+  A scatter that drops what falls past the end: the chunk's padding may overhang a nearly full
+  row (callers check that the real tokens fit), and a dynamic_update_slice would instead shift
+  the whole write back over the row's history.
+  """
   def one(c, x, o):
-    return jax.lax.dynamic_update_slice(c, x.astype(c.dtype), (o, 0, 0))
+    return c.at[o + jnp.arange(x.shape[0])].set(x.astype(c.dtype), mode="drop")
   return jax.vmap(one)(cache, chunk, offsets)
 
 
@@ -87,12 +92,16 @@ class Attention(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, positions, offsets, k_cache, v_cache, inv_freq):
+  def __call__(self, x, positions, offsets, k_cache, v_cache, inv_freq, branch=None):
     """x [B,T,H]; positions [B,T]; offsets [B] = tokens already cached per row.
 
     Query i of row b sees cache slots j <= offsets[b] + i: its history and the chunk up to itself.
     Padding tokens at the end of a row's chunk are written too but never seen, because the
     caller advances that row's length only by its real tokens and overwrites them next time.
+
+    With `branch` = ids [B,T] the chunk holds several independent continuations of each row's
+    history (candidate actions, scored in one pass): a query sees the cached history and the
+    earlier tokens of its own branch only, and the cache is left as it was (read-only).
     """
     cfg = self.cfg
     b, t, _ = x.shape
@@ -105,17 +114,25 @@ class Attention(nn.Module):
       kk = RMSNorm(cfg.rms_norm_eps, self.dtype, name="k_norm")(kk)
     q = apply_rope(q, positions, inv_freq)
     kk = apply_rope(kk, positions, inv_freq)
-    k_cache = write_cache(k_cache, kk, offsets)
-    v_cache = write_cache(v_cache, v, offsets)
-
-    s = k_cache.shape[1]
     q = q.reshape(b, t, k, n // k, d)
-    logits = jnp.einsum("btkgd,bskd->bkgts", q, k_cache.astype(q.dtype),
+    s = k_cache.shape[1]
+    if branch is None:
+      k_cache = write_cache(k_cache, kk, offsets)
+      v_cache = write_cache(v_cache, v, offsets)
+      keys, values = k_cache, v_cache
+      visible = jnp.arange(s)[None, None, :] <= (offsets[:, None] + jnp.arange(t)[None, :])[..., None]
+    else:
+      # Keys = [history ; chunk]; a chunk key is visible within the query's branch, causally.
+      keys = jnp.concatenate([k_cache, kk.astype(k_cache.dtype)], axis=1)
+      values = jnp.concatenate([v_cache, v.astype(v_cache.dtype)], axis=1)
+      history = jnp.broadcast_to(jnp.arange(s)[None, None, :] < offsets[:, None, None], (b, t, s))
+      own = (branch[:, :, None] == branch[:, None, :]) & (positions[:, None, :] <= positions[:, :, None])
+      visible = jnp.concatenate([history, own], axis=-1)
+    logits = jnp.einsum("btkgd,bskd->bkgts", q, keys.astype(q.dtype),
                         preferred_element_type=jnp.float32) * (d ** -0.5)
-    visible = jnp.arange(s)[None, None, :] <= (offsets[:, None] + jnp.arange(t)[None, :])[..., None]
     logits = jnp.where(visible[:, None, None], logits, _NEG)               # [B, K, G, T, S]
     probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v_cache.astype(self.dtype)).reshape(b, t, n * d)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, values.astype(self.dtype)).reshape(b, t, n * d)
     return Linear(cfg.hidden_size, self.quant, self.dtype, name="o")(out), k_cache, v_cache
 
 
@@ -138,10 +155,11 @@ class Block(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, positions, offsets, k_cache, v_cache, inv_freq):
+  def __call__(self, x, positions, offsets, k_cache, v_cache, inv_freq, branch=None):
     eps = self.cfg.rms_norm_eps
     h, k_cache, v_cache = Attention(self.cfg, self.quant, self.dtype, name="attn")(
-        RMSNorm(eps, self.dtype, name="attn_norm")(x), positions, offsets, k_cache, v_cache, inv_freq)
+        RMSNorm(eps, self.dtype, name="attn_norm")(x), positions, offsets, k_cache, v_cache, inv_freq,
+        branch)
     x = x + h
     x = x + Mlp(self.cfg, self.quant, self.dtype, name="mlp")(RMSNorm(eps, self.dtype, name="mlp_norm")(x))
     return x, k_cache, v_cache

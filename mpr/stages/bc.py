@@ -1,0 +1,103 @@
+"""Stage `bc`: the tiny default policy, by behaviour cloning and DAgger.
+
+  round 0   clone the expert: next-token loss on the action tokens of the expert's train episodes
+            (from the `expert_rollouts` stage in the same workdir, or `bc.demos`)
+  round r   DAgger: the current policy plays `bc.dagger.games` fresh train games while the expert
+            watches and labels every visited state; the labelled states join the data and the
+            policy trains on the aggregate (its compounding errors are what pure cloning misses)
+
+Everything resumes: each round's rollouts are an fsynced episode log, its training checkpoints
+under round_<r>/ckpt, its result round_<r>/model. The final policy (bf16 params + tokenizer) is
+written to `policy/`, which is what mpr/assets/tiny/policy ships (see experiments/configs/bc_tiny.py).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from mpr import io
+from mpr.agent import agent as agent_lib, demos, models, prompt
+from mpr.envs.pool import EnvPool
+from mpr.envs.rollout import rollout
+from mpr.errors import UserError
+from mpr.eval import summary as summary_lib
+from mpr.models import checkpoint, tiny
+from mpr.models.quant import precision
+from mpr.models.variants import make_variant
+from mpr.records import Episode
+from mpr.stages.common import split_games
+from mpr.train import lm
+
+CONFIG_KEYS = ("seed", "env", "expert", "agent", "bc")
+
+
+def _episodes(path: str) -> list[Episode]:
+  if not os.path.isfile(path):
+    raise UserError(f"no demonstrations at {path}: run the expert_rollouts stage first (or set bc.demos)")
+  return [Episode.from_json(r) for r in io.JsonlLog(path).records]
+
+
+def _dagger_rollouts(config, cfg, params, tok, r: int, rdir: str) -> list[Episode]:
+  env, dc = config.env, config.bc.dagger
+  games = split_games(config, config.bc.split)
+  pick = np.sort(np.random.default_rng([config.seed, r]).choice(len(games), min(dc.games, len(games)), replace=False))
+  games = [games[i] for i in pick]
+  log = io.JsonlLog(os.path.join(rdir, "episodes.jsonl"))
+  done = {e["game"] for e in log.records}
+  variant = make_variant(cfg, params, precision(dc.precision))
+  with log, EnvPool(env.num_workers, env.num_slots, max_steps=dc.max_steps, expert=config.expert.name,
+                    step_timeout=env.step_timeout) as pool:
+    agent = agent_lib.from_config(config.agent, tok, {dc.precision: variant}, rows=pool.num_slots,
+                                  route=agent_lib.fixed(dc.precision), seed=config.seed)
+    rollout(pool, [(g, config.seed) for g in games if g.game_id not in done], agent,
+            on_episode=lambda e: log.append(e.to_json()), progress=f"DAgger round {r}")
+  by_game = {e["game"]: Episode.from_json(e) for e in log.records}
+  return [by_game[g.game_id] for g in games]
+
+
+def run(config, sdir: str) -> dict:
+  bc, ac = config.bc, config.agent
+  if ac.format != "compact":
+    raise UserError(f"bc trains the tiny policy, whose format is compact (agent.format={ac.format!r})")
+  tok = tiny.tokenizer()
+  cfg = tiny.model_config(tok)
+  source = bc.demos or os.path.join(os.path.dirname(sdir), "expert_rollouts")
+  to_examples = lambda eps: demos.examples(eps, tok, prompt.COMPACT, ac.budget, ac.max_action_tokens)
+  train_ex = to_examples(_episodes(os.path.join(source, f"episodes_{bc.split}.jsonl")))
+  val_ex = to_examples(_episodes(os.path.join(source, f"episodes_{bc.val_split}.jsonl")))
+  params = tiny.init_params(cfg, config.seed)
+  dagger_ex: list[demos.Example] = []
+  metrics: dict = {"demo_examples": len(train_ex), "val_examples": len(val_ex), "rounds": []}
+  for r in range(bc.dagger.rounds + 1):
+    rdir = os.path.join(sdir, f"round_{r}")
+    row = {"round": r}
+    if r > 0:
+      episodes = _dagger_rollouts(config, cfg, params, tok, r, rdir)
+      dagger_ex += to_examples(episodes)
+      row["dagger_success"] = summary_lib.summarize(episodes)["overall"]["success"]
+    model_dir = os.path.join(rdir, "model")
+    if os.path.isfile(os.path.join(model_dir, "model.json")):
+      cfg, params = checkpoint.load_model(model_dir)
+      row.update(io.read_json(os.path.join(rdir, "train.json")))
+    else:
+      tc = bc.train if r == 0 else lm.train_config(**{**bc.train.to_dict(), **bc.dagger.train.to_dict()})
+      params, result = lm.train(cfg, params, train_ex + dagger_ex, val_ex, tc, rdir, label=f"bc round {r}")
+      checkpoint.save_model(model_dir, cfg, params)
+      io.atomic_write_json(os.path.join(rdir, "train.json"), result)
+      row.update(result)
+    row["dagger_examples"] = len(dagger_ex)
+    metrics["rounds"].append(row)
+  models.save_policy(os.path.join(sdir, "policy"), cfg, params, tiny.ASSETS,
+                     extra={"made_by": "experiments/configs/bc_tiny.py", "rounds": metrics["rounds"]})
+  lines = ["| round | examples (demo + DAgger) | DAgger success on train | val NLL | val token acc |",
+           "|---|---|---|---|---|"]
+  for row in metrics["rounds"]:
+    succ = row.get("dagger_success")
+    lines.append(f"| {row['round']} | {len(train_ex)} + {row['dagger_examples']} | "
+                 f"{'—' if succ is None else f'{100 * succ:.1f}%'} | {row['val_nll']:.4f} | "
+                 f"{100 * row['val_token_accuracy']:.1f}% |")
+  text = "\n".join(lines) + "\n"
+  io.atomic_write_text(os.path.join(sdir, "summary.md"), text)
+  print(text)
+  return metrics

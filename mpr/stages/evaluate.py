@@ -1,0 +1,92 @@
+"""Stage `eval`: the agent at fixed precisions on one split: success, steps, tokens and time.
+
+For each precision in `eval.precisions` the policy plays every game of `eval.split` (an evenly
+spaced subset of `eval.num_games` when > 0) with that variant at every step, and the episodes are
+logged to `episodes_<split>_<precision>.jsonl` (resumable). The first precision is the reference
+the others are compared with. Writes results.json, summary.md (the comparison table, then one
+table per precision by task type) and prints the comparison.
+
+Cost columns come from the step records: model ms/step is the variant's batched call time shared
+among the episodes in the batch; env ms/step is the worker's time for the step.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from mpr import io
+from mpr.agent import agent as agent_lib, models
+from mpr.envs.pool import EnvPool
+from mpr.envs.rollout import rollout
+from mpr.eval import summary as summary_lib
+from mpr.models.quant import precision
+from mpr.records import Episode
+from mpr.stages.common import split_games
+
+CONFIG_KEYS = ("seed", "env", "model", "agent", "eval")
+
+
+def step_costs(episodes: list[Episode]) -> dict[str, float]:
+  """Per-step means of what a step cost, and how often the action had to be repaired."""
+  steps = [s for e in episodes for s in e.steps]
+  n = max(len(steps), 1)
+  mean = lambda f: float(sum(f(s) for s in steps) / n)
+  return {
+      "steps": len(steps),
+      "model_ms": 1e3 * mean(lambda s: s.model_seconds),
+      "env_ms": 1e3 * mean(lambda s: s.env_seconds),
+      "reset_s": float(np.mean([e.extra.get("reset_seconds", 0.0) for e in episodes])) if episodes else 0.0,
+      "tokens_prefilled": mean(lambda s: s.tokens_prefilled),
+      "tokens_decoded": mean(lambda s: s.tokens_decoded),
+      "tokens_scored": mean(lambda s: s.extra.get("tokens_scored", 0)),
+      "mapped": mean(lambda s: bool(s.extra.get("mapped", False))),
+      "invalid": mean(lambda s: s.action not in s.admissible),
+  }
+
+
+def comparison_table(results: dict, reference: str, title: str) -> str:
+  ref = results[reference]["summary"]["overall"]["success"]
+  lines = [f"### {title}", "",
+           "| precision | weights MiB | success % | 95% CI | Δ pts | mean steps | model ms/step | env ms/step "
+           "| prefill tok/step | scored+decoded tok/step | mapped % |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+  for name, r in results.items():
+    o, c = r["summary"]["overall"], r["costs"]
+    lo, hi = o["success_ci95"]
+    delta = "—" if name == reference else f"{100 * (o['success'] - ref):+.1f}"
+    lines.append(f"| {name} | {r['weight_bytes'] / 2**20:.1f} | {100 * o['success']:.1f} | "
+                 f"{100 * lo:.1f}–{100 * hi:.1f} | {delta} | {o['mean_steps']:.1f} | {c['model_ms']:.1f} | "
+                 f"{c['env_ms']:.1f} | {c['tokens_prefilled']:.0f} | "
+                 f"{c['tokens_scored'] + c['tokens_decoded']:.0f} | {100 * c['mapped']:.1f} |")
+  return "\n".join(lines) + "\n"
+
+
+def run(config, sdir: str) -> dict:
+  env, ec = config.env, config.eval
+  for name in ec.precisions:
+    precision(name)   # an unknown name fails now, not after the first precisions have played
+  policy = models.load(config.model)
+  games = split_games(config, ec.split, ec.num_games)
+  results: dict = {}
+  with EnvPool(env.num_workers, env.num_slots, max_steps=env.max_steps, step_timeout=env.step_timeout) as pool:
+    for name in ec.precisions:
+      variants = policy.variants([name])
+      log = io.JsonlLog(os.path.join(sdir, f"episodes_{ec.split}_{name}.jsonl"))
+      done = {r["game"] for r in log.records}
+      agent = agent_lib.from_config(config.agent, policy.tok, variants, rows=pool.num_slots,
+                                    route=agent_lib.fixed(name), seed=config.seed)
+      with log:
+        rollout(pool, [(g, config.seed) for g in games if g.game_id not in done], agent,
+                on_episode=lambda e: log.append(e.to_json()), progress=f"{name} on {ec.split}")
+      by_game = {r["game"]: Episode.from_json(r) for r in log.records}
+      episodes = [by_game[g.game_id] for g in games]
+      results[name] = {"summary": summary_lib.summarize(episodes), "costs": step_costs(episodes),
+                       "weight_bytes": variants[name].weight_bytes}
+  title = f"{os.path.basename(policy.source.rstrip('/'))} on {ec.split} ({len(games)} games)"
+  table = comparison_table(results, ec.precisions[0], title)
+  per = "\n".join(summary_lib.markdown_table(r["summary"], f"{name}") for name, r in results.items())
+  io.atomic_write_text(os.path.join(sdir, "summary.md"), table + "\n" + per)
+  io.atomic_write_json(os.path.join(sdir, "results.json"), results)
+  print(table)
+  return {"split": ec.split, "games": len(games), "precisions": results}

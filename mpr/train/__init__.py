@@ -1,0 +1,1 @@
+"""Training loops shared by the stages: next-token learning on masked targets (lm), metrics."""

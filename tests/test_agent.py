@@ -1,0 +1,246 @@
+"""The agent: prompt histories, training sequences, the batched multi-precision policy on real games."""
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mpr.agent import agent as agent_lib, demos, models, prompt
+from mpr.envs.pool import EnvPool
+from mpr.envs.rollout import EpisodeView, rollout
+from mpr.errors import UserError
+from mpr.models import engine, gguf, tiny
+from mpr.records import Episode, Step
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def policy():
+  return models.load(models.model_config())      # the shipped tiny policy
+
+
+@pytest.fixture(scope="module")
+def variants(policy):
+  return policy.variants(["f32", "int4"])
+
+
+# --- prompt ---------------------------------------------------------------------------------------
+
+def test_history_appends_then_trims_keeping_goal_and_first_step():
+  tok = tiny.tokenizer()
+  h = prompt.History(tok, prompt.COMPACT, "put a apple in fridge", budget=120, trim_to=80)
+  h.observe("You are in the middle of a room.", [], reserve=8)
+  first = h.tokens()
+  h.act("go to fridge 1")
+  assert h.tokens()[:len(first)] == first and h.version == 0
+  for i in range(12):
+    before = h.tokens()
+    h.observe(f"You arrive at cabinet {i}. On the cabinet {i}, you see nothing.", [], reserve=8)
+    if h.version == 0:
+      assert h.tokens()[:len(before)] == before          # append-only until a trim
+    h.act(f"go to cabinet {i + 1}")
+    assert h.length == len(h.tokens()) <= 120
+  assert h.version >= 1
+  tokens = h.tokens()
+  assert tokens[:len(first)] == first                    # goal and first observation survive
+  assert tok.decode(tokens).endswith("go to cabinet 12<eos>")
+
+
+def test_history_refuses_a_budget_that_cannot_hold_one_step():
+  h = prompt.History(tiny.tokenizer(), prompt.COMPACT, "put a apple in fridge", budget=16)
+  with pytest.raises(ValueError, match="budget"):
+    h.observe("You are in the middle of a room. Looking quickly around you, you see a lot.", [], reserve=8)
+
+
+@pytest.mark.parametrize("style", ["qwen3", "smollm2"])
+def test_chat_formats_render_turns_and_parse_actions(style):
+  fmt = prompt.make(f"chat-{style}")
+  assert fmt.preamble.format(goal="heat some egg").startswith("<|im_start|>system\n")
+  turn = fmt.observation.format(observation="You see a fridge 1.", admissible="go to fridge 1, look")
+  assert turn.startswith("<|im_start|>user\nObservation: You see a fridge 1.\nAdmissible commands: go to fridge 1, look")
+  assert turn.endswith("<|im_start|>assistant\n" + ("<think>\n\n</think>\n\n" if style == "qwen3" else "") + "Action:")
+  assert fmt.parse(" go to fridge 1<|im_end|>") == "go to fridge 1"
+  think = prompt.make(f"chat-{style}", think=True)
+  assert think.parse("<think>the egg is cold</think>\nI should look.\nAction: open fridge 1\n") == "open fridge 1"
+  with pytest.raises(UserError, match="unknown chat style"):
+    prompt.make("chat-gpt")
+  with pytest.raises(UserError, match="unknown prompt format"):
+    prompt.make("react")
+
+
+def test_map_to_admissible():
+  adm = ["go to fridge 1", "go to countertop 1", "open fridge 1"]
+  assert agent_lib.map_to_admissible("Go to  fridge 1", adm) == ("go to fridge 1", False)
+  assert agent_lib.map_to_admissible("goto countertop1", adm) == ("go to countertop 1", True)
+
+
+# --- demonstrations → training sequences -----------------------------------------------------------
+
+def _step(t, obs, action, expert=None):
+  extra = {} if expert is None else {"expert_action": expert}
+  return Step(t=t, observation=obs, admissible=["go to fridge 1", "go to sinkbasin 1", "open fridge 1"],
+              action=action, extra=extra)
+
+
+def test_examples_mask_exactly_the_learned_actions_and_branch_on_disagreement():
+  tok = tiny.tokenizer()
+  ep = Episode("g", "pick_and_place_simple", 0, "put a apple in fridge",
+               [_step(0, "You are in a room.", "go to fridge 1"),
+                _step(1, "You arrive at fridge 1.", "go to sinkbasin 1", expert="open fridge 1"),
+                _step(2, "You arrive at sinkbasin 1.", "go to fridge 1", expert="go to fridge 1")], won=False)
+  ex = demos.episode_examples(ep, tok, prompt.COMPACT, budget=512, reserve=24)
+  assert len(ex) == 2
+  branch, main = ex
+  learned = lambda x: tok.decode(x.tokens[x.loss].tolist())
+  assert learned(branch) == "open fridge 1<eos>"                        # the expert's fix, in a branch
+  assert learned(main) == "go to fridge 1<eos>go to fridge 1<eos>"     # agreeing steps only
+  assert "go to sinkbasin 1<eos>" in tok.decode(main.tokens.tolist())   # what happened stays in context
+  history = prompt.History(tok, prompt.COMPACT, ep.goal, 512)
+  for s in ep.steps:
+    history.observe(s.observation, s.admissible, 24)
+    history.act(s.action)
+  assert main.tokens.tolist() == history.tokens()                       # exactly what the agent reads
+
+
+# --- the agent ------------------------------------------------------------------------------------
+
+def _play(variants, games, policy, *, slots, mode="score", route=None, max_steps=8):
+  with EnvPool(1, slots, max_steps=max_steps) as pool:
+    agent = agent_lib.Agent(policy.tok, prompt.COMPACT, variants, rows=slots, budget=768, mode=mode,
+                            route=route or agent_lib.fixed(next(iter(variants))))
+    return rollout(pool, [(g, 0) for g in games], agent)
+
+
+def _actions(episodes):
+  return [[s.action for s in e.steps] for e in episodes]
+
+
+@pytest.mark.parametrize("mode", ["score", "generate"])
+def test_agent_plays_real_games_with_admissible_actions_only(policy, variants, one_game_per_task, mode):
+  episodes = _play(variants, one_game_per_task[:3], policy, slots=2, mode=mode)
+  for e in episodes:
+    assert e.failure in (None, "step_cap") and e.steps
+    for s in e.steps:
+      assert s.action in s.admissible and s.precision == "f32" and s.tokens_prefilled > 0
+      if mode == "score":
+        probs = s.extra["action_probs"]
+        assert len(probs) == len(s.admissible) and abs(sum(probs) - 1) < 1e-4
+        assert s.action == s.admissible[int(np.argmax(probs))]
+      else:
+        assert s.tokens_decoded > 0 and "generated" in s.extra and isinstance(s.extra["mapped"], bool)
+
+
+def test_batched_equals_unbatched(policy, variants, one_game_per_task):
+  games = one_game_per_task[:4]
+  batched = _play(variants, games, policy, slots=4)
+  single = _play(variants, games, policy, slots=1)
+  assert _actions(batched) == _actions(single)
+  for a, b in zip(batched, single):
+    for sa, sb in zip(a.steps, b.steps):
+      np.testing.assert_allclose(sa.extra["action_probs"], sb.extra["action_probs"], atol=1e-4)
+
+
+def _reference_probs(variant, tok, history_tokens, admissible):
+  """Action distribution from a fresh cache: what a correct catch-up must reproduce."""
+  last, cache = engine.prefill(variant, variant.init_cache(1, 1024), [history_tokens])
+  conts = [tok.encode(prompt.COMPACT.action.format(action=a)) for a in admissible]
+  lps = engine.score(variant, cache, last, [0] * len(conts), conts)
+  totals = np.array([lp.sum() for lp in lps])
+  p = np.exp(totals - totals.max())
+  return p / p.sum()
+
+
+def test_switching_precision_catches_up_each_cache(policy, variants, valid_seen):
+  """Alternating f32/int4 steps: each variant's cache, caught up, gives a fresh prefill's answer."""
+  tok = policy.tok
+  agent = agent_lib.Agent(tok, prompt.COMPACT, variants, rows=2, budget=200,
+                          route=lambda views: ["f32" if (v.t // 2) % 2 else "int4" for v in views])
+  game = valid_seen[0]
+  adm = ["go to fridge 1", "go to cabinet 1", "go to cabinet 2", "look"]
+  for t in range(9):   # long enough for the 200-token budget to trim (and force rebuilds)
+    view = EpisodeView(index=0, game=game, seed=0, goal="put a clean apple in fridge", t=t,
+                       observation=f"You arrive at cabinet {t}. On the cabinet {t}, you see a mug {t}.",
+                       admissible=tuple(adm), expert_action=None, steps=(), slot=1)
+    d = agent([view])[0]
+    row = agent.rows[1]
+    want = _reference_probs(variants[d.info["precision"]], tok, row.history.tokens(), adm)
+    np.testing.assert_allclose(d.info["action_probs"], want, atol=2e-4)
+  assert row.history.version >= 1
+
+
+def test_agent_rejects_a_tokenizer_of_another_model(variants):
+  _, _, smol_tok = gguf.load_gguf(gguf.smollm2_path(), max_seq_len=64)
+  with pytest.raises(UserError, match="tokenizer"):
+    agent_lib.Agent(smol_tok, prompt.COMPACT, variants, rows=2, budget=256, route=agent_lib.fixed("f32"))
+
+
+def test_policy_checkpoint_round_trip_and_bad_paths(tmp_path, policy):
+  models.save_policy(str(tmp_path / "p"), policy.cfg, policy.params, tiny.ASSETS, extra={})
+  again = models.load(models.model_config(path=str(tmp_path / "p")))
+  assert again.cfg == policy.cfg
+  for a, b in zip(*(map(np.asarray, __import__("jax").tree.leaves(p.params)) for p in (policy, again))):
+    np.testing.assert_array_equal(a, b)   # shipped params are bf16 values: bit-exact round trip
+  with pytest.raises(UserError, match="not a folder"):
+    models.load(models.model_config(path=str(tmp_path / "missing")))
+  with pytest.raises(UserError, match="model.json"):
+    models.load(models.model_config(path=str(tmp_path)))
+  with pytest.raises(UserError, match="tier"):
+    models.load(models.model_config(tier="onnx"))
+
+
+_DEVICES_SCRIPT = """
+import json, os, sys
+sys.path.insert(0, {root!r})
+from mpr.agent import agent as agent_lib, models
+from mpr.envs.games import find_games
+from mpr.envs.pool import EnvPool
+from mpr.envs.rollout import rollout
+import jax
+def main():
+  pol = models.load(models.model_config())
+  games = find_games("valid_seen", source="real")[:4]
+  with EnvPool(1, 4, max_steps=6) as pool:
+    agent = agent_lib.from_config(agent_lib.agent_config(), pol.tok, pol.variants(["f32"]), rows=4,
+                                  route=agent_lib.fixed("f32"))
+    eps = rollout(pool, [(g, 0) for g in games], agent)
+  print(json.dumps({{"devices": jax.local_device_count(),
+                    "sharded": agent.caches["f32"]["k"][0].sharding.num_devices,
+                    "steps": [[[s.action, s.extra["action_probs"]] for s in e.steps] for e in eps]}}))
+if __name__ == "__main__":
+  main()
+"""
+
+
+def test_four_forced_host_devices_give_the_same_episodes(tmp_path, alfworld_data):
+  script = tmp_path / "play.py"
+  script.write_text(_DEVICES_SCRIPT.format(root=ROOT))
+  out = {}
+  for n in (1, 4):
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}", "JAX_PLATFORMS": "cpu"}
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out[n] = json.loads(p.stdout.strip().splitlines()[-1])
+  assert out[1]["devices"] == 1 and out[4]["devices"] == 4 and out[4]["sharded"] == 4
+  for ea, eb in zip(out[1]["steps"], out[4]["steps"]):
+    assert [a for a, _ in ea] == [a for a, _ in eb]
+    for (_, pa), (_, pb) in zip(ea, eb):
+      np.testing.assert_allclose(pa, pb, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["score", "generate"])
+def test_smollm2_tier_acts_through_its_chat_format(one_game_per_task, mode):
+  """The pretrained tier runs the same loop: ChatML prompt, admissible commands listed, any mode."""
+  pol = models.load(models.model_config(tier="smollm2", max_seq_len=2048))
+  ac = agent_lib.agent_config(format="chat-smollm2", mode=mode, budget=1536, max_action_tokens=12)
+  with EnvPool(1, 1, max_steps=2) as pool:
+    agent = agent_lib.from_config(ac, pol.tok, pol.variants(["f32"]), rows=1, route=agent_lib.fixed("f32"))
+    (episode,) = rollout(pool, [(one_game_per_task[0], 0)], agent)
+  assert len(episode.steps) == 2
+  for s in episode.steps:
+    assert s.action in s.admissible and s.tokens_prefilled > 0
+  # The cache was kept: step 1 prefilled only step 0's action and the new turn.
+  assert sum(s.tokens_prefilled for s in episode.steps) == agent.rows[0].history.length

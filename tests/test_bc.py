@@ -1,0 +1,74 @@
+"""Behaviour-cloning training: it learns, it resumes exactly after an interruption, it refuses bad input."""
+import jax
+import numpy as np
+import pytest
+
+from mpr.agent import demos, prompt
+from mpr.errors import UserError
+from mpr.models import tiny
+from mpr.records import Episode, Step
+from mpr.train import lm
+
+
+def _episode(i):
+  rooms = ["fridge 1", "cabinet 2", "countertop 1", "sinkbasin 1"]
+  steps = [Step(t=t, observation=f"You arrive at {rooms[(i + t) % 4]}. You see a apple {i % 3}.",
+                admissible=[f"go to {r}" for r in rooms], action=f"go to {rooms[(i + t + 1) % 4]}")
+           for t in range(3)]
+  return Episode(f"g{i}", "pick_and_place_simple", 0, f"put a apple {i % 3} in fridge 1", steps, won=True)
+
+
+@pytest.fixture(scope="module")
+def setup():
+  tok = tiny.tokenizer()
+  cfg = tiny.model_config(tok, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2,
+                          num_kv_heads=1, head_dim=32)
+  ex = demos.examples([_episode(i) for i in range(24)], tok, prompt.COMPACT, budget=256, reserve=16)
+  tc = lm.train_config(epochs=3, lr=3e-3, warmup_steps=2, batch_tokens=512, bucket=64, log_every=2, ckpt_every=3)
+  return cfg, ex, tc
+
+
+def test_training_lowers_the_action_loss(tmp_path, setup):
+  cfg, ex, tc = setup
+  params = tiny.init_params(cfg, 0)
+  before = lm.evaluate(cfg, params, ex, tc)["nll"]
+  params, final = lm.train(cfg, params, ex, ex[:4], tc, str(tmp_path))
+  assert final["train_nll"] < 0.5 * before
+  assert (tmp_path / "tb" / "metrics.jsonl").exists()
+
+
+def test_resume_after_interruption_is_exact(tmp_path, setup, monkeypatch):
+  cfg, ex, tc = setup
+  ref, _ = lm.train(cfg, tiny.init_params(cfg, 0), ex, [], tc, str(tmp_path / "ref"))
+
+  real_step, calls = lm._train_step, {"n": 0}
+
+  def dying_step(*args):
+    calls["n"] += 1
+    if calls["n"] == 8:           # after the checkpoint at step 6, before the end
+      raise KeyboardInterrupt
+    return real_step(*args)
+
+  monkeypatch.setattr(lm, "_train_step", dying_step)
+  with pytest.raises(KeyboardInterrupt):
+    lm.train(cfg, tiny.init_params(cfg, 0), ex, [], tc, str(tmp_path / "run"))
+  monkeypatch.setattr(lm, "_train_step", real_step)
+  resumed, _ = lm.train(cfg, tiny.init_params(cfg, 1), ex, [], tc, str(tmp_path / "run"))  # init ignored
+  for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(resumed)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_batches_cover_every_example_once_per_epoch(setup):
+  _, ex, tc = setup
+  batches = lm.epoch_batches(ex, tc, epoch=0)
+  assert sum(int((lens > 0).sum()) for _, _, lens in batches) == len(ex)
+  assert all(t.shape[1] % tc.bucket == 0 and t.shape[0] * t.shape[1] <= max(tc.batch_tokens, t.shape[1])
+             for t, _, _ in batches)
+  again = lm.epoch_batches(ex, tc, epoch=0)
+  assert all((a[0] == b[0]).all() for a, b in zip(batches, again))
+
+
+def test_no_examples_is_a_clear_error(tmp_path, setup):
+  cfg, _, tc = setup
+  with pytest.raises(UserError, match="no training examples"):
+    lm.train(cfg, tiny.init_params(cfg, 0), [], [], tc, str(tmp_path))
