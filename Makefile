@@ -16,13 +16,14 @@ $(STAMP): requirements.txt Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) launch.py --config experiments/configs/expert_eval.py --workdir $(WORKDIR)
+	$(PY) launch.py --config experiments/configs/agent_eval.py:runlocal --workdir $(WORKDIR)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/env_throughput.py
+	$(PY) benchmarks/agent_step.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,4 +1,6 @@
 """Behaviour-cloning training: it learns, it resumes exactly after an interruption, it refuses bad input."""
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -72,3 +74,24 @@ def test_no_examples_is_a_clear_error(tmp_path, setup):
   cfg, _, tc = setup
   with pytest.raises(UserError, match="no training examples"):
     lm.train(cfg, tiny.init_params(cfg, 0), [], [], tc, str(tmp_path))
+
+
+def test_bc_stage_end_to_end_on_a_few_real_games(tmp_path, alfworld_data):
+  """expert demos → cloning → one DAgger round → a policy folder the agent loads."""
+  import os
+  import subprocess
+  import sys
+  from mpr.agent import models
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  args = [sys.executable, os.path.join(root, "launch.py"), "--workdir", str(tmp_path),
+          "--config", os.path.join(root, "experiments/configs/bc_tiny.py") + ":num_games=4,rounds=1,dagger_games=2",
+          "--config.bc.train.epochs=1", "--config.bc.dagger.train.epochs=1", "--config.bc.dagger.max_steps=4",
+          "--config.env.num_slots=2"]
+  p = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=900)
+  assert p.returncode == 0, p.stderr[-3000:]
+  metrics = json.load(open(tmp_path / "bc" / "metrics.json"))
+  assert [r["round"] for r in metrics["rounds"]] == [0, 1] and metrics["rounds"][1]["dagger_examples"] > 0
+  assert len((tmp_path / "bc" / "round_1" / "episodes.jsonl").read_text().splitlines()) == 2
+  policy = models.load(models.model_config(path=str(tmp_path / "bc" / "policy")))
+  assert policy.tok.vocab_size == policy.cfg.vocab_size
+  assert "| 1 |" in (tmp_path / "bc" / "summary.md").read_text()

@@ -16,7 +16,7 @@ from mpr.train.lm import train_config
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, num_games=1200, rounds=1, dagger_games=400)
+  arg = parse_arg(arg, num_games=1200, rounds=1, dagger_games=250)
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.stages = ("expert_rollouts", "bc")
@@ -30,7 +30,7 @@ def get_config(arg=None):
   c.bc.demos = ""                             # '' = this workdir's expert_rollouts/
   c.bc.split = "train"
   c.bc.val_split = "valid_train"
-  c.bc.train = train_config(epochs=4, lr=2e-3, warmup_steps=30, batch_tokens=8192, ckpt_every=50)
+  c.bc.train = train_config(epochs=6, lr=2e-3, warmup_steps=30, batch_tokens=8192, ckpt_every=50)
   c.bc.dagger = ml_collections.ConfigDict()
   c.bc.dagger.rounds = arg.rounds
   c.bc.dagger.games = arg.dagger_games        # fresh train games per round, played by the policy

@@ -9,7 +9,8 @@ rows), appends the new observation to each episode's History, asks `route` which
 each, and runs every variant once on its rows: prefill of the tokens that variant has not yet
 cached, then either
   score     rank the admissible commands by log-probability (summed, or averaged per token with
-            `length_norm`) → a distribution over actions; greedy or sampled at `temperature`.
+            `length_norm`) → a distribution over actions; greedy or sampled at `temperature`. All
+            candidates of the batch are scored in one pass (a prefix tree per row, engine.score).
   generate  decode until the format's stop token, parse the command, map it to an admissible one
             (exact, else the closest by string similarity: recorded as `mapped`).
 
@@ -80,6 +81,7 @@ class Agent:
     self.tok, self.fmt, self.route, self.mode = tok, fmt, route, mode
     self.budget, self.length_norm, self.temperature, self.seed = budget, length_norm, temperature, seed
     self.max_action_tokens = max_action_tokens
+    self._calls = 0
     stop = tok.token_to_id(fmt.stop)
     self.stop_ids = tuple(dict.fromkeys(([stop] if stop is not None else []) + list(tok.eos_ids)))
     self.rows: list[Optional[_Row]] = [None] * rows
@@ -181,7 +183,9 @@ class Agent:
   def _generate(self, name, last, views, rows):
     variant, cache = self.variants[name], self.caches.pop(name)
     lengths = self._place(jnp.asarray(np.asarray(cache["lengths"])))   # generate donates the cache
-    rng = jax.random.key(self.seed + sum(v.t for v in views))
+    # One key per call: sampled generation (temperature > 0) depends on the batch, unlike score mode.
+    self._calls += 1
+    rng = jax.random.fold_in(jax.random.key(self.seed), self._calls)
     gen = engine.generate(variant, cache, last, max_new_tokens=self.max_action_tokens, eos_ids=self.stop_ids,
                           temperature=self.temperature, rng=rng)
     self.caches[name] = engine.truncate_cache(gen.cache, lengths)   # the History re-appends the command

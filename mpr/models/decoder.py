@@ -47,26 +47,27 @@ class Decoder(nn.Module):
       self.lm_head = Linear(cfg.vocab_size, self.quant if self.quant_head else None, self.dtype)
 
   def __call__(self, tokens: jax.Array, chunk_lens: jax.Array, cache: Cache,
-               branches: Optional[tuple[jax.Array, jax.Array]] = None) -> tuple[jax.Array, Cache]:
+               tree: Optional[tuple[jax.Array, jax.Array]] = None) -> tuple[jax.Array, Cache]:
     """tokens [B, T] → (final-norm hidden states [B, T, H], updated cache).
 
-    `branches` = (ids [B, T], positions within the branch [B, T]) scores independent continuations
-    of each row's cached history side by side (see Attention); the cache is returned unchanged.
+    `tree` = (visibility [B, T, T], depth [B, T]) makes the chunk a token tree over each row's
+    cached history (continuations scored side by side, see Attention); the cache is returned
+    unchanged.
     """
     offsets = cache["lengths"]
-    if branches is None:
-      positions, branch = offsets[:, None] + jnp.arange(tokens.shape[1])[None, :], None
+    if tree is None:
+      positions, visible = offsets[:, None] + jnp.arange(tokens.shape[1])[None, :], None
     else:
-      branch, within = branches
-      positions = offsets[:, None] + within
+      visible, depth = tree
+      positions = offsets[:, None] + depth
     inv_freq = jnp.asarray(rope_inv_freq(self.cfg))
     x = self.embed(tokens)
     ks, vs = [], []
     for block, kc, vc in zip(self.blocks, cache["k"], cache["v"]):
-      x, kc, vc = block(x, positions, offsets, kc, vc, inv_freq, branch)
+      x, kc, vc = block(x, positions, offsets, kc, vc, inv_freq, visible)
       ks.append(kc)
       vs.append(vc)
-    if branches is not None:
+    if tree is not None:
       return self.final_norm(x), cache
     new_cache = {"k": ks, "v": vs, "lengths": offsets + chunk_lens.astype(jnp.int32)}
     return self.final_norm(x), new_cache

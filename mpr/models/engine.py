@@ -149,11 +149,11 @@ def truncate_cache(cache, lengths) -> dict:
 # --- scoring ------------------------------------------------------------------------------------
 
 @functools.partial(jax.jit, static_argnums=(0,))
-def _score(variant: Variant, variables, cache, last_hidden, tokens, branch, within, prev):
+def _score(variant: Variant, variables, cache, last_hidden, tokens, visible, depth, prev):
   variables = variant.full_variables(variables)
   hidden, _ = variant.model.apply(variables, tokens, jnp.zeros(tokens.shape[:1], jnp.int32), cache,
-                                  (branch, within))
-  # A token is predicted by the hidden state before it in its branch, or by the history's last one.
+                                  (visible, depth))
+  # A token is predicted by its parent's hidden state, or by the history's last one at the root.
   h = jnp.concatenate([last_hidden[:, None], hidden], axis=1)
   h = jnp.take_along_axis(h, prev[..., None], axis=1)
   logp = jax.nn.log_softmax(variant.model.apply(variables, h, method="logits"), axis=-1)
@@ -164,34 +164,44 @@ def score(variant: Variant, cache, last_hidden, row_of: Sequence[int],
           continuations: Sequence[Sequence[int]]) -> list[np.ndarray]:
   """Per-token log-probabilities of each continuation given its row's cached context.
 
-  row_of[m] names the cache row continuation m extends. The continuations of a row are packed
-  side by side into one chunk of that row and attend to its history and to themselves only, so
-  scoring 50 candidate actions costs one forward pass over their tokens and never copies the
-  cache, which is not modified.
+  row_of[m] names the cache row continuation m extends. A row's continuations are merged into a
+  prefix tree ("go to cabinet 1", "go to cabinet 2", ... share "go to cabinet") packed into one
+  chunk, where each token attends to the row's history and its own ancestors: scoring 50 candidate
+  actions costs one forward pass over their distinct prefixes and never copies the cache, which
+  is not modified.
   """
   if any(len(c) == 0 for c in continuations):
     raise ValueError("empty continuation")
   b = last_hidden.shape[0]
-  per_row = np.zeros(b, np.int64)
+  nodes: list[dict] = [{} for _ in range(b)]        # per row: (parent node, token) -> node
+  parent: list[list[int]] = [[] for _ in range(b)]
+  toks: list[list[int]] = [[] for _ in range(b)]
+  paths = []
   for r, c in zip(row_of, continuations):
-    per_row[r] += len(c)
-  t = bucket(int(per_row.max(initial=1)))
+    node, path = -1, []
+    for tok in c:
+      key = (node, int(tok))
+      if key not in nodes[r]:
+        nodes[r][key] = len(toks[r])
+        toks[r].append(int(tok))
+        parent[r].append(node)
+      node = nodes[r][key]
+      path.append(node)
+    paths.append((r, path))
+  t = bucket(max(len(x) for x in toks))
   tokens = np.zeros((b, t), np.int32)
-  branch = np.full((b, t), -1, np.int32)         # padding: a branch of its own, seen by no one
-  within = np.zeros((b, t), np.int32)
-  prev = np.zeros((b, t), np.int32)              # index into [last_hidden ; chunk hidden]
-  fill = np.zeros(b, np.int64)
-  where = []
-  for m, (r, c) in enumerate(zip(row_of, continuations)):
-    lo, n = fill[r], len(c)
-    tokens[r, lo:lo + n] = c
-    branch[r, lo:lo + n] = m
-    within[r, lo:lo + n] = np.arange(n)
-    prev[r, lo + 1:lo + n] = np.arange(lo + 1, lo + n)      # chunk position p-1 is index p
-    where.append((r, lo, n))
-    fill[r] += n
-  out = np.asarray(_score(variant, variant.variables, cache, last_hidden, tokens, branch, within, prev))
-  return [out[r, lo:lo + n] for r, lo, n in where]
+  depth = np.zeros((b, t), np.int32)
+  prev = np.zeros((b, t), np.int32)                 # index into [last_hidden ; chunk hidden]
+  visible = np.broadcast_to(np.eye(t, dtype=bool), (b, t, t)).copy()   # padding sees itself only
+  for r in range(b):
+    for i, (tok, par) in enumerate(zip(toks[r], parent[r])):   # parents precede their children
+      tokens[r, i] = tok
+      if par >= 0:
+        depth[r, i] = depth[r, par] + 1
+        prev[r, i] = par + 1
+        visible[r, i] |= visible[r, par]
+  out = np.asarray(_score(variant, variant.variables, cache, last_hidden, tokens, visible, depth, prev))
+  return [out[r, path] for r, path in paths]
 
 
 # --- distributions --------------------------------------------------------------------------------

@@ -92,16 +92,16 @@ class Attention(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, positions, offsets, k_cache, v_cache, inv_freq, branch=None):
+  def __call__(self, x, positions, offsets, k_cache, v_cache, inv_freq, tree=None):
     """x [B,T,H]; positions [B,T]; offsets [B] = tokens already cached per row.
 
     Query i of row b sees cache slots j <= offsets[b] + i: its history and the chunk up to itself.
     Padding tokens at the end of a row's chunk are written too but never seen, because the
     caller advances that row's length only by its real tokens and overwrites them next time.
 
-    With `branch` = ids [B,T] the chunk holds several independent continuations of each row's
-    history (candidate actions, scored in one pass): a query sees the cached history and the
-    earlier tokens of its own branch only, and the cache is left as it was (read-only).
+    With `tree` = visibility [B,T,T] the chunk is a token tree continuing each row's history
+    (candidate actions sharing prefixes, scored in one pass): query i sees the cached history and
+    the chunk tokens j with tree[b, i, j] (its ancestors and itself); the cache is left as it was.
     """
     cfg = self.cfg
     b, t, _ = x.shape
@@ -116,18 +116,16 @@ class Attention(nn.Module):
     kk = apply_rope(kk, positions, inv_freq)
     q = q.reshape(b, t, k, n // k, d)
     s = k_cache.shape[1]
-    if branch is None:
+    if tree is None:
       k_cache = write_cache(k_cache, kk, offsets)
       v_cache = write_cache(v_cache, v, offsets)
       keys, values = k_cache, v_cache
       visible = jnp.arange(s)[None, None, :] <= (offsets[:, None] + jnp.arange(t)[None, :])[..., None]
     else:
-      # Keys = [history ; chunk]; a chunk key is visible within the query's branch, causally.
-      keys = jnp.concatenate([k_cache, kk.astype(k_cache.dtype)], axis=1)
+      keys = jnp.concatenate([k_cache, kk.astype(k_cache.dtype)], axis=1)     # [history ; chunk]
       values = jnp.concatenate([v_cache, v.astype(v_cache.dtype)], axis=1)
       history = jnp.broadcast_to(jnp.arange(s)[None, None, :] < offsets[:, None, None], (b, t, s))
-      own = (branch[:, :, None] == branch[:, None, :]) & (positions[:, None, :] <= positions[:, :, None])
-      visible = jnp.concatenate([history, own], axis=-1)
+      visible = jnp.concatenate([history, tree], axis=-1)
     logits = jnp.einsum("btkgd,bskd->bkgts", q, keys.astype(q.dtype),
                         preferred_element_type=jnp.float32) * (d ** -0.5)
     logits = jnp.where(visible[:, None, None], logits, _NEG)               # [B, K, G, T, S]
@@ -155,11 +153,11 @@ class Block(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, positions, offsets, k_cache, v_cache, inv_freq, branch=None):
+  def __call__(self, x, positions, offsets, k_cache, v_cache, inv_freq, tree=None):
     eps = self.cfg.rms_norm_eps
     h, k_cache, v_cache = Attention(self.cfg, self.quant, self.dtype, name="attn")(
         RMSNorm(eps, self.dtype, name="attn_norm")(x), positions, offsets, k_cache, v_cache, inv_freq,
-        branch)
+        tree)
     x = x + h
     x = x + Mlp(self.cfg, self.quant, self.dtype, name="mlp")(RMSNorm(eps, self.dtype, name="mlp_norm")(x))
     return x, k_cache, v_cache

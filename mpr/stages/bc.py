@@ -83,8 +83,8 @@ def run(config, sdir: str) -> dict:
     else:
       tc = bc.train if r == 0 else lm.train_config(**{**bc.train.to_dict(), **bc.dagger.train.to_dict()})
       params, result = lm.train(cfg, params, train_ex + dagger_ex, val_ex, tc, rdir, label=f"bc round {r}")
+      io.atomic_write_json(os.path.join(rdir, "train.json"), result)   # before the model: it marks done
       checkpoint.save_model(model_dir, cfg, params)
-      io.atomic_write_json(os.path.join(rdir, "train.json"), result)
       row.update(result)
     row["dagger_examples"] = len(dagger_ex)
     metrics["rounds"].append(row)
