@@ -50,10 +50,17 @@ def test_history_appends_then_trims_keeping_goal_and_first_step():
   assert tok.decode(tokens).endswith("go to cabinet 12<eos>")
 
 
-def test_history_refuses_a_budget_that_cannot_hold_one_step():
-  h = prompt.History(tiny.tokenizer(), prompt.COMPACT, "put a apple in fridge", budget=16)
+def test_history_cuts_an_observation_too_long_for_the_budget():
+  tok = tiny.tokenizer()
+  h = prompt.History(tok, prompt.COMPACT, "put a apple in fridge", budget=64)
+  h.observe("You are in the middle of a room.", [], reserve=8)
+  h.act("inventory")
+  long = "You carry " + ", ".join(f"a mug {i}" for i in range(60)) + "."
+  h.observe(long, [], reserve=8)
+  assert h.version == 1 and h.length == len(h.tokens()) <= 64 - 8
+  assert tok.decode(h.tokens()).endswith(" ...<act>") and "You carry a mug 0, a mug 1" in tok.decode(h.tokens())
   with pytest.raises(ValueError, match="budget"):
-    h.observe("You are in the middle of a room. Looking quickly around you, you see a lot.", [], reserve=8)
+    prompt.History(tok, prompt.COMPACT, "put a apple in fridge", budget=10).observe("You see.", [], reserve=8)
 
 
 @pytest.mark.parametrize("style", ["qwen3", "smollm2"])

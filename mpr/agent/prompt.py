@@ -8,7 +8,8 @@ and every piece is tokenized on its own, so the ids of a step never change once 
 context only grows by appending, which is what lets each precision variant keep a KV cache of it
 and catch up on the new tokens alone. The one exception is the budget: when the context would
 overflow, the oldest steps (all but the first, whose observation describes the room) are dropped
-in one go, down to `trim_to` tokens, so trims (and cache rebuilds) are rare.
+in one go, down to `trim_to` tokens, so trims (and cache rebuilds) are rare. (Only an observation
+too long for the budget on its own costs the first step too, and is itself cut short.)
 
 Two families of formats:
   compact  `<goal>…<obs>…<act>cmd<eos>`: the tiny policy's, with its own special tokens.
@@ -99,19 +100,42 @@ class History:
     return out
 
   def observe(self, observation: str, admissible: Sequence[str], reserve: int) -> None:
-    """Appends a step's observation segment, first trimming so `reserve` more tokens still fit."""
-    seg = self.tok.encode(self.fmt.observation.format(observation=observation,
-                                                      admissible=", ".join(admissible)))
+    """Appends a step's observation segment, first trimming so `reserve` more tokens still fit.
+
+    Trimming drops the oldest steps but the first (down to `trim_to`), then the first one too if
+    it must; an observation too long for the budget on its own is cut short (its start is kept).
+    """
+    seg = self._segment(observation, admissible)
     if self.length + len(seg) + reserve > self.budget:
       target = min(self.trim_to, self.budget - len(seg) - reserve)
       while len(self.steps) > 1 and self.length + len(seg) > target:
         self.length -= len(self.steps.pop(1))
+      if self.steps and self.length + len(seg) + reserve > self.budget:
+        self.length -= len(self.steps.pop(0))
       self.version += 1
-      if self.length + len(seg) + reserve > self.budget:
-        raise ValueError(f"context budget {self.budget} cannot hold the goal, the first step and "
-                         f"the current observation ({self.length + len(seg)} tokens + {reserve})")
+      room = self.budget - self.length - reserve
+      if len(seg) > room:
+        seg = self._shortened(observation, admissible, room)
     self.steps.append(seg)
     self.length += len(seg)
+
+  def _segment(self, observation: str, admissible: Sequence[str]) -> list[int]:
+    return self.tok.encode(self.fmt.observation.format(observation=observation, admissible=", ".join(admissible)))
+
+  def _shortened(self, observation: str, admissible: Sequence[str], room: int) -> list[int]:
+    """The longest prefix of the observation (by characters, bisected) whose segment fits `room`."""
+    lo, hi = 0, len(observation)
+    while lo < hi:
+      mid = (lo + hi + 1) // 2
+      if len(self._segment(observation[:mid] + " ...", admissible)) <= room:
+        lo = mid
+      else:
+        hi = mid - 1
+    seg = self._segment(observation[:lo] + " ...", admissible)
+    if len(seg) > room:
+      raise ValueError(f"context budget {self.budget} cannot hold the goal and one step "
+                       f"({self.length + len(seg)} tokens + the reserve for the action)")
+    return seg
 
   def act(self, action_text: str) -> list[int]:
     """Appends the action taken at the current step; returns its tokens."""
