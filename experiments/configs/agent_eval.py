@@ -15,7 +15,7 @@ from mpr.config_util import env_config, parse_arg
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, split="valid_seen", num_games=0, precisions="bf16+int8+int4+int3",
+  arg = parse_arg(arg, split="valid_seen", num_games=0, precisions="bf16+int8+int4+int3+int2",
                   tier="mpr", path="", format="compact", mode="score", runlocal=False)
   c = ml_collections.ConfigDict()
   c.seed = 0
