@@ -13,13 +13,19 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mpr.errors import UserError
-from mpr.stages import bc, evaluate, expert_rollouts, runner, tokenizer
+from mpr.stages import (bc, collect, evaluate, expert_rollouts, route_eval, router_grpo, router_sl, runner,
+                        tokenizer)
 
 # The registry: a stage name in a config maps to exactly one module (no getattr on strings).
 STAGES = {
     "bc": bc,
+    "collect": collect,
     "eval": evaluate,
     "expert_rollouts": expert_rollouts,
+    "route_eval": route_eval,
+    "router_grpo": router_grpo,
+    "router_grpo_scratch": router_grpo.SCRATCH,
+    "router_sl": router_sl,
     "tokenizer": tokenizer,
 }
 

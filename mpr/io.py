@@ -6,18 +6,22 @@ logs are read back tolerating a torn last line. This is what makes every stage r
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
-from typing import Any, Iterable, Iterator
+from typing import IO, Any, Iterable, Iterator
 
 
-def atomic_write_text(path: str, text: str) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp.")
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "w") -> Iterator[IO]:
+  """A new file that replaces `path` only once the block completes (fsynced, then renamed)."""
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp.")
   try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
+    with os.fdopen(fd, mode) as f:
+      yield f
       f.flush()
       os.fsync(f.fileno())
     os.chmod(tmp, 0o644)   # mkstemp makes 0600 files; results are meant to be shared
@@ -28,6 +32,11 @@ def atomic_write_text(path: str, text: str) -> None:
     raise
 
 
+def atomic_write_text(path: str, text: str) -> None:
+  with atomic_open(path) as f:
+    f.write(text)
+
+
 def atomic_write_json(path: str, obj: Any) -> None:
   atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
@@ -35,6 +44,26 @@ def atomic_write_json(path: str, obj: Any) -> None:
 def read_json(path: str) -> Any:
   with open(path) as f:
     return json.load(f)
+
+
+def _complete_lines(path: str) -> Iterator[tuple[int, dict]]:
+  """(end offset, record) for every complete, parseable line, stopping at a torn tail."""
+  end = 0
+  with open(path, "rb") as f:
+    for line in f:
+      if not line.endswith(b"\n"):
+        return
+      try:
+        rec = json.loads(line)
+      except json.JSONDecodeError:
+        return
+      end += len(line)
+      yield end, rec
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """The complete records of a JSONL log, read-only (a torn last line is skipped, not repaired)."""
+  return [rec for _, rec in _complete_lines(path)]
 
 
 class JsonlLog:
@@ -54,16 +83,8 @@ class JsonlLog:
     if not os.path.exists(self.path):
       return
     good = 0
-    with open(self.path, "rb") as f:
-      for line in f:
-        if not line.endswith(b"\n"):
-          break
-        try:
-          rec = json.loads(line)
-        except json.JSONDecodeError:
-          break
-        good += len(line)
-        yield rec
+    for good, rec in _complete_lines(self.path):
+      yield rec
     if good != os.path.getsize(self.path):
       with open(self.path, "r+b") as f:
         f.truncate(good)

@@ -79,6 +79,20 @@ def test_chat_formats_render_turns_and_parse_actions(style):
     prompt.make("react")
 
 
+def test_deepseek_r1_format_renders_its_own_template():
+  fmt = prompt.make("chat-deepseek-r1")
+  pre = fmt.preamble.format(goal="heat some egg")
+  assert pre.startswith("<｜begin▁of▁sentence｜>You are an agent") and pre.endswith("Your task is to: heat some egg")
+  turn = fmt.observation.format(observation="You see a fridge 1.", admissible="look")
+  assert turn == ("<｜User｜>Observation: You see a fridge 1.\nAdmissible commands: look"
+                  "<｜Assistant｜><think>\n\n</think>\n\nAction:")
+  assert fmt.action.format(action="look") == " look<｜end▁of▁sentence｜>" and fmt.stop == "<｜end▁of▁sentence｜>"
+  assert fmt.parse(" open fridge 1<｜end▁of▁sentence｜>") == "open fridge 1"
+  think = prompt.make("chat-deepseek-r1", think=True)
+  assert think.observation.format(observation="o", admissible="a").endswith("<｜Assistant｜><think>\n")
+  assert think.parse("the egg is cold\n</think>\n\nAction: open fridge 1") == "open fridge 1"
+
+
 def test_map_to_admissible():
   adm = ["go to fridge 1", "go to countertop 1", "open fridge 1"]
   assert agent_lib.map_to_admissible("Go to  fridge 1", adm) == ("go to fridge 1", False)
@@ -165,7 +179,8 @@ def test_switching_precision_catches_up_each_cache(policy, variants, valid_seen)
   """Alternating f32/int4 steps: each variant's cache, caught up, gives a fresh prefill's answer."""
   tok = policy.tok
   agent = agent_lib.Agent(tok, prompt.COMPACT, variants, rows=2, budget=200,
-                          route=lambda views: ["f32" if (v.t // 2) % 2 else "int4" for v in views])
+                          route=agent_lib.Route(lambda views, probe: (["f32" if (v.t // 2) % 2 else "int4"
+                                                                        for v in views], None)))
   game = valid_seen[0]
   adm = ["go to fridge 1", "go to cabinet 1", "go to cabinet 2", "look"]
   for t in range(9):   # long enough for the 200-token budget to trim (and force rebuilds)

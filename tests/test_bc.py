@@ -64,6 +64,7 @@ def test_batches_cover_every_example_once_per_epoch(setup):
   _, ex, tc = setup
   batches = lm.epoch_batches(ex, tc, epoch=0)
   assert sum(int((lens > 0).sum()) for _, _, lens in batches) == len(ex)
+  assert lm.batches_per_epoch(ex, tc) == len(batches)
   assert all(t.shape[1] % tc.bucket == 0 and t.shape[0] * t.shape[1] <= max(tc.batch_tokens, t.shape[1])
              for t, _, _ in batches)
   again = lm.epoch_batches(ex, tc, epoch=0)

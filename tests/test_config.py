@@ -1,5 +1,6 @@
 import glob
 import importlib.util
+import json
 import os
 
 import pytest
@@ -30,3 +31,36 @@ def test_every_config_instantiates(path):
   import launch
   assert c.stages and all(s in launch.STAGES for s in c.stages)
   assert c.env.max_steps == 50
+
+
+def _tiny_checkpoint(dst, fixture: str) -> str:
+  """A random checkpoint of the fixture's architecture with a 256-token byte-level tokenizer."""
+  import shutil
+  import tokenizers
+  from tokenizers import decoders, models, pre_tokenizers
+  for name in ("config.json", "model.safetensors"):
+    shutil.copy(os.path.join(ROOT, "tests", "fixtures", fixture, name), dst / name)
+  tok = tokenizers.Tokenizer(models.BPE({t: i for i, t in enumerate(pre_tokenizers.ByteLevel.alphabet())}, []))
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  tok.save(str(dst / "tokenizer.json"))
+  eos = sorted(pre_tokenizers.ByteLevel.alphabet())[0]        # any byte stands in for the EOS token
+  (dst / "tokenizer_config.json").write_text(json.dumps({"eos_token": eos}))
+  return str(dst)
+
+
+@pytest.mark.parametrize("model, fixture", [("qwen3-8b", "qwen3_tied"), ("r1-llama-8b", "llama3_scaled")])
+def test_paper_config_runs_on_a_tiny_checkpoint_of_its_architecture(tmp_path, alfworld_data, model, fixture):
+  """The paper config end to end through collect (both tiers score, the low one embeds) for two steps."""
+  import subprocess
+  import sys
+  ckpt = tmp_path / "ckpt"
+  ckpt.mkdir()
+  args = [sys.executable, os.path.join(ROOT, "launch.py"), "--workdir", str(tmp_path / "run"),
+          "--config", os.path.join(ROOT, "experiments/configs/dmr_paper.py") + f":model={model},path={_tiny_checkpoint(ckpt, fixture)},workers=1,slots=2",
+          "--config.stages=('collect',)", "--config.collect.games=1", "--config.collect.val_games=1",
+          "--config.env.max_steps=2", "--config.agent.budget=3072", "--config.model.max_seq_len=4096"]
+  p = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
+  assert p.returncode == 0, p.stderr[-3000:]
+  m = json.load(open(tmp_path / "run" / "collect" / "metrics.json"))
+  assert m["train"]["steps"] == 2 and m["train"]["embed_dim"] == 64

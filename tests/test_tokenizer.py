@@ -44,6 +44,15 @@ def test_smollm2_inserts_its_default_system_prompt():
       "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n")
 
 
+def test_deepseek_r1_template_by_hand():
+  # The DeepSeek-R1-Distill chat template: BOS + system, role tags, answers closed by EOS without
+  # their reasoning, generation prompt opening a think block.
+  assert chat_prompt([SYS, USER, ANSWER, USER2], "deepseek-r1", enable_thinking=True) == (
+      "<｜begin▁of▁sentence｜>Be brief.<｜User｜>What is 2+2?<｜Assistant｜>4<｜end▁of▁sentence｜>"
+      "<｜User｜>And 3+3?<｜Assistant｜><think>\n")
+  assert chat_prompt([USER], "deepseek-r1").endswith("<｜Assistant｜><think>\n\n</think>\n\n")
+
+
 @pytest.mark.parametrize("messages, style, needle", [
     ([USER], "llama3", "unknown chat style"),
     ([{"role": "tool", "content": "x"}], "qwen3", "needs a role"),

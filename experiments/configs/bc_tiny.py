@@ -16,7 +16,7 @@ from mpr.train.lm import train_config
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, num_games=1200, rounds=1, dagger_games=250)
+  arg = parse_arg(arg, num_games=1200, rounds=2, dagger_games=250)
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.stages = ("expert_rollouts", "bc")

@@ -25,8 +25,10 @@ batch of episodes is data parallel over all local devices (rows must divide even
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
 import difflib
+import functools
 import time
 import zlib
 from typing import Callable, Mapping, Optional, Sequence
@@ -43,13 +45,36 @@ from mpr.models import engine
 from mpr.models.tokenizer import Tokenizer
 from mpr.models.variants import Variant
 
-Route = Callable[[Sequence[EpisodeView]], Sequence[str]]   # the variant name for each waiting episode
 MODES = ("score", "generate")
+
+
+@dataclasses.dataclass
+class Probe:
+  """What the agent computed for the waiting episodes before the route decides."""
+  z: list[np.ndarray]                     # per episode: [t+1, D] embeddings of its steps so far
+  logits: dict[str, list[np.ndarray]]     # variant -> per episode: action log-scores over view.admissible
+
+
+Choose = Callable[[Sequence[EpisodeView], Probe], tuple[Sequence[str], Optional[Sequence[float]]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+  """Which variant acts for each waiting episode (and p(high) where a router decided).
+
+  `embed` names the variant whose hidden states, mean-pooled over each step's new tokens (the
+  previous action and the observation), give the step embedding z_t; that variant then catches up
+  on every step, which keeps it ready to act at no extra prefill. `probe` names variants whose
+  action distributions (score mode) are computed for every waiting episode before choosing.
+  """
+  choose: Choose
+  embed: Optional[str] = None
+  probe: tuple[str, ...] = ()
 
 
 def fixed(name: str) -> Route:
   """Every step on one variant."""
-  return lambda views: [name] * len(views)
+  return Route(lambda views, probe: ([name] * len(views), None))
 
 
 @dataclasses.dataclass
@@ -58,6 +83,7 @@ class _Row:
   history: History
   action: Optional[str] = None       # the command chosen at the latest step
   cached: dict = dataclasses.field(default_factory=dict)   # variant -> (history version, tokens cached)
+  z: list = dataclasses.field(default_factory=list)        # step embeddings so far
 
 
 def data_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
@@ -69,7 +95,7 @@ class Agent:
   def __init__(self, tok: Tokenizer, fmt: Format, variants: Mapping[str, Variant], *, rows: int,
                budget: int, route: Route, mode: str = "score", length_norm: bool = False,
                temperature: float = 0.0, max_action_tokens: int = 24, seed: int = 0,
-               mesh: Optional[Mesh] = None):
+               mesh: Optional[Mesh] = None, record_z: bool = False):
     if mode not in MODES:
       raise UserError(f"unknown action mode {mode!r}; known: {list(MODES)}")
     vocab = min(v.cfg.vocab_size for v in variants.values())
@@ -78,9 +104,16 @@ class Agent:
                       "a tokenizer of another model?")
     if mesh is not None and rows % mesh.size:
       raise UserError(f"{rows} episode rows cannot be split evenly over {mesh.size} devices")
+    missing = sorted({route.embed, *route.probe} - {None} - set(variants))
+    if missing:
+      raise UserError(f"the route needs variant(s) {missing}; the agent has {sorted(variants)}")
+    if route.probe and mode != "score":
+      raise UserError("routes that read action distributions (entropy, margin, oracle, collect) need agent.mode=score")
+    if record_z and route.embed is None:
+      raise UserError("record_z needs a route with an embedding variant")
     self.tok, self.fmt, self.route, self.mode = tok, fmt, route, mode
     self.budget, self.length_norm, self.temperature, self.seed = budget, length_norm, temperature, seed
-    self.max_action_tokens = max_action_tokens
+    self.max_action_tokens, self.record_z = max_action_tokens, record_z
     self._calls = 0
     stop = tok.token_to_id(fmt.stop)
     self.stop_ids = tuple(dict.fromkeys(([stop] if stop is not None else []) + list(tok.eos_ids)))
@@ -110,22 +143,60 @@ class Agent:
     row.history.observe(view.observation, view.admissible, reserve=self.max_action_tokens)
     return row
 
-  def _catch_up(self, name: str, slots: list[int]):
-    """Prefills `name`'s cache rows with the context tokens it has not cached; → (last hidden, counts)."""
-    cache = self.caches.pop(name)
+  # --- cache rows ------------------------------------------------------------------------------
+
+  def _sub_rows(self, slots: list[int]) -> Optional[np.ndarray]:
+    """The cache rows a call computes: the waiting slots padded to a power-of-two count, or None for all.
+
+    Computing only the waiting rows is what keeps a pool's model time per step near batch 1's; the
+    power-of-two sizes bound the compiled shapes. With a mesh the count stays a multiple of its size.
+    """
+    n = len(self.rows)
+    floor = 1 if self._rows_sharding is None else self._rows_sharding.mesh.size
+    b = max(floor, 1 << max(0, len(slots) - 1).bit_length())
+    if b >= n:
+      return None
+    waiting = set(slots)
+    idle = [r for r in range(n) if r not in waiting]
+    return np.asarray(list(slots) + idle[:b - len(slots)], np.int32)
+
+  def _gather(self, name: str, idx: Optional[np.ndarray]):
+    cache = self.caches[name]
+    return cache if idx is None else self._place(_take_rows(cache, jnp.asarray(idx)))
+
+  def _stack(self, last: dict, slots: list[int], idx: Optional[np.ndarray]) -> jax.Array:
+    """Last hidden states [B, H] in cache-row order (idle rows: zeros, never read)."""
+    order = list(range(len(self.rows))) if idx is None else idx.tolist()
+    h = next(iter(last.values()))
+    return self._place(jnp.stack([last.get(r, jnp.zeros_like(h)) for r in order]))
+
+  def _prefill(self, name: str, slots: list[int], embed: bool):
+    """Catches `name` up on `slots`: prefills the context tokens its cache rows lack.
+
+    → ({slot: last hidden [H]}, {slot: tokens prefilled}, {slot: z [D]} when `embed`)."""
+    idx = self._sub_rows(slots)
+    cache = self._gather(name, idx)
+    at = slots if idx is None else list(range(len(slots)))        # the waiting slots lead `idx`
     lengths = np.asarray(cache["lengths"]).copy()
-    seqs: list[list[int]] = [[] for _ in self.rows]
-    for s in slots:
+    seqs: list[list[int]] = [[] for _ in lengths]
+    for s, i in zip(slots, at):
       row = self.rows[s]
       version, done = row.cached.get(name, (-1, 0))
       if version != row.history.version:       # trimmed since (or never cached): rebuild the row
-        done = lengths[s] = 0
-      seqs[s] = row.history.tokens()[done:]
+        done = lengths[i] = 0
+      seqs[i] = row.history.tokens()[done:]
       row.cached[name] = (row.history.version, row.history.length)
     cache = engine.truncate_cache(cache, self._place(jnp.asarray(lengths)))
-    last, cache = engine.prefill(self.variants[name], cache, seqs)
-    self.caches[name] = cache
-    return last, [len(seqs[s]) for s in slots]
+    last, cache, hidden = engine.prefill(self.variants[name], cache, seqs, return_hidden=True)
+    self.caches[name] = cache if idx is None else _put_rows(self.caches[name], jnp.asarray(idx), cache)
+    z = {}
+    if embed:
+      lens = np.array([len(q) for q in seqs], np.int32)
+      fresh = np.zeros_like(lens)
+      fresh[at] = [min(self.rows[s].history.fresh, len(seqs[i])) for s, i in zip(slots, at)]
+      pooled = np.asarray(_pool_tail(hidden, jnp.asarray(lens), jnp.asarray(fresh)))
+      z = {s: pooled[i] for s, i in zip(slots, at)}
+    return {s: last[i] for s, i in zip(slots, at)}, {s: len(seqs[i]) for s, i in zip(slots, at)}, z
 
   # --- the policy ------------------------------------------------------------------------------
 
@@ -134,70 +205,167 @@ class Agent:
       if not 0 <= v.slot < len(self.rows):
         raise ValueError(f"pool slot {v.slot} has no agent row: build the Agent with rows >= pool slots")
     rows = [self._advance(v) for v in views]
-    names = list(self.route(views))
+    slots = [v.slot for v in views]
+    n, route = len(views), self.route
+    seconds = np.zeros(n)                           # model time charged to each episode's step
+    prefilled = np.zeros(n, np.int64)
+    last: dict[str, dict] = {}                      # variant -> {slot: last hidden}, once caught up
+
+    def timed(share: list[int], fn):                # fn's wall time, shared evenly by `share`
+      t0 = time.perf_counter()
+      out = fn()
+      seconds[share] += (time.perf_counter() - t0) / len(share)
+      return out
+
+    def ready(name: str, share: list[int]):
+      todo = [i for i in share if slots[i] not in last.setdefault(name, {})]
+      if not todo:
+        return
+      lasts, counts, z = timed(todo, lambda: self._prefill(name, [slots[i] for i in todo], name == route.embed))
+      last[name].update(lasts)
+      for i in todo:
+        prefilled[i] += counts[slots[i]]
+        if z:
+          rows[i].z.append(z[slots[i]])
+
+    everyone = list(range(n))
+    scored: dict[str, list] = {}                    # variant -> per episode (log-scores, tokens scored)
+    probe = Probe(z=[], logits={})
+    if route.embed is not None:
+      ready(route.embed, everyone)
+      probe.z = [np.stack(r.z) for r in rows]
+    for name in route.probe:
+      ready(name, everyone)
+      scored[name] = timed(everyone, lambda: self._logits(name, everyone, last[name], views, rows))
+      probe.logits[name] = [lg for lg, _ in scored[name]]
+    t0 = time.perf_counter()
+    names, p_high = route.choose(views, probe)
+    router_seconds = (time.perf_counter() - t0) / n
+    seconds += router_seconds
+    names = list(names)
     unknown = sorted(set(names) - set(self.variants))
     if unknown:
       raise ValueError(f"route chose unknown variant(s) {unknown}; the agent has {sorted(self.variants)}")
-    decisions: list[Optional[Decision]] = [None] * len(views)
+    picks: list = [None] * n
     for name in dict.fromkeys(names):
-      group = [i for i, n in enumerate(names) if n == name]
-      t0 = time.perf_counter()
-      last, prefilled = self._catch_up(name, [views[i].slot for i in group])
-      act = self._score if self.mode == "score" else self._generate
-      picks = act(name, last, [views[i] for i in group], [rows[i] for i in group])
-      seconds = (time.perf_counter() - t0) / len(group)   # the variant's batch time, shared evenly
-      for i, n_pre, (action, info) in zip(group, prefilled, picks):
-        rows[i].action = action
-        info.update(precision=name, tokens_prefilled=n_pre, model_seconds=seconds)
-        if views[i].expert_action is not None:
-          info["expert_action"] = views[i].expert_action
-        decisions[i] = Decision(action, info)
+      group = [i for i, m in enumerate(names) if m == name]
+      ready(name, group)
+      if self.mode == "generate":
+        for i, pick in zip(group, timed(group, lambda: self._generate(name, group, last[name], views))):
+          picks[i] = pick
+        continue
+      got = [scored[name][i] for i in group] if name in scored else timed(
+          group, lambda: self._logits(name, group, last[name], views, rows))
+      for i, (lg, k) in zip(group, got):
+        picks[i] = self._pick(views[i], lg, k)
+    decisions = []
+    for i, (v, row, (action, info)) in enumerate(zip(views, rows, picks)):
+      row.action = action
+      info.update(precision=names[i], tokens_prefilled=int(prefilled[i]), model_seconds=float(seconds[i]),
+                  router_seconds=router_seconds)
+      if p_high is not None:
+        info["p_high"] = float(p_high[i])
+      if probe.logits:
+        info["probe_logits"] = {m: [round(float(x), 5) for x in lg[i]] for m, lg in probe.logits.items()}
+      if self.record_z:
+        info["z"] = encode_z(row.z[-1])
+      if v.expert_action is not None:
+        info["expert_action"] = v.expert_action
+      decisions.append(Decision(action, info))
     return decisions
 
   def _rng(self, view: EpisodeView) -> np.random.Generator:
     # Per episode and step, so a sampled choice never depends on which episodes share the batch.
     return np.random.default_rng([self.seed, view.seed, zlib.crc32(view.game.game_id.encode()), view.t])
 
-  def _score(self, name, last, views, rows):
+  def _logits(self, name, share, last, views, rows) -> list[tuple[np.ndarray, int]]:
+    """Per episode of `share`: (each admissible command's log-score, tokens scored).
+
+    The log-score is the command's summed token log-probability, or its per-token mean with
+    `length_norm`."""
+    slots = [views[i].slot for i in share]
+    idx = self._sub_rows(slots)
+    at = slots if idx is None else list(range(len(slots)))
     row_of, conts = [], []
-    for v, row in zip(views, rows):
-      for a in v.admissible:
-        row_of.append(v.slot)
-        conts.append(row.history.action_tokens(a))
-    lps = engine.score(self.variants[name], self.caches[name], last, row_of, conts)
+    for i, r in zip(share, at):
+      for a in views[i].admissible:
+        row_of.append(r)
+        conts.append(rows[i].history.action_tokens(a))
+    lps = engine.score(self.variants[name], self._gather(name, idx), self._stack(last, slots, idx), row_of, conts)
     out, k = [], 0
-    for v in views:
-      n = len(v.admissible)
-      seq = lps[k:k + n]
-      k += n
-      totals = np.array([lp.mean() if self.length_norm else lp.sum() for lp in seq], np.float64)
-      logits = totals / self.temperature if self.temperature > 0 else totals
-      probs = np.exp(logits - logits.max())
-      probs /= probs.sum()
-      pick = int(self._rng(v).choice(n, p=probs)) if self.temperature > 0 else int(np.argmax(totals))
-      out.append((v.admissible[pick], {
-          "tokens_decoded": 0, "tokens_scored": int(sum(len(s) for s in seq)),
-          "action_logprob": float(np.log(probs[pick])), "action_probs": [round(float(p), 6) for p in probs]}))
+    for i in share:
+      seq = lps[k:k + len(views[i].admissible)]
+      k += len(seq)
+      out.append((np.array([lp.mean() if self.length_norm else lp.sum() for lp in seq], np.float64),
+                  int(sum(len(lp) for lp in seq))))
     return out
 
-  def _generate(self, name, last, views, rows):
-    variant, cache = self.variants[name], self.caches.pop(name)
-    lengths = self._place(jnp.asarray(np.asarray(cache["lengths"])))   # generate donates the cache
+  def _pick(self, view: EpisodeView, totals: np.ndarray, tokens_scored: int) -> tuple[str, dict]:
+    probs = _softmax(totals / self.temperature if self.temperature > 0 else totals)
+    pick = int(self._rng(view).choice(len(probs), p=probs)) if self.temperature > 0 else int(np.argmax(totals))
+    return view.admissible[pick], {"tokens_decoded": 0, "tokens_scored": tokens_scored,
+                                   "action_logprob": float(np.log(probs[pick])), "action_probs": _rounded(probs)}
+
+  def _generate(self, name, share, last, views):
+    variant, slots = self.variants[name], [views[i].slot for i in share]
+    idx = self._sub_rows(slots)
+    at = slots if idx is None else list(range(len(slots)))
+    hidden = self._stack(last, slots, idx)
+    cache = self._gather(name, idx)
+    if idx is None:
+      self.caches.pop(name)                     # generate donates the cache: it comes back below
+    lengths = self._place(jnp.asarray(np.asarray(cache["lengths"])))
     # One key per call: sampled generation (temperature > 0) depends on the batch, unlike score mode.
     self._calls += 1
     rng = jax.random.fold_in(jax.random.key(self.seed), self._calls)
-    gen = engine.generate(variant, cache, last, max_new_tokens=self.max_action_tokens, eos_ids=self.stop_ids,
+    gen = engine.generate(variant, cache, hidden, max_new_tokens=self.max_action_tokens, eos_ids=self.stop_ids,
                           temperature=self.temperature, rng=rng)
-    self.caches[name] = engine.truncate_cache(gen.cache, lengths)   # the History re-appends the command
+    if idx is None:                             # roll back: the History re-appends the chosen command
+      self.caches[name] = engine.truncate_cache(gen.cache, lengths)
     out = []
-    for v in views:
-      n = int(gen.lengths[v.slot])
-      text = self.tok.decode(gen.tokens[v.slot, :n].tolist())
-      command = self.fmt.parse(text)
-      action, mapped = map_to_admissible(command, v.admissible)
-      out.append((action, {"tokens_decoded": n, "generated": text, "mapped": mapped,
-                           "token_logprobs": [round(float(x), 5) for x in gen.logprobs[v.slot, :n]]}))
+    for i, r in zip(share, at):
+      v, k = views[i], int(gen.lengths[r])
+      text = self.tok.decode(gen.tokens[r, :k].tolist())
+      action, mapped = map_to_admissible(self.fmt.parse(text), v.admissible)
+      out.append((action, {"tokens_decoded": k, "generated": text, "mapped": mapped,
+                           "token_logprobs": [round(float(x), 5) for x in gen.logprobs[r, :k]]}))
     return out
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+  e = np.exp(x - x.max())
+  return e / e.sum()
+
+
+def _rounded(p: np.ndarray) -> list[float]:
+  return [round(float(x), 6) for x in p]
+
+
+def encode_z(z: np.ndarray) -> str:
+  """A step embedding as it is stored in step records: float16, base64."""
+  return base64.b64encode(np.asarray(z, np.float16).tobytes()).decode("ascii")
+
+
+def decode_z(text: str) -> np.ndarray:
+  return np.frombuffer(base64.b64decode(text), np.float16).astype(np.float32)
+
+
+@jax.jit
+def _take_rows(cache, idx):
+  return jax.tree.map(lambda x: x[idx], cache)
+
+
+@functools.partial(jax.jit, donate_argnums=(0,))
+def _put_rows(cache, idx, sub):
+  return jax.tree.map(lambda x, y: x.at[idx].set(y), cache, sub)
+
+
+@jax.jit
+def _pool_tail(hidden, lens, fresh):
+  """Mean of each row's hidden states over its last `fresh` new tokens: [B, T, H] -> [B, H] f32."""
+  pos = jnp.arange(hidden.shape[1])[None]
+  w = ((pos < lens[:, None]) & (pos >= (lens - fresh)[:, None])).astype(jnp.float32)
+  return jnp.einsum("bt,bth->bh", w, hidden.astype(jnp.float32)) / jnp.maximum(w.sum(1, keepdims=True), 1.0)
 
 
 def map_to_admissible(command: str, admissible: Sequence[str]) -> tuple[str, bool]:
@@ -230,7 +398,7 @@ def agent_config(**overrides):
 
 
 def from_config(ac, tok: Tokenizer, variants: Mapping[str, Variant], *, rows: int, route: Route,
-                seed: int = 0) -> Agent:
+                seed: int = 0, record_z: bool = False) -> Agent:
   from mpr.agent import prompt
   fmt = prompt.make(ac.format) if ac.format == "compact" else prompt.make(
       ac.format, think=ac.think, list_admissible=ac.list_admissible, examples=tuple(ac.examples))
@@ -242,4 +410,4 @@ def from_config(ac, tok: Tokenizer, variants: Mapping[str, Variant], *, rows: in
   mesh = data_mesh(devices) if len(devices) > 1 else None
   return Agent(tok, fmt, variants, rows=rows, budget=ac.budget, route=route, mode=ac.mode,
                length_norm=ac.length_norm, temperature=ac.temperature,
-               max_action_tokens=ac.max_action_tokens, seed=seed, mesh=mesh)
+               max_action_tokens=ac.max_action_tokens, seed=seed, mesh=mesh, record_z=record_z)

@@ -13,7 +13,7 @@ too long for the budget on its own costs the first step too, and is itself cut s
 
 Two families of formats:
   compact  `<goal>…<obs>…<act>cmd<eos>`: the tiny policy's, with its own special tokens.
-  chat     ChatML turns for instruct LLMs (Qwen3, SmolLM2): a system message with the rules, the
+  chat     chat turns for instruct LLMs (Qwen3, SmolLM2, DeepSeek-R1-Distill): a system message with the rules, the
            goal and optional few-shot examples; one user turn per observation (optionally listing
            the admissible commands); the assistant answers `Action: cmd` or thinks first.
 """
@@ -23,7 +23,7 @@ import dataclasses
 from typing import Sequence
 
 from mpr.errors import UserError
-from mpr.models.tokenizer import Tokenizer, chat_prompt
+from mpr.models.tokenizer import TURN_END, Tokenizer, chat_prompt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +51,7 @@ RULES = ("You are an agent in a household text game. Each turn you read an obser
 
 
 def chat(style: str, *, think: bool = False, list_admissible: bool = True, examples: Sequence[str] = ()) -> Format:
-  """A ChatML format for `style` in mpr.models.tokenizer's chat templates (qwen3 | smollm2)."""
+  """A chat format for `style` in mpr.models.tokenizer's chat templates (qwen3 | smollm2 | deepseek-r1)."""
   shots = "".join(f"\n\nExample:\n{e.strip()}" for e in examples)
   answer = ("Think briefly, then answer on the last line as 'Action: <command>'." if think
             else "Answer as 'Action: <command>'.")
@@ -62,21 +62,23 @@ def chat(style: str, *, think: bool = False, list_admissible: bool = True, examp
                      enable_thinking=think)
   if style == "smollm2":   # its template inserts a default system turn before a lone user turn
     turn = turn[turn.index("<|im_start|>user"):]
-  marker = "Action:"
+  if style == "deepseek-r1":   # each rendering starts with BOS; the preamble already has it
+    turn = turn[turn.index("<｜User｜>"):]
+  marker, end = "Action:", TURN_END[style]
   return Format(f"chat-{style}{'-think' if think else ''}", preamble=system,
-                observation=turn + ("" if think else marker), action=(marker if think else "") + " {action}<|im_end|>\n",
-                stop="<|im_end|>", action_marker=marker)
+                observation=turn + ("" if think else marker), action=(marker if think else "") + " {action}" + end,
+                stop=end.strip(), action_marker=marker)
 
 
 def make(name: str, **kw) -> Format:
-  """`compact`, or `chat-qwen3` / `chat-smollm2` (keywords as for `chat`)."""
+  """`compact`, or `chat-qwen3` / `chat-smollm2` / `chat-deepseek-r1` (keywords as for `chat`)."""
   if name == "compact":
     if kw:
       raise UserError(f"prompt format compact takes no options, got {sorted(kw)}")
     return COMPACT
   if name.startswith("chat-"):
     return chat(name[len("chat-"):], **kw)
-  raise UserError(f"unknown prompt format {name!r}; known: compact, chat-qwen3, chat-smollm2")
+  raise UserError(f"unknown prompt format {name!r}; known: compact, chat-qwen3, chat-smollm2, chat-deepseek-r1")
 
 
 class History:
@@ -92,6 +94,8 @@ class History:
     self.steps: list[list[int]] = []     # per step: its observation segment, then its action
     self.length = len(self.head)
     self.version = 0
+    self.fresh = 0                       # tokens the latest step added (previous action + observation)
+    self._pending = len(self.head)       # added since the latest observe(): the head, then an action
 
   def tokens(self) -> list[int]:
     out = list(self.head)
@@ -108,16 +112,20 @@ class History:
     seg = self._segment(observation, admissible)
     if self.length + len(seg) + reserve > self.budget:
       target = min(self.trim_to, self.budget - len(seg) - reserve)
+      latest = self.steps[-1] if self.steps else None
       while len(self.steps) > 1 and self.length + len(seg) > target:
         self.length -= len(self.steps.pop(1))
       if self.steps and self.length + len(seg) + reserve > self.budget:
         self.length -= len(self.steps.pop(0))
       self.version += 1
+      if latest is not None and (not self.steps or self.steps[-1] is not latest):
+        self._pending = 0                  # the latest action was trimmed away with its step
       room = self.budget - self.length - reserve
       if len(seg) > room:
         seg = self._shortened(observation, admissible, room)
     self.steps.append(seg)
     self.length += len(seg)
+    self.fresh, self._pending = min(self._pending + len(seg), self.length), 0
 
   def _segment(self, observation: str, admissible: Sequence[str]) -> list[int]:
     return self.tok.encode(self.fmt.observation.format(observation=observation, admissible=", ".join(admissible)))
@@ -142,6 +150,7 @@ class History:
     ids = self.tok.encode(self.fmt.action.format(action=action_text))
     self.steps[-1] = self.steps[-1] + ids
     self.length += len(ids)
+    self._pending += len(ids)
     return ids
 
   def action_tokens(self, action_text: str) -> list[int]:

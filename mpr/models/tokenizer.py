@@ -154,7 +154,28 @@ def _smollm2(messages: Sequence[Message], add_generation_prompt: bool, enable_th
   return "".join(out) + ("<|im_start|>assistant\n" if add_generation_prompt else "")
 
 
-_STYLES = {"qwen3": _qwen3, "smollm2": _smollm2}
+_R1_BOS, _R1_EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
+
+
+def _deepseek_r1(messages: Sequence[Message], add_generation_prompt: bool, enable_thinking: bool) -> str:
+  # DeepSeek-R1-Distill (Llama and Qwen bases): system text right after BOS, role tags without
+  # newlines, answers closed by EOS with their reasoning dropped. The model always thinks; "thinking
+  # off" pre-fills an empty think block, the usual way to make it answer at once.
+  system = "".join(m["content"] for m in messages if m["role"] == "system")
+  out = [_R1_BOS + system]
+  for m in messages:
+    if m["role"] == "user":
+      out.append("<｜User｜>" + m["content"])
+    elif m["role"] == "assistant":
+      out.append("<｜Assistant｜>" + _split_thinking(m["content"])[1] + _R1_EOS)
+  if add_generation_prompt:
+    out.append("<｜Assistant｜><think>\n" + ("" if enable_thinking else "\n</think>\n\n"))
+  return "".join(out)
+
+
+_STYLES = {"qwen3": _qwen3, "smollm2": _smollm2, "deepseek-r1": _deepseek_r1}
+# The text that closes an assistant turn (and so ends a generated action).
+TURN_END = {"qwen3": "<|im_end|>\n", "smollm2": "<|im_end|>\n", "deepseek-r1": _R1_EOS}
 
 
 def chat_prompt(messages: Sequence[Message], style: str, add_generation_prompt: bool = True,

@@ -19,14 +19,13 @@ import numpy as np
 from mpr import io
 from mpr.agent import agent as agent_lib, demos, models, prompt
 from mpr.envs.pool import EnvPool
-from mpr.envs.rollout import rollout
 from mpr.errors import UserError
 from mpr.eval import summary as summary_lib
 from mpr.models import checkpoint, tiny
 from mpr.models.quant import precision
 from mpr.models.variants import make_variant
 from mpr.records import Episode
-from mpr.stages.common import split_games
+from mpr.stages.common import play_logged, split_games
 from mpr.train import lm
 
 CONFIG_KEYS = ("seed", "env", "expert", "agent", "bc")
@@ -35,7 +34,7 @@ CONFIG_KEYS = ("seed", "env", "expert", "agent", "bc")
 def _episodes(path: str) -> list[Episode]:
   if not os.path.isfile(path):
     raise UserError(f"no demonstrations at {path}: run the expert_rollouts stage first (or set bc.demos)")
-  return [Episode.from_json(r) for r in io.JsonlLog(path).records]
+  return [Episode.from_json(r) for r in io.read_jsonl(path)]
 
 
 def _dagger_rollouts(config, cfg, params, tok, r: int, rdir: str) -> list[Episode]:
@@ -43,17 +42,13 @@ def _dagger_rollouts(config, cfg, params, tok, r: int, rdir: str) -> list[Episod
   games = split_games(config, config.bc.split)
   pick = np.sort(np.random.default_rng([config.seed, r]).choice(len(games), min(dc.games, len(games)), replace=False))
   games = [games[i] for i in pick]
-  log = io.JsonlLog(os.path.join(rdir, "episodes.jsonl"))
-  done = {e["game"] for e in log.records}
   variant = make_variant(cfg, params, precision(dc.precision))
-  with log, EnvPool(env.num_workers, env.num_slots, max_steps=dc.max_steps, expert=config.expert.name,
-                    step_timeout=env.step_timeout) as pool:
+  with EnvPool(env.num_workers, env.num_slots, max_steps=dc.max_steps, expert=config.expert.name,
+               step_timeout=env.step_timeout) as pool:
     agent = agent_lib.from_config(config.agent, tok, {dc.precision: variant}, rows=pool.num_slots,
                                   route=agent_lib.fixed(dc.precision), seed=config.seed)
-    rollout(pool, [(g, config.seed) for g in games if g.game_id not in done], agent,
-            on_episode=lambda e: log.append(e.to_json()), progress=f"DAgger round {r}")
-  by_game = {e["game"]: Episode.from_json(e) for e in log.records}
-  return [by_game[g.game_id] for g in games]
+    return play_logged(pool, games, config.seed, agent, os.path.join(rdir, "episodes.jsonl"),
+                       progress=f"DAgger round {r}")
 
 
 def run(config, sdir: str) -> dict:

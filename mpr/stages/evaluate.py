@@ -18,11 +18,10 @@ import numpy as np
 from mpr import io
 from mpr.agent import agent as agent_lib, models
 from mpr.envs.pool import EnvPool
-from mpr.envs.rollout import rollout
 from mpr.eval import summary as summary_lib
 from mpr.models.quant import precision
 from mpr.records import Episode
-from mpr.stages.common import split_games
+from mpr.stages.common import play_logged, split_games
 
 CONFIG_KEYS = ("seed", "env", "model", "agent", "eval")
 
@@ -72,15 +71,10 @@ def run(config, sdir: str) -> dict:
   with EnvPool(env.num_workers, env.num_slots, max_steps=env.max_steps, step_timeout=env.step_timeout) as pool:
     for name in ec.precisions:
       variants = policy.variants([name])
-      log = io.JsonlLog(os.path.join(sdir, f"episodes_{ec.split}_{name}.jsonl"))
-      done = {r["game"] for r in log.records}
       agent = agent_lib.from_config(config.agent, policy.tok, variants, rows=pool.num_slots,
                                     route=agent_lib.fixed(name), seed=config.seed)
-      with log:
-        rollout(pool, [(g, config.seed) for g in games if g.game_id not in done], agent,
-                on_episode=lambda e: log.append(e.to_json()), progress=f"{name} on {ec.split}")
-      by_game = {r["game"]: Episode.from_json(r) for r in log.records}
-      episodes = [by_game[g.game_id] for g in games]
+      episodes = play_logged(pool, games, config.seed, agent, os.path.join(sdir, f"episodes_{ec.split}_{name}.jsonl"),
+                             progress=f"{name} on {ec.split}")
       results[name] = {"summary": summary_lib.summarize(episodes), "costs": step_costs(episodes),
                        "weight_bytes": variants[name].weight_bytes}
   title = f"{os.path.basename(policy.source.rstrip('/'))} on {ec.split} ({len(games)} games)"

@@ -9,15 +9,13 @@ Resumable: episodes are appended (fsynced) as they finish, and a re-run plays on
 """
 from __future__ import annotations
 
-import logging
 import os
 
 from mpr import io
 from mpr.envs.pool import EnvPool
-from mpr.envs.rollout import expert_policy, rollout
+from mpr.envs.rollout import expert_policy
 from mpr.eval import summary as summary_lib
-from mpr.records import Episode
-from mpr.stages.common import split_games
+from mpr.stages.common import play_logged, split_games
 
 CONFIG_KEYS = ("seed", "env", "expert")
 
@@ -29,15 +27,8 @@ def run(config, sdir: str) -> dict:
                step_timeout=env.step_timeout) as pool:
     for split in config.expert.splits:
       games = split_games(config, split, config.expert.num_games)
-      log = io.JsonlLog(os.path.join(sdir, f"episodes_{split}.jsonl"))
-      done = {r["game"] for r in log.records}
-      jobs = [(g, config.seed) for g in games if g.game_id not in done]
-      logging.info("%s: %d games, %d done earlier, %d to play", split, len(games), len(done), len(jobs))
-      with log:
-        rollout(pool, jobs, expert_policy, on_episode=lambda e: log.append(e.to_json()),
-                progress=f"{config.expert.name} expert on {split}")
-      by_game = {r["game"]: Episode.from_json(r) for r in log.records}
-      episodes = [by_game[g.game_id] for g in games]
+      episodes = play_logged(pool, games, config.seed, expert_policy, os.path.join(sdir, f"episodes_{split}.jsonl"),
+                             progress=f"{config.expert.name} expert on {split}")
       metrics[split] = summary_lib.summarize(episodes)
       tables.append(summary_lib.markdown_table(metrics[split], f"{config.expert.name} expert on {split}"))
   text = "\n".join(tables)

@@ -30,6 +30,7 @@ from mpr.agent.demos import Example
 from mpr.errors import UserError
 from mpr.models.config import ModelConfig
 from mpr.models.decoder import Decoder, init_cache
+from mpr.train.checkpoints import restore_latest
 from mpr.train.metrics import MetricWriter
 
 
@@ -52,16 +53,24 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
 
 # --- batches --------------------------------------------------------------------------------------
 
-def epoch_batches(examples: Sequence[Example], tc, epoch: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-  """(tokens [B, L], loss mask [B, L], lengths [B]) batches of one epoch, in its shuffled order."""
-  rng = np.random.default_rng([tc.seed, epoch])
+def _buckets(examples: Sequence[Example], tc) -> dict[int, tuple[list[int], int]]:
+  """Padded length -> (indices of the examples of that bucket, rows per batch of that length)."""
   by_len: dict[int, list[int]] = {}
   for i, x in enumerate(examples):
     by_len.setdefault(-(-len(x.tokens) // tc.bucket) * tc.bucket, []).append(i)
+  return {length: (by_len[length], max(1, tc.batch_tokens // length)) for length in sorted(by_len)}
+
+
+def batches_per_epoch(examples: Sequence[Example], tc) -> int:
+  return sum(-(-len(idx) // rows) for idx, rows in _buckets(examples, tc).values())
+
+
+def epoch_batches(examples: Sequence[Example], tc, epoch: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """(tokens [B, L], loss mask [B, L], lengths [B]) batches of one epoch, in its shuffled order."""
+  rng = np.random.default_rng([tc.seed, epoch])
   out = []
-  for length in sorted(by_len):
-    idx = rng.permutation(by_len[length])
-    rows = max(1, tc.batch_tokens // length)
+  for length, (members, rows) in _buckets(examples, tc).items():
+    idx = rng.permutation(members)
     for lo in range(0, len(idx), rows):
       chunk = idx[lo:lo + rows]
       toks = np.zeros((rows, length), np.int32)
@@ -130,15 +139,12 @@ def train(cfg: ModelConfig, params, train_examples: Sequence[Example], val_examp
   if not train_examples:
     raise UserError("no training examples (empty demonstration set)")
   model = Decoder(cfg)
-  per_epoch = len(epoch_batches(train_examples, tc, 0))
+  per_epoch = batches_per_epoch(train_examples, tc)
   total = per_epoch * tc.epochs
   opt = make_optimizer(tc, total)
   state = {"params": params, "opt_state": opt.init(params), "step": np.zeros((), np.int64)}
-  mgr = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "ckpt")),
-                              options=ocp.CheckpointManagerOptions(max_to_keep=1, save_interval_steps=tc.ckpt_every))
-  latest = mgr.latest_step()
-  if latest is not None:
-    state = mgr.restore(latest, args=ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, state)))
+  mgr, latest, state = restore_latest(os.path.join(workdir, "ckpt"), state, save_interval_steps=tc.ckpt_every)
+  if latest:
     logging.info("%s: resumed at step %d of %d", label, latest, total)
   step = int(state["step"])
   params, opt_state = state["params"], state["opt_state"]

@@ -1,0 +1,67 @@
+"""The paper's settings: Qwen3-1.7B / 4B / 8B and DeepSeek-R1-Distill-Llama-8B, bf16 high tier, int4 or
+int3 weight-only low tier, on an accelerator. Bring the Hugging Face checkpoint folder yourself
+(config.json, *.safetensors, tokenizer.json; no model hub is reached).
+
+  python launch.py --config experiments/configs/dmr_paper.py:model=qwen3-8b,path=/ckpt/Qwen3-8B \
+      --workdir workdirs/dmr_qwen3_8b
+  ...:model=r1-llama-8b,path=/ckpt/DeepSeek-R1-Distill-Llama-8B,low=int3
+
+Devices: the agent shards its episode rows over every local device with jax.sharding (`agent.devices`,
+0 = all; `env.num_slots` must be a multiple of the device count); weights are replicated, so one
+8B bf16 copy (16 GB) plus its int4 sibling must fit each device. Hosts: run the same command on
+each host of a TPU slice / GPU cluster with its own --workdir; multi-host coordination
+(jax.distributed) is not wired into the stages yet, so each host is an independent run.
+Environment workers are CPU processes: set env.num_workers to the host's cores minus two.
+
+The agent scores the admissible commands (score mode) through the model's own chat template; the
+routing stages read both tiers' distributions over those commands.
+"""
+import ml_collections
+
+from mpr.agent.agent import agent_config
+from mpr.agent.models import model_config
+from mpr.config_util import env_config, parse_arg
+from mpr.errors import UserError
+from mpr.router.grpo import grpo_config
+from mpr.router.model import router_config
+from mpr.router.sl import sl_config
+from mpr.stages.collect import collect_config, tiers_config
+
+# model -> (chat format, context budget in tokens)
+MODELS = {
+    "qwen3-1.7b": ("chat-qwen3", 6144),
+    "qwen3-4b": ("chat-qwen3", 6144),
+    "qwen3-8b": ("chat-qwen3", 6144),
+    "r1-llama-8b": ("chat-deepseek-r1", 6144),
+}
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, model="qwen3-8b", path="", low="int4", split="valid_unseen", num_games=0,
+                  workers=14, slots=32)
+  if arg.model not in MODELS:
+    raise UserError(f"unknown paper model {arg.model!r}; known: {sorted(MODELS)}")
+  if arg.low not in ("int4", "int3"):
+    raise UserError(f"the paper's low tiers are int4 and int3, got {arg.low!r}")
+  fmt, budget = MODELS[arg.model]
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.stages = ("collect", "router_sl", "router_grpo", "router_grpo_scratch", "route_eval")
+  c.env = env_config(num_workers=arg.workers, num_slots=arg.slots)
+  c.model = model_config(tier="hf", path=arg.path, max_seq_len=budget + 512)
+  c.agent = agent_config(format=fmt, budget=budget, max_action_tokens=32)
+  c.tiers = tiers_config("bf16", arg.low)
+  c.collect = collect_config(games=1000, val_games=200)
+  c.router = router_config(width=128, heads=4, mlp_dim=256, max_len=32)
+  c.router_sl = sl_config(quantile=0.8, epochs=40, batch_size=512)
+  c.router_sl.data = ""
+  c.router_grpo = grpo_config(iterations=30, games_per_iter=16, group_size=8)
+  c.eval = ml_collections.ConfigDict()
+  c.eval.split = arg.split                  # the paper reports valid_unseen (134) and valid_seen (140)
+  c.eval.num_games = arg.num_games
+  c.eval.ks = (0.2, 0.3, 0.4, 0.5, 0.7)
+  c.eval.random_matches = "KL-ST + GRPO"
+  c.eval.heuristic_shares = (0.1, 0.2, 0.3)
+  c.eval.first_k = (2, 5, 10)
+  c.eval.budget = 0.30
+  return c

@@ -1,0 +1,46 @@
+"""Dynamic mixed-precision routing on the embedded default (the shipped tiny policy), on CPU.
+
+  python launch.py --config experiments/configs/dmr_tiny.py --workdir workdirs/dmr_tiny
+  ...:runlocal                       the reduced pipeline of the README's main command
+  ...:low=int2,high=bf16             the two tiers (any mpr.models.quant precision names)
+
+Stages: collect (both tiers score every step of train / valid_train episodes; z_t from the low
+tier) → router_sl (KL-ST) → router_grpo (from the KL-ST router; `router_grpo_scratch`: from a
+random init, the GRPO-only ablation) → route_eval (every method and operating point on
+`eval.split`; Table 1, Table 2, Pareto plot).
+"""
+import ml_collections
+
+from mpr.agent.agent import agent_config
+from mpr.agent.models import model_config
+from mpr.config_util import env_config, parse_arg
+from mpr.router.grpo import grpo_config
+from mpr.router.model import router_config
+from mpr.router.sl import sl_config
+from mpr.stages.collect import collect_config, tiers_config
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, high="bf16", low="int3", split="valid_seen", num_games=0, runlocal=False,
+                  tier="mpr", path="", format="compact")
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.stages = ("collect", "router_sl", "router_grpo", "router_grpo_scratch", "route_eval")
+  c.env = env_config()
+  c.model = model_config(tier=arg.tier, path=arg.path)
+  c.agent = agent_config(format=arg.format)
+  c.tiers = tiers_config(arg.high, arg.low)
+  c.collect = collect_config(games=60 if arg.runlocal else 600, val_games=30 if arg.runlocal else 150)
+  c.router = router_config(width=64, heads=4, mlp_dim=128, max_len=32)
+  c.router_sl = sl_config(quantile=0.8, epochs=20 if arg.runlocal else 40, batch_size=256)
+  c.router_sl.data = ""                  # '' = this workdir's collect/
+  c.router_grpo = grpo_config(iterations=2 if arg.runlocal else 20)
+  c.eval = ml_collections.ConfigDict()
+  c.eval.split = arg.split
+  c.eval.num_games = 36 if arg.runlocal else arg.num_games
+  c.eval.ks = (0.5,) if arg.runlocal else (0.3, 0.5, 0.7, 0.9)      # router operating points K
+  c.eval.random_matches = "KL-ST + GRPO"                            # random routing at these points' ratios
+  c.eval.heuristic_shares = (0.2,) if arg.runlocal else (0.1, 0.2, 0.3)   # entropy/margin/oracle thresholds
+  c.eval.first_k = (3,) if arg.runlocal else (2, 5, 10)
+  c.eval.budget = 0.30                   # Table 1: each method's best point with high ratio ≤ budget
+  return c

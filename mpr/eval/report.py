@@ -1,0 +1,256 @@
+"""The paper's tables and Pareto plot from evaluated operating points.
+
+A point is one evaluated routing configuration:
+
+  {"method": "KL-ST", "param": "K=0.40", "success": 0.888, "ci": [0.83, 0.93], "n": 134,
+   "high_ratio": 0.267, "speedup": 1.21, "speedup_est": 1.35, "per_task": {"pick_...": 0.9}}
+
+`high_ratio` is the share of steps run on the high tier; `speedup` is measured wall clock against
+high-only (router and embedding overhead included), `speedup_est` the compute estimate from
+per-tier step latency; either may be None where it was not measured. Rates are fractions in the
+data and percentages in the tables.
+
+  paths = write_report(points, outdir)   # results.json, table1.md, table2.md, pareto.png
+"""
+from __future__ import annotations
+
+import itertools
+import numbers
+import os
+from typing import Optional, Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from mpr.errors import UserError
+from mpr.io import atomic_open, atomic_write_json, atomic_write_text
+
+# Row order of the tables; methods not listed follow in order of first appearance.
+METHOD_ORDER = ("high only", "low only", "random", "entropy", "margin", "first-k", "oracle",
+                "KL-ST", "GRPO only", "KL-ST + GRPO")
+BASELINES = ("high only", "low only", "random")
+_KEYS = ("method", "param", "success", "ci", "n", "high_ratio", "speedup", "speedup_est", "per_task")
+_X_AXES = {"high_ratio": False, "speedup": True, "speedup_est": True}   # axis -> higher is better
+_TOL = 1e-9      # ratios computed as counts/steps should compare equal to the round targets
+
+
+# --- validation ----------------------------------------------------------------------------------
+
+def _is_rate(x) -> bool:
+  return isinstance(x, numbers.Real) and not isinstance(x, bool) and 0.0 <= x <= 1.0
+
+
+def _check_point(i: int, p) -> None:
+  if not isinstance(p, dict):
+    raise UserError(f"point {i}: expected a dict, got {type(p).__name__}")
+  missing = [k for k in _KEYS if k not in p]
+  if missing:
+    raise UserError(f"point {i} ({p.get('method', '?')}): missing keys {missing}")
+  where = f"point {i} ({p['method']} {p['param']})"
+  if not isinstance(p["method"], str) or not p["method"]:
+    raise UserError(f"point {i}: method must be a non-empty string, got {p['method']!r}")
+  if p["param"] is not None and not isinstance(p["param"], str):
+    raise UserError(f"{where}: param must be a string or None")
+  for k in ("success", "high_ratio"):
+    if not _is_rate(p[k]):
+      raise UserError(f"{where}: {k} must be in [0, 1], got {p[k]!r}")
+  ci = p["ci"]
+  if not (isinstance(ci, (list, tuple)) and len(ci) == 2 and all(map(_is_rate, ci))
+          and ci[0] - _TOL <= p["success"] <= ci[1] + _TOL):
+    raise UserError(f"{where}: ci must be [lo, hi] in [0, 1] around success, got {ci!r}")
+  if not isinstance(p["n"], numbers.Integral) or p["n"] < 1:
+    raise UserError(f"{where}: n must be a positive integer, got {p['n']!r}")
+  for k in ("speedup", "speedup_est"):
+    if p[k] is not None and not (isinstance(p[k], numbers.Real) and p[k] > 0):
+      raise UserError(f"{where}: {k} must be a positive number or None, got {p[k]!r}")
+  if not isinstance(p["per_task"], dict) or not all(map(_is_rate, p["per_task"].values())):
+    raise UserError(f"{where}: per_task must map task types to success rates in [0, 1]")
+
+
+def _check(points: Sequence[dict]) -> list[dict]:
+  points = list(points)
+  if not points:
+    raise UserError("report: no operating points given")
+  for i, p in enumerate(points):
+    _check_point(i, p)
+  return points
+
+
+def _by_method(points: Sequence[dict]) -> dict[str, list[dict]]:
+  """Points grouped by method, in table order."""
+  groups: dict[str, list[dict]] = {}
+  for p in points:
+    groups.setdefault(p["method"], []).append(p)
+  rank = {m: i for i, m in enumerate(METHOD_ORDER)}
+  return dict(sorted(groups.items(), key=lambda kv: rank.get(kv[0], len(rank))))
+
+
+# --- selections ----------------------------------------------------------------------------------
+
+def _dominates(a: dict, b: dict, x: str) -> bool:
+  sign = 1 if _X_AXES[x] else -1
+  ge = a["success"] >= b["success"] and sign * a[x] >= sign * b[x]
+  return ge and (a["success"] > b["success"] or sign * a[x] > sign * b[x])
+
+
+def pareto_front(points: Sequence[dict], x: str = "high_ratio", per_method: bool = True) -> list[dict]:
+  """Points no other point beats on both success and `x` (lower high_ratio, higher speed-up).
+
+  per_method: compare within each method (its own curve); otherwise across all methods. Points
+  without a value for `x` (an unmeasured speed-up) take no part. Sorted by method, then x.
+  """
+  if x not in _X_AXES:
+    raise UserError(f"pareto_front: x must be one of {sorted(_X_AXES)}, got {x!r}")
+  points = [p for p in _check(points) if p[x] is not None]
+  groups = _by_method(points).values() if per_method else [points]
+  return [p for g in groups for p in sorted(g, key=lambda q: q[x])
+          if not any(_dominates(q, p, x) for q in g)]
+
+
+def best_point(points: Sequence[dict], budget: float) -> dict:
+  """One method's operating point for Table 1: the most successful within the high-ratio budget
+  (ties to the cheaper one), else its cheapest point."""
+  within = [p for p in points if p["high_ratio"] <= budget + _TOL]
+  if within:
+    return max(within, key=lambda p: (p["success"], -p["high_ratio"]))
+  return min(points, key=lambda p: (p["high_ratio"], -p["success"]))
+
+
+def matched_random_gap(points: Sequence[dict], method: str, baseline: str = "random") -> list[dict]:
+  """For each point of `method`, its success minus that of the baseline point nearest in high ratio."""
+  points = _check(points)
+  mine = sorted((p for p in points if p["method"] == method), key=lambda p: p["high_ratio"])
+  ref = [p for p in points if p["method"] == baseline]
+  if not mine or not ref:
+    raise UserError(f"matched_random_gap: need points of both {method!r} and {baseline!r}")
+  out = []
+  for p in mine:
+    q = min(ref, key=lambda r: abs(r["high_ratio"] - p["high_ratio"]))
+    out.append({"param": p["param"], "high_ratio": p["high_ratio"], "success": p["success"],
+                "baseline_param": q["param"], "baseline_high_ratio": q["high_ratio"],
+                "baseline_success": q["success"], "gap": p["success"] - q["success"]})
+  return out
+
+
+# --- tables --------------------------------------------------------------------------------------
+
+def _pct(x: float) -> str:
+  return f"{100 * x:.1f}"
+
+
+def _speed(x: Optional[float]) -> str:
+  return "—" if x is None else f"{x:.2f}×"
+
+
+def table1(points: Sequence[dict], reference: str = "high only", budget: float = 0.30) -> str:
+  """Markdown: each method at its best operating point within `budget` high-precision calls."""
+  groups = _by_method(_check(points))
+  if len(groups.get(reference, ())) != 1:
+    raise UserError(f"table1: need exactly one {reference!r} point as the reference, "
+                    f"got {len(groups.get(reference, ()))}")
+  ref = groups[reference][0]["success"]
+  lines = [f"**Table 1.** Success at each method's best operating point with ≤ {_pct(budget)}% "
+           f"high-precision calls (else its cheapest); Δ in points vs {reference}.", "",
+           "| method | operating point | success % (95% CI) | Δ vs " + reference
+           + " | high-precision calls % | speed-up (measured) | speed-up (estimated) |",
+           "|---|---|---:|---:|---:|---:|---:|"]
+  for method, group in groups.items():
+    p = best_point(group, budget)
+    lo, hi = p["ci"]
+    # + 0.0 turns a rounded -0.0 into 0.0, so an exact tie never prints as a loss.
+    delta = "—" if method == reference else f"{round(100 * (p['success'] - ref), 1) + 0.0:+.1f}"
+    lines.append(f"| {method} | {p['param'] or '—'} | {_pct(p['success'])} ({_pct(lo)}–{_pct(hi)}) | "
+                 f"{delta} | {_pct(p['high_ratio'])} | {_speed(p['speedup'])} | {_speed(p['speedup_est'])} |")
+  return "\n".join(lines) + "\n"
+
+
+def matched_point(points: Sequence[dict], target: float) -> Optional[dict]:
+  """The point with the largest high ratio not above `target` (best success on ties), or None."""
+  within = [p for p in points if p["high_ratio"] <= target + _TOL]
+  return max(within, key=lambda p: (p["high_ratio"], p["success"])) if within else None
+
+
+def table2(points: Sequence[dict], methods: Sequence[str] = ("KL-ST", "GRPO only", "KL-ST + GRPO"),
+           ratios: Sequence[float] = (0.1, 0.2, 0.3)) -> str:
+  """Markdown ablation: success of each method at matched high-precision ratios, no interpolation.
+
+  A cell shows the method's point with the largest ratio not above the column's target, with the
+  ratio it actually reached; "—" when the method has no point that cheap.
+  """
+  groups = _by_method(_check(points))
+  lines = ["**Table 2.** Ablation: success % at the largest high-precision ratio not above each "
+           "target (actual ratio in brackets).", "",
+           "| method | " + " | ".join(f"≤ {_pct(r)}% high" for r in ratios) + " |",
+           "|---|" + "---:|" * len(ratios)]
+  for method in methods:
+    cells = []
+    for r in ratios:
+      p = matched_point(groups.get(method, []), r)
+      cells.append("—" if p is None else f"{_pct(p['success'])} [{_pct(p['high_ratio'])}%]")
+    lines.append(f"| {method} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+# --- plot ----------------------------------------------------------------------------------------
+
+_SINGLE_MARKERS = ("*", "s", "D", "^", "v", "P", "X", "h")
+
+
+def pareto_plot(points: Sequence[dict], path: str) -> None:
+  """Two panels (success vs high-precision calls %, success vs measured speed-up) as a PNG.
+
+  Methods with several points are lines through their points sorted by x; single-point
+  baselines are lone distinct markers. Error bars are the 95% CIs. Written atomically.
+  """
+  groups = _by_method(_check(points))
+  # A bare Figure on the Agg canvas: no pyplot, so no global backend or figure state.
+  fig = Figure(figsize=(11, 4.5), layout="constrained")
+  FigureCanvasAgg(fig)
+  axes = fig.subplots(1, 2, sharey=True)
+  singles = itertools.cycle(_SINGLE_MARKERS)
+  for method, group in groups.items():
+    style = ({"marker": next(singles), "markersize": 10, "linestyle": "none"} if len(group) == 1
+             else {"marker": "o", "markersize": 4, "linestyle": "-"})
+    color = None
+    for ax, key, scale in ((axes[0], "high_ratio", 100.0), (axes[1], "speedup", 1.0)):
+      pts = sorted((p for p in group if p[key] is not None), key=lambda p: p[key])
+      if not pts:
+        continue
+      ys = [100 * p["success"] for p in pts]
+      err = [[y - 100 * p["ci"][0] for y, p in zip(ys, pts)], [100 * p["ci"][1] - y for y, p in zip(ys, pts)]]
+      # One colour per method across both panels, so a single legend serves the figure.
+      line = ax.errorbar([scale * p[key] for p in pts], ys, yerr=err, capsize=2, color=color,
+                         label=method, **style)
+      color = line.lines[0].get_color()
+  axes[0].set_xlabel("high-precision calls (%)")
+  axes[1].set_xlabel("measured speed-up vs high only (×)")
+  axes[0].set_ylabel("success (%)")
+  for ax in axes:
+    ax.grid(alpha=0.3)
+  handles, labels = axes[0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc="outside right center", fontsize=8)
+  with atomic_open(path, "wb") as f:
+    fig.savefig(f, format="png", dpi=150)
+
+
+# --- everything ----------------------------------------------------------------------------------
+
+def write_report(points: Sequence[dict], outdir: str, budget: float = 0.30,
+                 ratios: Sequence[float] = (0.1, 0.2, 0.3)) -> dict[str, str]:
+  """Writes results.json, table1.md, table2.md and pareto.png under outdir; returns their paths."""
+  points = _check(points)
+  methods = [m for m in _by_method(points) if m not in BASELINES]
+  has_random = any(p["method"] == "random" for p in points)
+  results = {
+      "points": points,
+      "pareto_high_ratio": pareto_front(points, "high_ratio", per_method=False),
+      "pareto_speedup": pareto_front(points, "speedup", per_method=False),
+      "vs_random": {m: matched_random_gap(points, m) for m in methods} if has_random else {},
+  }
+  names = ("results.json", "table1.md", "table2.md", "pareto.png")
+  paths = {name: os.path.join(outdir, name) for name in names}
+  atomic_write_json(paths["results.json"], results)
+  atomic_write_text(paths["table1.md"], table1(points, budget=budget))
+  atomic_write_text(paths["table2.md"], table2(points, ratios=ratios))
+  pareto_plot(points, paths["pareto.png"])
+  return paths

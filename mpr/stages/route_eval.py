@@ -1,0 +1,138 @@
+"""Stage `route_eval`: every routing method at every operating point on one split; the paper's tables.
+
+Methods (each point plays every game of `eval.split`, or an evenly spaced `eval.num_games`):
+  high only, low only                   the tiers alone
+  KL-ST, KL-ST + GRPO, GRPO only        the routers of router_sl / router_grpo / router_grpo_scratch in
+                                        this workdir (those that exist), high when p(high) ≥ K, K ∈ eval.ks
+  random                                high with probability p, p = each point's high ratio of
+                                        `eval.random_matches` (matched-ratio baseline)
+  entropy, margin                       low-tier entropy ≥ / top-2 margin ≤ a threshold: the thresholds are
+                                        quantiles of the collected train steps chosen so that a share q of
+                                        them would go high, q ∈ eval.heuristic_shares
+  first-k                               the first k steps high, k ∈ eval.first_k
+  oracle                                high when the true d_t ≥ τ (τ = the KL-ST τ, and the train quantiles
+                                        1 − q for q ∈ eval.heuristic_shares): what perfect labels could give
+
+Per point: success (overall, per task, 95% Wilson), high ratio (share of steps on the high tier), and
+cost: model seconds per episode (every model call of a step: embedding, probes, router, acting; mean
+ms per step without compile outliers × mean steps) → measured speed-up vs high only; and the estimate c_high / (r·c_high + (1 − r)·c_low) from the tiers'
+measured per-step latencies. Episode logs per point under points/ make the stage resumable.
+Writes results.json, table1.md, table2.md, pareto.png (mpr.eval.report) and prints Table 1.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+
+from mpr import io
+from mpr.agent import agent as agent_lib, models
+from mpr.envs.pool import EnvPool
+from mpr.errors import UserError
+from mpr.eval import report, summary as summary_lib
+from mpr.records import Episode
+from mpr.router import data, labels, routes
+from mpr.router.model import load_router
+from mpr.stages import collect
+from mpr.stages.common import play_logged, split_games
+
+CONFIG_KEYS = ("seed", "env", "model", "agent", "tiers", "collect", "router", "router_sl", "router_grpo", "eval")
+
+ROUTERS = (("KL-ST", "router_sl"), ("KL-ST + GRPO", "router_grpo"), ("GRPO only", "router_grpo_scratch"))
+
+
+def robust_step_ms(steps) -> tuple[float, int]:
+  """Mean model ms per step without compile outliers (> 10× the median), and how many were dropped.
+
+  The first call at a new shape compiles (seconds, against milliseconds for a step); which points
+  pay for which shapes depends on the order they run in, so those steps are not their cost."""
+  ms = np.asarray([1e3 * st.model_seconds for st in steps])
+  if ms.size == 0:
+    return 0.0, 0
+  keep = ms <= 10 * np.median(ms)
+  return float(ms[keep].mean()), int((~keep).sum())
+
+
+def point(method: str, param, episodes: list[Episode], high: str) -> dict:
+  s = summary_lib.summarize(episodes)
+  steps = [st for e in episodes for st in e.steps]
+  step_ms, dropped = robust_step_ms(steps)
+  return {"method": method, "param": param, "success": s["overall"]["success"], "ci": s["overall"]["success_ci95"],
+          "n": s["overall"]["n"], "high_ratio": float(np.mean([st.precision == high for st in steps])) if steps else 0.0,
+          "per_task": {t: v["success"] for t, v in s["per_task"].items()},
+          "mean_steps": s["overall"]["mean_steps"], "model_ms_per_step": step_ms, "compile_steps_dropped": dropped,
+          "model_s_per_episode": 1e-3 * step_ms * s["overall"]["mean_steps"],
+          "router_ms_per_step": 1e3 * float(np.mean([st.extra.get("router_seconds", 0.0) for st in steps])) if steps else 0.0,
+          "speedup": None, "speedup_est": None}
+
+
+def _slug(method: str, param) -> str:
+  return re.sub(r"[^A-Za-z0-9.=_-]+", "_", f"{method}_{param}" if param else method)
+
+
+def run(config, sdir: str) -> dict:
+  env, ec, tiers = config.env, config.eval, config.tiers
+  collect.check_tiers(tiers)
+  hi, lo = tiers.high, tiers.low
+  policy = models.load(config.model)
+  variants = policy.variants([hi, lo])
+  games = split_games(config, ec.split, ec.num_games)
+  wdir = os.path.dirname(sdir)
+  train_table = data.load(collect.table_path(os.path.join(wdir, "collect"), config.collect.split))
+  routers = []
+  for method, stage in ROUTERS:
+    rdir = os.path.join(wdir, stage, "router")
+    if os.path.isdir(rdir):
+      cfg, params, meta = load_router(rdir)
+      if (meta.get("high"), meta.get("low")) != (hi, lo):
+        raise UserError(f"{rdir} routes {meta.get('high')}/{meta.get('low')}, not {hi}/{lo}")
+      routers.append((method, cfg, params, meta))
+  if not routers:
+    raise UserError(f"no trained router in {wdir} (run router_sl first)")
+  shares = [float(q) for q in ec.heuristic_shares]
+  ent_t = {q: float(np.quantile(train_table.low_entropy, 1 - q)) for q in shares}
+  mar_t = {q: float(np.quantile(train_table.low_margin, q)) for q in shares}
+  taus = {"τ=KL-ST": float(routers[0][3]["tau"]),
+          **{f"τ=q{1 - q:.2f}": float(np.quantile(train_table.d, 1 - q)) for q in shares}}
+
+  points: list[dict] = []
+  with EnvPool(env.num_workers, env.num_slots, max_steps=env.max_steps, step_timeout=env.step_timeout) as pool:
+    def play(method: str, param, route) -> dict:
+      agent = agent_lib.from_config(config.agent, policy.tok, variants, rows=pool.num_slots, route=route,
+                                    seed=config.seed)
+      eps = play_logged(pool, games, config.seed, agent, os.path.join(sdir, "points", _slug(method, param) + ".jsonl"),
+                        progress=f"{method} {param or ''}".strip())
+      points.append(point(method, param, eps, hi))
+      return points[-1]
+
+    play("high only", None, agent_lib.fixed(hi))
+    play("low only", None, agent_lib.fixed(lo))
+    for method, cfg, params, _ in routers:
+      for k in ec.ks:
+        play(method, f"K={k:.2f}", routes.router_route(params, cfg, hi, lo, k=float(k)))
+    matched = [p for p in points if p["method"] == ec.random_matches] or [p for p in points if p["method"] == routers[0][0]]
+    for p in matched:
+      play("random", f"p={p['high_ratio']:.3f}", routes.random_route(hi, lo, p["high_ratio"], config.seed))
+    for q in shares:
+      play("entropy", f"H≥{ent_t[q]:.3g}", routes.entropy_route(hi, lo, ent_t[q]))
+      play("margin", f"m≤{mar_t[q]:.3g}", routes.margin_route(hi, lo, mar_t[q]))
+    for k in ec.first_k:
+      play("first-k", f"k={k}", routes.first_k(hi, lo, int(k)))
+    for name, tau in taus.items():
+      play("oracle", name, routes.oracle_route(hi, lo, tau, config.collect.direction))
+
+  base = next(p for p in points if p["method"] == "high only")
+  c_hi = base["model_ms_per_step"]
+  c_lo = next(p for p in points if p["method"] == "low only")["model_ms_per_step"]
+  for p in points:
+    p["speedup"] = base["model_s_per_episode"] / max(p["model_s_per_episode"], 1e-12)
+    p["speedup_est"] = c_hi / max(p["high_ratio"] * c_hi + (1 - p["high_ratio"]) * c_lo, 1e-12)
+  paths = report.write_report(points, sdir, budget=float(ec.budget))
+  table1 = open(paths["table1.md"]).read()
+  title = (f"### {os.path.basename(policy.source.rstrip('/'))}: {hi} / {lo} routing on {ec.split} "
+           f"({len(games)} games)\n\n")
+  io.atomic_write_text(os.path.join(sdir, "summary.md"), title + table1 + "\n" + open(paths["table2.md"]).read())
+  print(title + table1)
+  return {"split": ec.split, "games": len(games), "points": points, "thresholds": {
+      "entropy": ent_t, "margin": mar_t, "oracle": taus}}

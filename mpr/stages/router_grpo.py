@@ -1,0 +1,212 @@
+"""Stages `router_grpo` and `router_grpo_scratch`: the router refined (or trained from scratch) by GRPO.
+
+Each iteration picks `games_per_iter` train games (a pure function of seed and iteration) and plays
+each `group_size` times through the ordinary agent loop, routing every step by sampling from the
+current router (at `sample_temperature`). Reward per episode R = won − λ · (high steps / steps); the
+advantage (R − mean R) / (std R + ε) over the game's group is shared by all of that episode's
+routing decisions; the router takes `epochs_per_iter` passes of clipped-ratio updates over them
+with a β-weighted KL to the KL-ST router (grpo.loss). Only the router learns.
+
+A group's episodes share the game; an episode's `seed` is its member index inside the group, which
+keys its routing samples (ALFWorld's games are deterministic, so the seed changes nothing else).
+
+Resumable and exact: the iteration's episodes are logged as they finish (rollouts/iter_NNN.jsonl,
+keyed by game and member), router and optimizer state are checkpointed after every iteration, and
+the sampled routes depend only on (router params, seed, iteration, game, member, step) — a killed run
+replays nothing it logged and ends with the router an uninterrupted run gives.
+
+`router_grpo` starts from the KL-ST router of this workdir's `router_sl/`; `router_grpo_scratch`
+starts from a random router with no reference (β ignored): the GRPO-only ablation.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import types
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mpr import io
+from mpr.agent import agent as agent_lib, models
+from mpr.envs.pool import EnvPool
+from mpr.envs.rollout import rollout
+from mpr.errors import UserError
+from mpr.records import Episode
+from mpr.router import data, grpo
+from mpr.router.model import HIGH, Router, from_config, init_params, load_router, save_router
+from mpr.router.routes import router_route
+from mpr.stages import collect
+from mpr.stages.common import split_games
+from mpr.stages.router_sl import router_meta
+from mpr.train.checkpoints import restore_latest
+from mpr.train.metrics import MetricWriter
+
+CONFIG_KEYS = ("seed", "env", "model", "agent", "tiers", "collect", "router", "router_sl", "router_grpo")
+
+
+# --- decisions of one iteration ---------------------------------------------------------------------
+
+def decisions(groups: list[list[Episode]], high: str, lam: float, eps: float, temperature: float) -> dict:
+  """Flattened routing decisions of an iteration's groups: z, offsets, actions, logp_old, advantages.
+
+  logp_old is the log-probability of each decision under the distribution it was sampled from (the
+  router's p(high) recorded in the step, tempered), as the PPO ratio needs.
+  """
+  z, actions, logp_old, adv, offsets, rewards = [], [], [], [], [0], []
+  for group in groups:
+    r = np.array([grpo.episode_reward(e.won, sum(s.precision == high for s in e.steps), len(e.steps), lam)
+                  for e in group])
+    rewards.append(r)
+    for e, a in zip(group, grpo.group_advantages(r, eps)):
+      for s in e.steps:
+        p = float(np.clip(s.p_high, 1e-7, 1 - 1e-7))
+        q = 1 / (1 + np.exp(-(np.log(p) - np.log1p(-p)) / temperature))
+        high_step = s.precision == high
+        z.append(agent_lib.decode_z(s.extra["z"]))
+        actions.append(HIGH if high_step else 1 - HIGH)
+        logp_old.append(np.log(q if high_step else 1 - q))
+        adv.append(a)
+      offsets.append(offsets[-1] + len(e.steps))
+  return {"z": np.stack(z).astype(np.float32), "offsets": np.asarray(offsets, np.int64),
+          "actions": np.asarray(actions, np.int32), "logp_old": np.asarray(logp_old, np.float32),
+          "adv": np.asarray(adv, np.float32), "rewards": np.concatenate(rewards)}
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _logits(model: Router, params, z, mask):
+  return model.apply({"params": params}, z, mask)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4), donate_argnums=(5, 6))
+def _update(model: Router, opt, clip: float, beta: float, temperature: float, params, opt_state,
+            z, mask, actions, logp_old, adv, logits_ref, weights):
+  def loss_fn(p):
+    logits = model.apply({"params": p}, z, mask) / temperature
+    return grpo.loss(logits, actions, logp_old, adv, logits_ref / temperature, weights, clip, beta)
+  (value, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  updates, opt_state = opt.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state, {**metrics, "loss": value}
+
+
+def _batches(n: int, size: int, rng: np.random.Generator):
+  perm = rng.permutation(n)
+  for lo in range(0, n, size):
+    idx = perm[lo:lo + size]
+    yield np.pad(idx, (0, size - idx.size)), np.arange(size) < idx.size
+
+
+def optimise(model: Router, params, opt_state, opt, dec: dict, ref_params, gc, rng: np.random.Generator):
+  """`gc.epochs_per_iter` passes of GRPO updates over one iteration's decisions; → params, state, metrics."""
+  n, size = len(dec["actions"]), gc.batch_size
+  rows = np.arange(n)
+  zw_all, mask_all = data.windows(dec["z"], dec["offsets"], rows, model.max_len)
+  beta = float(gc.beta) if ref_params is not None else 0.0
+  logits_ref = np.zeros((n, 2), np.float32)
+  if ref_params is not None:
+    for lo in range(0, n, size):
+      sl = slice(lo, lo + size)
+      zb, mb = zw_all[sl], mask_all[sl]
+      pad = size - len(zb)
+      zb, mb = np.pad(zb, ((0, pad), (0, 0), (0, 0))), np.pad(mb, ((0, pad), (0, 0)), constant_values=True)
+      logits_ref[sl] = np.asarray(_logits(model, ref_params, zb, mb))[:size - pad]
+  out = []
+  for _ in range(gc.epochs_per_iter):
+    for idx, valid in _batches(n, size, rng):
+      params, opt_state, m = _update(model, opt, float(gc.clip), beta, float(gc.sample_temperature), params,
+                                     opt_state, zw_all[idx], mask_all[idx], dec["actions"][idx],
+                                     dec["logp_old"][idx], dec["adv"][idx], logits_ref[idx],
+                                     valid.astype(np.float32))
+      out.append({k: float(v) for k, v in m.items()})
+  return params, opt_state, {k: float(np.mean([m[k] for m in out])) for k in out[0]}
+
+
+# --- the stage -----------------------------------------------------------------------------------
+
+def _play(pool, agent_factory, games, gc, path: str) -> list[list[Episode]]:
+  """Each game played by `group_size` members (episode seed = member), through the log at `path`."""
+  with io.JsonlLog(path) as log:
+    done = {(r["game"], r["seed"]) for r in log.records}
+    jobs = [(g, m) for g in games for m in range(gc.group_size) if (g.game_id, m) not in done]
+    rollout(pool, jobs, agent_factory(), on_episode=lambda e: log.append(e.to_json()),
+            progress=os.path.basename(path).split(".")[0])
+    by_key = {(r["game"], r["seed"]): r for r in log.records}
+  return [[Episode.from_json(by_key[(g.game_id, m)]) for m in range(gc.group_size)] for g in games]
+
+
+def run(config, sdir: str, scratch: bool = False) -> dict:
+  import orbax.checkpoint as ocp
+  gc, tiers = config.router_grpo, config.tiers
+  collect.check_tiers(tiers)
+  if gc.group_size < 2:
+    raise UserError(f"router_grpo.group_size must be >= 2 (a group's mean is the baseline), got {gc.group_size}")
+  model = from_config(config.router)
+  policy = models.load(config.model)
+  variants = policy.variants([tiers.high, tiers.low])
+  ref_params = None
+  if scratch:
+    params = init_params(config.router, policy.cfg.hidden_size, gc.seed)
+  else:
+    ref_dir = os.path.join(os.path.dirname(sdir), "router_sl", "router")
+    cfg, ref_params, meta = load_router(ref_dir)
+    if (meta.get("low"), meta.get("high")) != (tiers.low, tiers.high):
+      raise UserError(f"{ref_dir} was trained for tiers {meta.get('high')}/{meta.get('low')}, "
+                      f"not {tiers.high}/{tiers.low}")
+    if cfg.to_dict() != config.router.to_dict():
+      raise UserError(f"{ref_dir} has another router architecture than config.router")
+    params = jax.tree.map(jnp.array, ref_params)     # a copy: the update donates its params
+  games = split_games(config, config.collect.split, 0)
+  opt = optax.chain(optax.clip_by_global_norm(gc.clip_norm), optax.adam(gc.lr))
+  state = {"params": params, "opt_state": opt.init(params)}
+  mgr, start, state = restore_latest(os.path.join(sdir, "ckpt"), state)   # numbered by finished iterations
+  if start:
+    logging.info("router_grpo: resumed after iteration %d of %d", start, gc.iterations)
+  params, opt_state = state["params"], state["opt_state"]
+  history = {r["iteration"]: r for r in (io.read_jsonl(os.path.join(sdir, "iterations.jsonl"))
+                                         if os.path.exists(os.path.join(sdir, "iterations.jsonl")) else [])}
+  try:
+    with EnvPool(config.env.num_workers, config.env.num_slots, max_steps=config.env.max_steps,
+                 step_timeout=config.env.step_timeout) as pool, \
+         MetricWriter(os.path.join(sdir, "tb")) as writer, io.JsonlLog(os.path.join(sdir, "iterations.jsonl")) as log:
+      for it in range(start, gc.iterations):
+        pick = np.random.default_rng([gc.seed, it]).choice(len(games), min(gc.games_per_iter, len(games)), replace=False)
+        chosen = [games[i] for i in np.sort(pick)]
+        sample_seed = zlib.crc32(f"{gc.seed}/{it}".encode())
+        route = router_route(params, config.router, tiers.high, tiers.low, sample_seed=sample_seed,
+                             temperature=gc.sample_temperature)
+        factory = lambda: agent_lib.from_config(config.agent, policy.tok, variants, rows=pool.num_slots,
+                                                route=route, seed=config.seed, record_z=True)
+        groups = _play(pool, factory, chosen, gc, os.path.join(sdir, "rollouts", f"iter_{it:03d}.jsonl"))
+        dec = decisions(groups, tiers.high, gc.lam, gc.eps, gc.sample_temperature)
+        params, opt_state, m = optimise(model, params, opt_state, opt, dec, ref_params, gc,
+                                        np.random.default_rng([gc.seed, it, 1]))
+        eps = [e for g in groups for e in g]
+        row = {"iteration": it + 1, "reward": float(dec["rewards"].mean()),
+               "success": float(np.mean([e.won for e in eps])),
+               "high_ratio": float(np.mean(dec["actions"] == HIGH)), "decisions": int(len(dec["actions"])), **m}
+        writer.scalars(it + 1, {f"grpo/{k}": v for k, v in row.items() if k != "iteration"})
+        if it + 1 not in history:
+          log.append(row)
+        history[it + 1] = row
+        mgr.save(it + 1, args=ocp.args.StandardSave({"params": params, "opt_state": opt_state}))
+  finally:
+    mgr.wait_until_finished()
+    mgr.close()
+  meta = {**router_meta(config), "grpo": {"iterations": gc.iterations, "init": "scratch" if scratch else "router_sl"}}
+  save_router(os.path.join(sdir, "router"), config.router, params, meta)
+  rows = [history[i] for i in sorted(history)]
+  lines = ["| iteration | reward | success % | high % | p(high) | clip frac | KL to KL-ST |", "|---:|---:|---:|---:|---:|---:|---:|"]
+  lines += [f"| {r['iteration']} | {r['reward']:.3f} | {100 * r['success']:.1f} | {100 * r['high_ratio']:.1f} | "
+            f"{r['p_high']:.3f} | {r['clip_fraction']:.3f} | {r['kl_ref']:.4f} |" for r in rows]
+  text = f"### {'router_grpo_scratch' if scratch else 'router_grpo'}\n\n" + "\n".join(lines) + "\n"
+  io.atomic_write_text(os.path.join(sdir, "summary.md"), text)
+  print(text)
+  return {"iterations": rows}
+
+
+# The GRPO-only ablation: the same stage from a random router (registered in launch.py).
+SCRATCH = types.SimpleNamespace(CONFIG_KEYS=CONFIG_KEYS, run=functools.partial(run, scratch=True))

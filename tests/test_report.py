@@ -1,0 +1,116 @@
+"""Report tables and Pareto plot from operating points: selection rules, formatting, bad input."""
+import json
+import os
+
+import pytest
+
+from mpr.errors import UserError
+from mpr.eval import report
+
+
+def _pt(method, param, success, ratio, speedup=1.0, speedup_est=None):
+  return {"method": method, "param": param, "success": success,
+          "ci": [max(0.0, success - 0.05), min(1.0, success + 0.05)], "n": 134, "high_ratio": ratio,
+          "speedup": speedup, "speedup_est": speedup if speedup_est is None else speedup_est,
+          "per_task": {"pick_and_place_simple": success}}
+
+
+def _points():
+  return [
+      _pt("high only", None, 0.90, 1.0, 1.0),
+      _pt("low only", None, 0.80, 0.0, 1.6),
+      _pt("random", "p=0.1", 0.82, 0.1, 1.5),
+      _pt("random", "p=0.2", 0.84, 0.2, 1.4),
+      _pt("random", "p=0.3", 0.85, 0.3, 1.3),
+      _pt("KL-ST", "K=0.6", 0.86, 0.08, 1.45, 1.5),
+      _pt("KL-ST", "K=0.5", 0.89, 0.18, 1.30, 1.4),
+      _pt("KL-ST", "K=0.4", 0.88, 0.28, 1.35),     # dominated on ratio by K=0.5, not on speed
+      _pt("KL-ST", "K=0.2", 0.91, 0.45, None),     # speed-up not measured
+      _pt("GRPO only", "K=0.5", 0.87, 0.35, 1.1),
+      _pt("GRPO only", "K=0.3", 0.90, 0.50, 1.05),
+      _pt("KL-ST + GRPO", "K=0.5", 0.87, 0.1 + 1e-12, 1.5),   # counts/steps rounding: still "≤ 10%"
+      _pt("KL-ST + GRPO", "K=0.4", 0.905, 0.25, 1.25),
+  ]
+
+
+def _key(ps):
+  return [(p["method"], p["param"]) for p in ps]
+
+
+def test_pareto_front_per_method_and_global():
+  front = report.pareto_front(_points())
+  kl = [p["param"] for p in front if p["method"] == "KL-ST"]
+  assert kl == ["K=0.6", "K=0.5", "K=0.2"]                   # K=0.4 is worse and dearer than K=0.5
+  by_speed = [p["param"] for p in report.pareto_front(_points(), "speedup") if p["method"] == "KL-ST"]
+  assert by_speed == ["K=0.5", "K=0.4", "K=0.6"]             # sorted by x; K=0.2 has no speed-up
+  overall = report.pareto_front(_points(), "high_ratio", per_method=False)
+  assert _key(overall) == [("low only", None), ("KL-ST", "K=0.6"), ("KL-ST + GRPO", "K=0.5"),
+                           ("KL-ST", "K=0.5"), ("KL-ST + GRPO", "K=0.4"), ("KL-ST", "K=0.2")]
+  with pytest.raises(UserError):
+    report.pareto_front(_points(), x="success")
+
+
+def _rows(md):
+  return {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]]
+          for r in md.splitlines() if r.startswith("| ") and not r.startswith("| method")}
+
+
+def test_table1_picks_operating_points_and_formats_ci():
+  rows = _rows(report.table1(_points()))
+  assert list(rows) == ["high only", "low only", "random", "KL-ST", "GRPO only", "KL-ST + GRPO"]
+  assert rows["high only"] == ["—", "90.0 (85.0–95.0)", "—", "100.0", "1.00×", "1.00×"]
+  assert rows["KL-ST"] == ["K=0.5", "89.0 (84.0–94.0)", "-1.0", "18.0", "1.30×", "1.40×"]
+  assert rows["random"][0] == "p=0.3"                         # best within 30%
+  assert rows["GRPO only"][0] == "K=0.5"                      # none within 30%: its cheapest
+  assert rows["KL-ST + GRPO"][:3] == ["K=0.4", "90.5 (85.5–95.5)", "+0.5"]
+  assert rows["low only"][2] == "-10.0"
+  assert _rows(report.table1(_points(), budget=0.1))["KL-ST"][0] == "K=0.6"
+  with pytest.raises(UserError):
+    report.table1([p for p in _points() if p["method"] != "high only"])
+
+
+def test_table2_matched_ratios_and_dashes():
+  rows = _rows(report.table2(_points()))
+  assert rows["KL-ST"] == ["86.0 [8.0%]", "89.0 [18.0%]", "88.0 [28.0%]"]
+  assert rows["GRPO only"] == ["—", "—", "—"]
+  assert rows["KL-ST + GRPO"] == ["87.0 [10.0%]", "87.0 [10.0%]", "90.5 [25.0%]"]
+  assert _rows(report.table2(_points(), methods=("oracle",), ratios=(0.5,)))["oracle"] == ["—"]
+
+
+def test_matched_random_gap():
+  gaps = report.matched_random_gap(_points(), "KL-ST")
+  assert [g["param"] for g in gaps] == ["K=0.6", "K=0.5", "K=0.4", "K=0.2"]
+  assert [g["baseline_param"] for g in gaps] == ["p=0.1", "p=0.2", "p=0.3", "p=0.3"]
+  assert [g["gap"] for g in gaps] == pytest.approx([0.04, 0.05, 0.03, 0.06])
+  with pytest.raises(UserError):
+    report.matched_random_gap(_points(), "oracle")
+
+
+def test_plot_and_report_files(tmp_path):
+  paths = report.write_report(_points(), str(tmp_path / "out"))
+  with open(paths["pareto.png"], "rb") as f:
+    png = f.read()
+  assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+  assert sorted(os.listdir(tmp_path / "out")) == ["pareto.png", "results.json", "table1.md", "table2.md"]
+  with open(paths["results.json"]) as f:
+    results = json.load(f)
+  assert len(results["points"]) == len(_points())
+  assert results["vs_random"]["KL-ST"][1]["gap"] == pytest.approx(0.05)
+  assert set(results["vs_random"]) == {"KL-ST", "GRPO only", "KL-ST + GRPO"}
+  with open(paths["table1.md"]) as f:
+    assert "| KL-ST | K=0.5 |" in f.read()
+
+
+@pytest.mark.parametrize("bad", [
+    [],
+    [dict(_pt("KL-ST", "K=0.5", 0.9, 0.2), success=1.2)],
+    [dict(_pt("KL-ST", "K=0.5", 0.9, 0.2), high_ratio=-0.1)],
+    [{k: v for k, v in _pt("KL-ST", "K=0.5", 0.9, 0.2).items() if k != "ci"}],
+    [dict(_pt("KL-ST", "K=0.5", 0.9, 0.2), ci=[0.95, 0.99])],
+    [dict(_pt("KL-ST", "K=0.5", 0.9, 0.2), speedup=0.0)],
+])
+def test_bad_points_are_user_errors(bad, tmp_path):
+  for fn in (report.pareto_front, report.table2, lambda p: report.pareto_plot(p, str(tmp_path / "x.png"))):
+    with pytest.raises(UserError):
+      fn(bad)
+  assert not os.path.exists(tmp_path / "x.png")

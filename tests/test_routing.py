@@ -1,0 +1,193 @@
+"""Routing in the agent loop: step embeddings, tier probes, the routing rules, and the pipeline stages."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from mpr.agent import agent as agent_lib, models, prompt
+from mpr.envs.rollout import EpisodeView
+from mpr.errors import UserError
+from mpr.models import engine
+from mpr.router import labels, routes
+from mpr.router.model import init_params, router_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def policy():
+  return models.load(models.model_config())
+
+
+@pytest.fixture(scope="module")
+def variants(policy):
+  return policy.variants(["f32", "int4"])
+
+
+def _view(game, t, slot=0, seed=0, adm=("go to fridge 1", "go to cabinet 1", "look")):
+  return EpisodeView(index=0, game=game, seed=seed, goal="put a clean apple in fridge", t=t,
+                     observation=f"You arrive at cabinet {t}. On the cabinet {t}, you see a mug {t}.",
+                     admissible=tuple(adm), expert_action=None, steps=(), slot=slot)
+
+
+def _log_scores(variant, tok, history_tokens, admissible):
+  last, cache = engine.prefill(variant, variant.init_cache(1, 1024), [history_tokens])
+  lps = engine.score(variant, cache, last, [0] * len(admissible),
+                     [tok.encode(prompt.COMPACT.action.format(action=a)) for a in admissible])
+  return np.array([lp.sum() for lp in lps])
+
+
+def test_embeddings_and_probes_equal_fresh_computations(policy, variants, valid_seen):
+  """z_t = the low tier's mean hidden state over the step's new tokens; probes = each tier's scores."""
+  tok, game = policy.tok, valid_seen[0]
+  route = agent_lib.Route(lambda views, probe: (["f32" if v.t % 3 == 0 else "int4" for v in views], None),
+                          embed="int4", probe=("f32", "int4"))
+  agent = agent_lib.Agent(tok, prompt.COMPACT, variants, rows=2, budget=200, route=route, record_z=True)
+  for t in range(8):                       # the 200-token budget trims on the way
+    d = agent([_view(game, t, slot=1)])[0]
+    row = agent.rows[1]
+    ctx = row.history.tokens()
+    _, _, hidden = engine.prefill(variants["int4"], variants["int4"].init_cache(1, 1024), [ctx], return_hidden=True)
+    want_z = np.asarray(hidden[0, len(ctx) - row.history.fresh:len(ctx)], np.float32).mean(0)
+    np.testing.assert_allclose(agent_lib.decode_z(d.info["z"]), want_z, atol=2e-2, rtol=2e-2)  # z is stored f16
+    np.testing.assert_allclose(row.z[-1], want_z, atol=1e-2, rtol=1e-2)     # bf16 activations
+    for name in ("f32", "int4"):
+      np.testing.assert_allclose(d.info["probe_logits"][name], _log_scores(variants[name], tok, ctx, _view(game, t).admissible),
+                                 atol=5e-3)
+    assert d.info["precision"] == ("f32" if t % 3 == 0 else "int4")
+    acting = d.info["probe_logits"][d.info["precision"]]
+    assert d.action == _view(game, t).admissible[int(np.argmax(acting))]   # acted on the probed scores
+  assert row.history.version >= 1 and len(row.z) == 8
+
+
+def test_route_needs_known_variants_and_score_mode(policy, variants):
+  with pytest.raises(UserError, match="needs variant"):
+    agent_lib.Agent(policy.tok, prompt.COMPACT, variants, rows=1, budget=200,
+                    route=routes.collect_route("f32", "int2", "high", 0))
+  with pytest.raises(UserError, match="mode=score"):
+    agent_lib.Agent(policy.tok, prompt.COMPACT, variants, rows=1, budget=200, mode="generate",
+                    route=routes.entropy_route("f32", "int4", 0.5))
+
+
+def test_rules_route_as_specified(valid_seen):
+  game = valid_seen[0]
+  views = [_view(game, t) for t in range(6)]
+  probe = agent_lib.Probe(z=[], logits={"hi": [np.array([0.0, -5.0, -5.0])] * 6,
+                                        "lo": [np.array([0.0, 0.0, -5.0])] * 3 + [np.array([0.0, -9.0, -9.0])] * 3})
+  assert routes.first_k("hi", "lo", 2).choose(views, probe)[0] == ["hi"] * 2 + ["lo"] * 4
+  ent = labels.entropy(probe.logits["lo"][0])
+  assert routes.entropy_route("hi", "lo", ent - 1e-6).choose(views, probe)[0] == ["hi"] * 3 + ["lo"] * 3
+  assert routes.margin_route("hi", "lo", 0.1).choose(views, probe)[0] == ["hi"] * 3 + ["lo"] * 3
+  d = labels.divergence(probe.logits["hi"][0], probe.logits["lo"][0])
+  # By hand: p_hi = (1, e^-5, e^-5)/Z, p_lo = (1, 1, e^-5)/Z': KL(p_hi‖p_lo) = Σ p_hi log(p_hi/p_lo).
+  p_hi = np.exp([0.0, -5.0, -5.0]) / np.exp([0.0, -5.0, -5.0]).sum()
+  p_lo = np.exp([0.0, 0.0, -5.0]) / np.exp([0.0, 0.0, -5.0]).sum()
+  assert d == pytest.approx(float(np.sum(p_hi * np.log(p_hi / p_lo))), rel=1e-9)
+  assert routes.oracle_route("hi", "lo", d).choose(views, probe)[0] == ["hi"] * 3 + ["lo"] * 3
+  rand = routes.random_route("hi", "lo", 0.3, seed=1)
+  many = [_view(game, t, seed=s) for s in range(50) for t in range(20)]
+  picks = rand.choose(many, probe)[0]
+  assert picks == rand.choose(many, probe)[0]                  # a pure function of episode and step
+  assert 0.25 < np.mean([p == "hi" for p in picks]) < 0.35
+  with pytest.raises(UserError):
+    routes.random_route("hi", "lo", 1.5, 0)
+
+
+def test_router_route_thresholds_and_samples(valid_seen):
+  cfg = router_config(width=16, heads=2, layers=1, mlp_dim=16, max_len=4)
+  params = init_params(cfg, embed_dim=8, seed=0)
+  rng = np.random.default_rng(0)
+  zs = [rng.normal(size=(t + 1, 8)).astype(np.float32) for t in (0, 3, 6)]
+  p = routes.router_p_high(params, cfg, zs)
+  views = [_view(valid_seen[0], len(z) - 1) for z in zs]
+  probe = agent_lib.Probe(z=zs, logits={})
+  names, got = routes.router_route(params, cfg, "hi", "lo", k=float(np.median(p))).choose(views, probe)
+  np.testing.assert_allclose(got, p)
+  assert names == ["hi" if x >= np.median(p) else "lo" for x in p]
+  # One episode alone gets the same p(high) as inside a batch (padding rows never leak in).
+  np.testing.assert_allclose(routes.router_p_high(params, cfg, zs[1:2]), p[1:2], atol=1e-6)
+  sampled = routes.router_route(params, cfg, "hi", "lo", sample_seed=3)
+  assert sampled.choose(views, probe)[0] == sampled.choose(views, probe)[0]
+
+
+def _pipeline_args(workdir, *extra):
+  return [sys.executable, os.path.join(ROOT, "launch.py"), "--workdir", str(workdir),
+          "--config", os.path.join(ROOT, "experiments/configs/dmr_tiny.py") + ":runlocal",
+          "--config.collect.games=3", "--config.collect.val_games=2", "--config.env.max_steps=6",
+          "--config.env.num_slots=4", "--config.router_sl.epochs=2", "--config.router_sl.batch_size=16",
+          "--config.router_grpo.iterations=2", "--config.router_grpo.games_per_iter=2",
+          "--config.router_grpo.group_size=2", "--config.eval.num_games=3", "--config.eval.first_k=(2,)",
+          *extra]
+
+
+def test_pipeline_end_to_end_on_a_few_real_games(tmp_path, alfworld_data):
+  """collect → KL-ST → GRPO (and from scratch) → every method on valid_seen → Table 1 and the plot."""
+  p = subprocess.run(_pipeline_args(tmp_path), cwd=ROOT, capture_output=True, text=True, timeout=1500)
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert "Table 1" in p.stdout and "| KL-ST + GRPO |" in p.stdout
+  col = json.load(open(tmp_path / "collect" / "metrics.json"))
+  assert col["train"]["games"] == 3 and col["train"]["embed_dim"] > 0
+  res = json.load(open(tmp_path / "route_eval" / "results.json"))
+  methods = {pt["method"] for pt in res["points"]}
+  assert methods >= {"high only", "low only", "random", "entropy", "margin", "first-k", "oracle", "KL-ST",
+                     "KL-ST + GRPO", "GRPO only"}
+  by = {pt["method"]: pt for pt in res["points"] if pt["method"] in ("high only", "low only")}
+  assert by["high only"]["high_ratio"] == 1.0 and by["low only"]["high_ratio"] == 0.0
+  assert (tmp_path / "route_eval" / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  grpo = json.load(open(tmp_path / "router_grpo" / "metrics.json"))
+  assert [r["iteration"] for r in grpo["iterations"]] == [1, 2]
+
+  # Resume after a kill mid-GRPO: drop iteration 2's checkpoint and half its episodes, run again.
+  from mpr.router.model import load_router
+  _, want, _ = load_router(str(tmp_path / "router_grpo" / "router"))
+  sdir = tmp_path / "router_grpo"
+  for name in ("metrics.json", "summary.md"):
+    os.remove(sdir / name)
+  shutil.rmtree(sdir / "router")
+  shutil.rmtree(sdir / "ckpt" / "2")
+  log = sdir / "rollouts" / "iter_001.jsonl"
+  routed = lambda text: sorted((r["game"], r["seed"], [(s["precision"], s["action"]) for s in r["steps"]])
+                               for r in map(json.loads, text.splitlines()))
+  before = routed(log.read_text())
+  lines = log.read_text().splitlines(keepends=True)
+  log.write_text("".join(lines[:len(lines) // 2]) + lines[len(lines) // 2][:40])   # and a torn line
+  p = subprocess.run(_pipeline_args(tmp_path, "--config.stages=('router_grpo',)"), cwd=ROOT, capture_output=True,
+                     text=True, timeout=900)
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert routed(log.read_text()) == before            # the same routing decisions and actions
+  # Episodes replayed in another batch composition carry z equal up to float16 rounding, hence the tolerance.
+  _, got = load_router(str(sdir / "router"))[:2]
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-4)
+
+  # τ outside the collected KL range: one line, exit 2 (in a fresh workdir over the same data).
+  other = tmp_path / "tau"
+  shutil.copytree(tmp_path / "collect", other / "collect")
+  _exit_2(_pipeline_args(other, "--config.stages=('router_sl',)", "--config.router_sl.tau=50.0"),
+          "outside the KL data range")
+
+
+def _exit_2(args, needle):
+  p = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert p.returncode == 2 and needle in p.stderr.strip().splitlines()[-1], p.stderr[-2000:]
+
+
+@pytest.mark.parametrize("stage, override, needle", [
+    ("collect", "--config.tiers.low=int9", "int9"),
+    ("router_sl", "--config.router_sl.quantile=0.5", "steps_train.npz"),        # no collect stage ran
+    ("router_grpo", "--config.router_grpo.group_size=1", "group_size"),
+    ("route_eval", "--config.eval.ks=(0.5,)", "no trained router"),
+])
+def test_pipeline_bad_inputs_are_one_line_exit_2(tmp_path, alfworld_data, stage, override, needle):
+  if stage == "route_eval":
+    (tmp_path / "collect").mkdir()
+    from mpr.router import data
+    data.save(str(tmp_path / "collect" / "steps_train.npz"), data.StepTable(
+        z=np.zeros((2, 4), np.float32), d=np.array([0.0, 1.0], np.float32), offsets=np.array([0, 2]),
+        low_entropy=np.zeros(2, np.float32), low_margin=np.ones(2, np.float32), games=["g"], won=np.array([True])))
+  _exit_2(_pipeline_args(tmp_path, f"--config.stages=('{stage}',)", override), needle)
