@@ -7,8 +7,9 @@ Times `mpr.router.routes.router_p_high` — what the agent calls once per routin
 history windows built on the host, the jitted 2-layer encoder, p(high) back on the host — for the
 dmr_tiny router (width 64) and the paper configs' (width 128), at step-embedding widths D of the tiny
 policy (256) and of the Qwen3 / Llama models (2048 for 1.7B, 4096 for 8B), with histories of
-`max_len` steps. Medians over `--calls` calls after a warm-up. `--step-ms` is the low tier's model
-ms per step to compare with (default: the batch-1 median of benchmarks/agent_step.py on this machine).
+`max_len` steps. Medians over `--calls` calls after a warm-up. One call routes a whole batch, so an
+episode's step pays ms/batch; `--step-ms` is the low tier's model ms per step it is compared with
+(give the batch-1 median of benchmarks/agent_step.py on the same machine).
 """
 from __future__ import annotations
 
@@ -38,8 +39,8 @@ def main() -> None:
   args = ap.parse_args()
   rng = np.random.default_rng(0)
   rows = []
-  print("| router width | D | batch | history | ms/call (median) | % of a low-tier step |")
-  print("|---:|---:|---:|---:|---:|---:|")
+  print("| router width | D | batch | history | ms/call (median) | ms per episode | % of a low-tier step |")
+  print("|---:|---:|---:|---:|---:|---:|---:|")
   for width, mlp in ((64, 128), (128, 256)):
     cfg = router_config(width=width, heads=4, mlp_dim=mlp, max_len=32)
     for d in map(int, args.dims.split(",")):
@@ -54,9 +55,10 @@ def main() -> None:
           router_p_high(params, cfg, zs)
           times.append(1e3 * (time.perf_counter() - t0))
         ms = statistics.median(times)
+        # One call routes the whole batch: each episode's step pays ms / b.
         rows.append({"width": width, "embed_dim": d, "batch": b, "history": cfg.max_len, "ms_median": ms,
-                     "share_of_step": ms / args.step_ms})
-        print(f"| {width} | {d} | {b} | {cfg.max_len} | {ms:.3f} | {100 * ms / args.step_ms:.2f}% |")
+                     "share_of_step": ms / b / args.step_ms})
+        print(f"| {width} | {d} | {b} | {cfg.max_len} | {ms:.3f} | {ms / b:.3f} | {100 * ms / b / args.step_ms:.2f}% |")
   if args.out:
     io.atomic_write_json(args.out, {"args": vars(args), "results": rows})
 

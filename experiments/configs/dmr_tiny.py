@@ -2,7 +2,7 @@
 
   python launch.py --config experiments/configs/dmr_tiny.py --workdir workdirs/dmr_tiny
   ...:runlocal                       the reduced pipeline of the README's main command
-  ...:low=int2,high=bf16             the two tiers (any mpr.models.quant precision names)
+  ...:low=int3,high=bf16             the two tiers (default bf16 / int2: the tiny policy's harshest tier)
 
 Stages: collect (both tiers score every step of train / valid_train episodes; z_t from the low
 tier) → router_sl (KL-ST) → router_grpo (from the KL-ST router; `router_grpo_scratch`: from a
@@ -21,7 +21,7 @@ from mpr.stages.collect import collect_config, tiers_config
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, high="bf16", low="int3", split="valid_seen", num_games=0, runlocal=False,
+  arg = parse_arg(arg, high="bf16", low="int2", split="valid_seen", num_games=0, runlocal=False,
                   tier="mpr", path="", format="compact")
   c = ml_collections.ConfigDict()
   c.seed = 0
