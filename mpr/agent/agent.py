@@ -145,9 +145,10 @@ class Agent:
 
   # --- cache rows ------------------------------------------------------------------------------
 
-  def _sub_rows(self, slots: list[int]) -> Optional[np.ndarray]:
-    """The cache rows a call computes: the waiting slots padded to a power-of-two count, or None for all.
+  def _sub_rows(self, slots: list[int]) -> tuple[Optional[np.ndarray], list[int]]:
+    """(the cache rows a call computes, where each slot sits among them).
 
+    The rows are the waiting slots first, padded to a power-of-two count, or None for all rows.
     Computing only the waiting rows is what keeps a pool's model time per step near batch 1's; the
     power-of-two sizes bound the compiled shapes. With a mesh the count stays a multiple of its size.
     """
@@ -155,10 +156,10 @@ class Agent:
     floor = 1 if self._rows_sharding is None else self._rows_sharding.mesh.size
     b = max(floor, 1 << max(0, len(slots) - 1).bit_length())
     if b >= n:
-      return None
+      return None, list(slots)
     waiting = set(slots)
     idle = [r for r in range(n) if r not in waiting]
-    return np.asarray(list(slots) + idle[:b - len(slots)], np.int32)
+    return np.asarray(list(slots) + idle[:b - len(slots)], np.int32), list(range(len(slots)))
 
   def _gather(self, name: str, idx: Optional[np.ndarray]):
     cache = self.caches[name]
@@ -174,9 +175,8 @@ class Agent:
     """Catches `name` up on `slots`: prefills the context tokens its cache rows lack.
 
     → ({slot: last hidden [H]}, {slot: tokens prefilled}, {slot: z [D]} when `embed`)."""
-    idx = self._sub_rows(slots)
+    idx, at = self._sub_rows(slots)
     cache = self._gather(name, idx)
-    at = slots if idx is None else list(range(len(slots)))        # the waiting slots lead `idx`
     lengths = np.asarray(cache["lengths"]).copy()
     seqs: list[list[int]] = [[] for _ in lengths]
     for s, i in zip(slots, at):
@@ -284,8 +284,7 @@ class Agent:
     The log-score is the command's summed token log-probability, or its per-token mean with
     `length_norm`."""
     slots = [views[i].slot for i in share]
-    idx = self._sub_rows(slots)
-    at = slots if idx is None else list(range(len(slots)))
+    idx, at = self._sub_rows(slots)
     row_of, conts = [], []
     for i, r in zip(share, at):
       for a in views[i].admissible:
@@ -308,8 +307,7 @@ class Agent:
 
   def _generate(self, name, share, last, views):
     variant, slots = self.variants[name], [views[i].slot for i in share]
-    idx = self._sub_rows(slots)
-    at = slots if idx is None else list(range(len(slots)))
+    idx, at = self._sub_rows(slots)
     hidden = self._stack(last, slots, idx)
     cache = self._gather(name, idx)
     if idx is None:
