@@ -16,7 +16,7 @@ $(STAMP): requirements.txt Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) launch.py --config experiments/configs/agent_eval.py:runlocal --workdir $(WORKDIR)
+	$(PY) launch.py --config experiments/configs/dmr_tiny.py:runlocal --workdir $(WORKDIR)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

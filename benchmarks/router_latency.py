@@ -14,7 +14,6 @@ episode's step pays ms/batch; `--step-ms` is the low tier's model ms per step it
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys

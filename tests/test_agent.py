@@ -1,5 +1,4 @@
 """The agent: prompt histories, training sequences, the batched multi-precision policy on real games."""
-import dataclasses
 import json
 import os
 import subprocess

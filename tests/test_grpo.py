@@ -12,7 +12,7 @@ from mpr.router import grpo
 
 def test_config_defaults_and_overrides():
   c = grpo.grpo_config(lam=0.5)
-  assert (c.group_size, c.lam, c.clip, c.beta, c.epochs_per_iter) == (8, 0.5, 0.2, 0.02, 2)
+  assert (c.group_size, c.lam, c.clip, c.beta, c.epochs_per_iter) == (8, 0.5, 0.2, 0.1, 2)
 
 
 def test_episode_reward_by_hand():
@@ -112,15 +112,12 @@ def test_one_sgd_step_moves_logp_of_the_taken_action_with_the_advantage(adv):
   assert float(after - before) * adv > 0
 
 
-def test_sample_actions_logp_is_the_tempered_distribution():
-  p = jnp.array([0.0, 1.0, 0.2, 0.2])
-  actions, logp = grpo.sample_actions(jax.random.PRNGKey(1), p, temperature=2.0)
-  assert actions.dtype == jnp.int32 and list(actions[:2]) == [0, 1]
-  assert np.allclose(np.asarray(logp[:2]), 0.0)              # certain draws: log 1, finite
-  # T = 2: p_T(high) = √.2 / (√.2 + √.8) = 1/3.
-  expect = np.where(np.asarray(actions[2:]) == 1, np.log(1 / 3), np.log(2 / 3))
-  assert np.allclose(np.asarray(logp[2:]), expect, atol=1e-6)
-  many, _ = grpo.sample_actions(jax.random.PRNGKey(2), jnp.full((4000,), 0.3), temperature=1.0)
-  assert abs(float(many.mean()) - 0.3) < 0.03
+def test_tempered_p_high_is_softmax_of_log_p_over_t():
+  # T = 2: p_T(high) = √.2 / (√.2 + √.8) = 1/3; T = 1 leaves p alone.
+  assert np.allclose(grpo.tempered_p_high([0.2, 0.5], 2.0), [1 / 3, 0.5])
+  assert np.allclose(grpo.tempered_p_high([0.2, 0.9], 1.0), [0.2, 0.9])
+  certain = grpo.tempered_p_high([0.0, 1.0], 1.0)
+  assert np.all(np.isfinite(np.log(certain))) and np.all(np.isfinite(np.log1p(-certain)))
+  assert certain[0] < 1e-6 and certain[1] > 1 - 1e-6
   with pytest.raises(UserError):
-    grpo.sample_actions(jax.random.PRNGKey(0), p, temperature=0.0)
+    grpo.tempered_p_high([0.2], 0.0)

@@ -179,6 +179,20 @@ def test_history_longer_than_max_len_equals_its_last_max_len_steps():
                                 router.apply({"params": params}, short_z, short_m))
 
 
+def test_table_p_high_matches_the_online_router_on_each_history():
+  # route_eval calibrates K on a collected table; the agent routes from live histories. Both must
+  # see the same windows, or the calibrated K would aim at another distribution.
+  from mpr.router import routes
+  cfg = _cfg()
+  t = _table(7, episodes=6)
+  params = model.init_params(cfg, embed_dim=8, seed=2)
+  p_table = routes.table_p_high(params, cfg, t, batch_size=16)
+  online = [routes.router_p_high(params, cfg, [t.z[t.offsets[e]:r + 1]])[0]
+            for e in range(len(t.games)) for r in range(t.offsets[e], t.offsets[e + 1])]
+  assert p_table.shape == (t.num_steps,)
+  np.testing.assert_allclose(p_table, online, atol=1e-6)
+
+
 def test_router_save_load_round_trip_and_errors(tmp_path):
   cfg = _cfg(pooling="mean")
   params = model.init_params(cfg, embed_dim=8, seed=2)

@@ -26,6 +26,7 @@ from mpr.router.grpo import grpo_config
 from mpr.router.model import router_config
 from mpr.router.sl import sl_config
 from mpr.stages.collect import collect_config, tiers_config
+from mpr.stages.route_eval import eval_config
 
 # model -> (chat format, context budget in tokens)
 MODELS = {
@@ -56,12 +57,6 @@ def get_config(arg=None):
   c.router_sl = sl_config(quantile=0.8, epochs=40, batch_size=512)
   c.router_sl.data = ""
   c.router_grpo = grpo_config(iterations=30, games_per_iter=16, group_size=8)
-  c.eval = ml_collections.ConfigDict()
-  c.eval.split = arg.split                  # the paper reports valid_unseen (134) and valid_seen (140)
-  c.eval.num_games = arg.num_games
-  c.eval.ks = (0.2, 0.3, 0.4, 0.5, 0.7)
-  c.eval.random_matches = "KL-ST + GRPO"
-  c.eval.heuristic_shares = (0.1, 0.2, 0.3)
-  c.eval.first_k = (2, 5, 10)
-  c.eval.budget = 0.30
+  # The paper reports valid_unseen (134 games) and valid_seen (140).
+  c.eval = eval_config(arg.split, arg.num_games)
   return c

@@ -30,7 +30,6 @@ import dataclasses
 import difflib
 import functools
 import time
-import zlib
 from typing import Callable, Mapping, Optional, Sequence
 
 import jax
@@ -54,6 +53,9 @@ class Probe:
   z: list[np.ndarray]                     # per episode: [t+1, D] embeddings of its steps so far
   logits: dict[str, list[np.ndarray]]     # variant -> per episode: action log-scores over view.admissible
 
+
+# Keeps sampled actions independent of a random route's draws, which share the episode's key.
+_ACTION_SALT = 0x61637431   # 'act1'
 
 Choose = Callable[[Sequence[EpisodeView], Probe], tuple[Sequence[str], Optional[Sequence[float]]]]
 
@@ -274,10 +276,6 @@ class Agent:
       decisions.append(Decision(action, info))
     return decisions
 
-  def _rng(self, view: EpisodeView) -> np.random.Generator:
-    # Per episode and step, so a sampled choice never depends on which episodes share the batch.
-    return np.random.default_rng([self.seed, view.seed, zlib.crc32(view.game.game_id.encode()), view.t])
-
   def _logits(self, name, share, last, views, rows) -> list[tuple[np.ndarray, int]]:
     """Per episode of `share`: (each admissible command's log-score, tokens scored).
 
@@ -301,7 +299,7 @@ class Agent:
 
   def _pick(self, view: EpisodeView, totals: np.ndarray, tokens_scored: int) -> tuple[str, dict]:
     probs = _softmax(totals / self.temperature if self.temperature > 0 else totals)
-    pick = int(self._rng(view).choice(len(probs), p=probs)) if self.temperature > 0 else int(np.argmax(totals))
+    pick = int(view.rng(self.seed, _ACTION_SALT).choice(len(probs), p=probs)) if self.temperature > 0 else int(np.argmax(totals))
     return view.admissible[pick], {"tokens_decoded": 0, "tokens_scored": tokens_scored,
                                    "action_logprob": float(np.log(probs[pick])), "action_probs": _rounded(probs)}
 

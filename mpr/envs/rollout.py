@@ -17,8 +17,10 @@ from __future__ import annotations
 import collections
 import dataclasses
 import heapq
+import zlib
 from typing import Any, Callable, Optional, Sequence, Union
 
+import numpy as np
 from tqdm import tqdm
 
 from mpr.envs.alfworld import StepResult
@@ -43,6 +45,11 @@ class EpisodeView:
   expert_action: Optional[str]    # None unless the pool runs an expert
   steps: tuple[Step, ...]         # completed steps, oldest first
   slot: int                       # pool slot playing it: diagnostics only, a policy must ignore it
+
+  def rng(self, seed: int, *salt: int) -> np.random.Generator:
+    """A generator keyed by (seed, game, episode seed, step, salt): a sampled choice never depends
+    on which other episodes share a batch, nor on a resume."""
+    return np.random.default_rng([seed, zlib.crc32(self.game.game_id.encode()), self.seed, self.t, *salt])
 
 
 @dataclasses.dataclass(frozen=True)

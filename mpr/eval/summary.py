@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from typing import Iterable, Sequence
 
+import numpy as np
+
 from mpr.envs.games import TASK_TYPES
 from mpr.records import Episode
 
@@ -62,3 +64,29 @@ def markdown_table(summary: dict, title: str = "") -> str:
     lines.append(f"| {name} | {s['n']} | {_pct(s['success'])} | {_pct(lo)}–{_pct(hi)} | "
                  f"{s['mean_steps']:.1f} | {s['mean_steps_won']:.1f} |")
   return "\n".join(lines) + "\n"
+
+
+def step_costs(episodes: Sequence[Episode]) -> dict[str, float]:
+  """Per-step means of what a step cost, and how often the action had to be repaired.
+
+  model_ms leaves out compile outliers (> 10× the median step): the first call at a new shape
+  compiles for seconds against milliseconds for a step, and which run pays for which shapes
+  depends on the order runs share a process, so those steps are not the method's cost."""
+  steps = [s for e in episodes for s in e.steps]
+  n = max(len(steps), 1)
+  mean = lambda f: float(sum(f(s) for s in steps) / n)
+  ms = np.asarray([1e3 * s.model_seconds for s in steps])
+  keep = ms <= 10 * np.median(ms) if steps else np.zeros(0, bool)
+  return {
+      "steps": len(steps),
+      "model_ms": float(ms[keep].mean()) if steps else 0.0,
+      "compile_steps_dropped": int((~keep).sum()),
+      "router_ms": 1e3 * mean(lambda s: s.extra.get("router_seconds", 0.0)),
+      "env_ms": 1e3 * mean(lambda s: s.env_seconds),
+      "reset_s": float(np.mean([e.extra.get("reset_seconds", 0.0) for e in episodes])) if episodes else 0.0,
+      "tokens_prefilled": mean(lambda s: s.tokens_prefilled),
+      "tokens_decoded": mean(lambda s: s.tokens_decoded),
+      "tokens_scored": mean(lambda s: s.extra.get("tokens_scored", 0)),
+      "mapped": mean(lambda s: bool(s.extra.get("mapped", False))),
+      "invalid": mean(lambda s: s.action not in s.admissible),
+  }

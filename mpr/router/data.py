@@ -125,3 +125,12 @@ def windows(z: np.ndarray, offsets: np.ndarray, rows: np.ndarray, max_len: int) 
   zw = z[np.maximum(idx, start[:, None])]       # clamped in-episode gather; padded slots zeroed below
   zw[~mask] = 0.0
   return zw.astype(np.float32, copy=False), mask
+
+
+def fixed_batches(table: StepTable, rows: np.ndarray, max_len: int, batch_size: int):
+  """Yields (n, idx, zw, mask) over `rows` in order: windows of batch_size rows, the last one padded by
+  repeating its final row (one compiled shape); the first n are real and idx indexes into `rows`."""
+  for lo in range(0, len(rows), batch_size):
+    n = min(batch_size, len(rows) - lo)
+    idx = np.pad(np.arange(lo, lo + n), (0, batch_size - n), mode="edge")
+    yield (n, idx, *windows(table.z, table.offsets, rows[idx], max_len))

@@ -5,7 +5,7 @@ the real ones).
 
   rewards    = [episode_reward(won, high, steps, lam) for each of the G episodes]
   advantages = group_advantages(rewards)            # [G], shared by every decision of episode i
-  actions, logp_old = sample_actions(key, p_high, temperature)   # while playing
+  q = tempered_p_high(p_high, temperature)   # while playing: draw high with probability q
   value, metrics = loss(logits_new, actions, logp_old, adv, logits_ref, weights, clip, beta)
 
 Only the router is trained: the LLM tiers never see a gradient. `logits_ref` are the frozen
@@ -25,11 +25,11 @@ from mpr.router.model import HIGH   # index of the high tier in every [..., 2] a
 def grpo_config(**overrides) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.group_size = 8              # G episodes per game; the group mean is the baseline
-  c.lam = 0.2                   # λ: reward lost by routing every step high (cost = high share)
+  c.lam = 0.1                   # λ: reward lost by routing every step high (cost = high share)
   c.eps = 1e-6                  # added to the group std so near-constant groups stay finite
   c.clip = 0.2                  # PPO ratio clip ε: r is held within [1-ε, 1+ε] per decision
-  c.beta = 0.02                 # weight of KL(π ‖ π_KL-ST): keeps the policy near its init
-  c.lr = 3e-4                   # Adam learning rate of the router
+  c.beta = 0.1                  # weight of KL(π ‖ π_KL-ST): keeps the policy near its init
+  c.lr = 1e-4                   # Adam learning rate of the router
   c.iterations = 20             # sample-then-optimise rounds
   c.games_per_iter = 8          # games per round, each played G times
   c.epochs_per_iter = 2         # optimisation passes over one round's decisions
@@ -67,27 +67,17 @@ def group_advantages(rewards, eps: float = 1e-6) -> np.ndarray:
 
 # --- sampling ------------------------------------------------------------------------------------
 
-def _two_way_logits(p_high: jax.Array) -> jax.Array:
-  """[N] p(high) -> [N, 2] log-probs (low, high); p = 0 or 1 gives -inf, never NaN."""
-  p = jnp.asarray(p_high, jnp.float32)
-  return jnp.stack([jnp.log1p(-p), jnp.log(p)], axis=-1)
+def tempered_p_high(p_high, temperature: float) -> np.ndarray:
+  """The distribution a rollout draws each decision from: softmax(log p / T) over (low, high).
 
-
-def sample_actions(key: jax.Array, p_high: jax.Array, temperature: float) -> tuple[jax.Array, jax.Array]:
-  """Draws one tier per decision from the router's p(high) at `temperature`.
-
-  Returns (actions [N] int32, logp [N]). `logp` is the log-probability under the tempered
-  distribution, softmax(log p / T), because that is the distribution the action was actually
-  drawn from and the PPO ratio must divide by it. Consequently `loss` must see the new policy at
-  the same temperature: pass `logits / T` as logits_new and logits_ref (a no-op at T = 1).
-  `temperature` is a Python float (static under jit).
-  """
+  Rollouts record the router's p(high); the PPO ratio must divide by the probability of the draw
+  actually made, so `decisions` recomputes it here. Then `loss` must see the new policy at the same
+  temperature: pass `logits / T` as logits_new and logits_ref (a no-op at T = 1). p is held in
+  [1e-7, 1 - 1e-7] so a certain router still gives finite log-probabilities."""
   if not temperature > 0:
     raise UserError(f"sample_temperature must be > 0, got {temperature}")
-  logits = _two_way_logits(p_high) / temperature              # [N, 2]
-  actions = jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  return actions, jnp.take_along_axis(logp, actions[:, None], axis=-1)[:, 0]
+  p = np.clip(np.asarray(p_high, np.float64), 1e-7, 1 - 1e-7)
+  return 1 / (1 + np.exp(-(np.log(p) - np.log1p(-p)) / temperature))
 
 
 # --- the loss ------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ routing never depends on which other episodes share a batch or on a resume.
 """
 from __future__ import annotations
 
-import zlib
 from typing import Callable, Optional, Sequence
 
 import ml_collections
@@ -25,11 +24,7 @@ import numpy as np
 from mpr.agent.agent import Probe, Route
 from mpr.envs.rollout import EpisodeView
 from mpr.errors import UserError
-from mpr.router import labels, model
-
-
-def step_rng(seed: int, view: EpisodeView, salt: int = 0) -> np.random.Generator:
-  return np.random.default_rng([seed, zlib.crc32(view.game.game_id.encode()), view.seed, view.t, salt])
+from mpr.router import data, grpo, labels, model
 
 
 def _by_rule(high: str, low: str, wants_high: Sequence[bool]) -> list[str]:
@@ -39,7 +34,7 @@ def _by_rule(high: str, low: str, wants_high: Sequence[bool]) -> list[str]:
 def random_route(high: str, low: str, p: float, seed: int) -> Route:
   if not 0.0 <= p <= 1.0:
     raise UserError(f"random routing needs 0 <= p <= 1, got {p}")
-  return Route(lambda views, probe: (_by_rule(high, low, [step_rng(seed, v).random() < p for v in views]),
+  return Route(lambda views, probe: (_by_rule(high, low, [v.rng(seed).random() < p for v in views]),
                                      [p] * len(views)))
 
 
@@ -72,7 +67,7 @@ def collect_route(high: str, low: str, act: str, seed: int, p: float = 0.5) -> R
     raise UserError(f"collect.act must be high, low or random, got {act!r}")
   def choose(views, probe: Probe):
     if act == "random":
-      return _by_rule(high, low, [step_rng(seed, v).random() < p for v in views]), None
+      return _by_rule(high, low, [v.rng(seed).random() < p for v in views]), None
     return [high if act == "high" else low] * len(views), None
   return Route(choose, embed=low, probe=(high, low))
 
@@ -93,6 +88,13 @@ def router_p_high(params: dict, cfg: ml_collections.ConfigDict, zs: Sequence[np.
   return np.asarray(model.p_high(params, cfg, zw, mask))[:len(zs)].astype(np.float64)
 
 
+def table_p_high(params: dict, cfg: ml_collections.ConfigDict, table: data.StepTable, batch_size: int = 512) -> np.ndarray:
+  """p(high) at every step of a collected table, each from its own history window."""
+  rows = np.arange(table.num_steps)
+  return np.concatenate([np.asarray(model.p_high(params, cfg, zw, mask))[:n]
+                         for n, _, zw, mask in data.fixed_batches(table, rows, cfg.max_len, batch_size)])
+
+
 def router_route(params: dict, cfg: ml_collections.ConfigDict, high: str, low: str, *, k: float = 0.5,
                  sample_seed: Optional[int] = None, temperature: float = 1.0,
                  salt: Callable[[EpisodeView], int] = lambda v: 0) -> Route:
@@ -102,7 +104,6 @@ def router_route(params: dict, cfg: ml_collections.ConfigDict, high: str, low: s
     p = router_p_high(params, cfg, probe.z)
     if sample_seed is None:
       return _by_rule(high, low, p >= k), p
-    logit = (np.log(np.clip(p, 1e-12, 1)) - np.log(np.clip(1 - p, 1e-12, 1))) / temperature
-    q = 1 / (1 + np.exp(-logit))
-    return _by_rule(high, low, [step_rng(sample_seed, v, salt(v)).random() < qi for v, qi in zip(views, q)]), p
+    q = grpo.tempered_p_high(p, temperature)
+    return _by_rule(high, low, [v.rng(sample_seed, salt(v)).random() < qi for v, qi in zip(views, q)]), p
   return Route(choose, embed=low)

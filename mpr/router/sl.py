@@ -103,10 +103,7 @@ def evaluate(model: Router, params, table: data.StepTable, rows: np.ndarray, y: 
              weights: np.ndarray, batch_size: int) -> dict[str, float]:
   """Class-weighted loss, accuracy at p_high = 0.5, AUROC and AP of p_high on `rows` labelled `y`."""
   p, ce = [], []
-  for lo in range(0, len(rows), batch_size):
-    n = min(batch_size, len(rows) - lo)
-    idx = np.pad(np.arange(lo, lo + n), (0, batch_size - n), mode="edge")   # one compiled shape
-    zw, mask = data.windows(table.z, table.offsets, rows[idx], model.max_len)
+  for n, idx, zw, mask in data.fixed_batches(table, rows, model.max_len, batch_size):
     pb, cb = _eval_step(model, params, zw, mask, y[idx])
     p.append(np.asarray(pb)[:n])
     ce.append(np.asarray(cb)[:n])

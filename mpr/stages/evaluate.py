@@ -13,35 +13,14 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-
 from mpr import io
 from mpr.agent import agent as agent_lib, models
 from mpr.envs.pool import EnvPool
 from mpr.eval import summary as summary_lib
 from mpr.models.quant import precision
-from mpr.records import Episode
 from mpr.stages.common import play_logged, split_games
 
 CONFIG_KEYS = ("seed", "env", "model", "agent", "eval")
-
-
-def step_costs(episodes: list[Episode]) -> dict[str, float]:
-  """Per-step means of what a step cost, and how often the action had to be repaired."""
-  steps = [s for e in episodes for s in e.steps]
-  n = max(len(steps), 1)
-  mean = lambda f: float(sum(f(s) for s in steps) / n)
-  return {
-      "steps": len(steps),
-      "model_ms": 1e3 * mean(lambda s: s.model_seconds),
-      "env_ms": 1e3 * mean(lambda s: s.env_seconds),
-      "reset_s": float(np.mean([e.extra.get("reset_seconds", 0.0) for e in episodes])) if episodes else 0.0,
-      "tokens_prefilled": mean(lambda s: s.tokens_prefilled),
-      "tokens_decoded": mean(lambda s: s.tokens_decoded),
-      "tokens_scored": mean(lambda s: s.extra.get("tokens_scored", 0)),
-      "mapped": mean(lambda s: bool(s.extra.get("mapped", False))),
-      "invalid": mean(lambda s: s.action not in s.admissible),
-  }
 
 
 def comparison_table(results: dict, reference: str, title: str) -> str:
@@ -75,7 +54,7 @@ def run(config, sdir: str) -> dict:
                                     route=agent_lib.fixed(name), seed=config.seed)
       episodes = play_logged(pool, games, config.seed, agent, os.path.join(sdir, f"episodes_{ec.split}_{name}.jsonl"),
                              progress=f"{name} on {ec.split}")
-      results[name] = {"summary": summary_lib.summarize(episodes), "costs": step_costs(episodes),
+      results[name] = {"summary": summary_lib.summarize(episodes), "costs": summary_lib.step_costs(episodes),
                        "weight_bytes": variants[name].weight_bytes}
   title = f"{os.path.basename(policy.source.rstrip('/'))} on {ec.split} ({len(games)} games)"
   table = comparison_table(results, ec.precisions[0], title)

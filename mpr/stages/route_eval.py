@@ -3,15 +3,18 @@
 Methods (each point plays every game of `eval.split`, or an evenly spaced `eval.num_games`):
   high only, low only                   the tiers alone
   KL-ST, KL-ST + GRPO, GRPO only        the routers of router_sl / router_grpo / router_grpo_scratch in
-                                        this workdir (those that exist), high when p(high) ≥ K, K ∈ eval.ks
+                                        this workdir (those that exist), high when p(high) ≥ K: K ∈ eval.ks,
+                                        and the K that sends a share q of the collected validation steps
+                                        high, q ∈ eval.router_shares
   random                                high with probability p, p = each point's high ratio of
-                                        `eval.random_matches` (matched-ratio baseline)
+                                        `eval.main` (the matched-ratio baseline)
   entropy, margin                       low-tier entropy ≥ / top-2 margin ≤ a threshold: the thresholds are
                                         quantiles of the collected train steps chosen so that a share q of
                                         them would go high, q ∈ eval.heuristic_shares
   first-k                               the first k steps high, k ∈ eval.first_k
   oracle                                high when the true d_t ≥ τ (τ = the KL-ST τ, and the train quantiles
-                                        1 − q for q ∈ eval.heuristic_shares): what perfect labels could give
+                                        1 − q for q ∈ eval.heuristic_shares; equal τs play once): what
+                                        perfect labels could give
 
 Per point: success (overall, per task, 95% Wilson), high ratio (share of steps on the high tier), and
 cost: model seconds per episode (every model call of a step: embedding, probes, router, acting; mean
@@ -24,6 +27,7 @@ from __future__ import annotations
 import os
 import re
 
+import ml_collections
 import numpy as np
 
 from mpr import io
@@ -32,39 +36,43 @@ from mpr.envs.pool import EnvPool
 from mpr.errors import UserError
 from mpr.eval import report, summary as summary_lib
 from mpr.records import Episode
-from mpr.router import data, labels, routes
+from mpr.router import data, routes
 from mpr.router.model import load_router
 from mpr.stages import collect
 from mpr.stages.common import play_logged, split_games
 
 CONFIG_KEYS = ("seed", "env", "model", "agent", "tiers", "collect", "router", "router_sl", "router_grpo", "eval")
 
+
+def eval_config(split: str, num_games: int = 0, **overrides) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.split = split
+  c.num_games = num_games               # evenly spaced games of `split` (0 = all)
+  # Every router plays at each K of `ks` and at the K that sends a share q of the collected
+  # validation steps high, q ∈ router_shares (K = 0.5 is not comparable across routers: class weights
+  # and GRPO's cost shift p(high), so matched shares give the like-for-like points).
+  c.ks = (0.5,)
+  c.router_shares = (0.1, 0.2, 0.3)
+  c.main = "KL-ST + GRPO"               # random routing plays at each of this router's high ratios
+  c.heuristic_shares = (0.1, 0.2, 0.3)  # entropy / margin / oracle thresholds: this share of train steps high
+  c.first_k = (2, 5, 10)
+  c.budget = 0.30                       # Table 1: each method's best point with high ratio ≤ budget
+  c.update(overrides)
+  return c
+
 ROUTERS = (("KL-ST", "router_sl"), ("KL-ST + GRPO", "router_grpo"), ("GRPO only", "router_grpo_scratch"))
 
 
-def robust_step_ms(steps) -> tuple[float, int]:
-  """Mean model ms per step without compile outliers (> 10× the median), and how many were dropped.
-
-  The first call at a new shape compiles (seconds, against milliseconds for a step); which points
-  pay for which shapes depends on the order they run in, so those steps are not their cost."""
-  ms = np.asarray([1e3 * st.model_seconds for st in steps])
-  if ms.size == 0:
-    return 0.0, 0
-  keep = ms <= 10 * np.median(ms)
-  return float(ms[keep].mean()), int((~keep).sum())
-
-
 def point(method: str, param, episodes: list[Episode], high: str) -> dict:
-  s = summary_lib.summarize(episodes)
+  s, c = summary_lib.summarize(episodes), summary_lib.step_costs(episodes)
   steps = [st for e in episodes for st in e.steps]
-  step_ms, dropped = robust_step_ms(steps)
   return {"method": method, "param": param, "success": s["overall"]["success"], "ci": s["overall"]["success_ci95"],
           "n": s["overall"]["n"], "high_ratio": float(np.mean([st.precision == high for st in steps])) if steps else 0.0,
           "per_task": {t: v["success"] for t, v in s["per_task"].items()},
-          "mean_steps": s["overall"]["mean_steps"], "model_ms_per_step": step_ms, "compile_steps_dropped": dropped,
-          "model_s_per_episode": 1e-3 * step_ms * s["overall"]["mean_steps"],
-          "router_ms_per_step": 1e3 * float(np.mean([st.extra.get("router_seconds", 0.0) for st in steps])) if steps else 0.0,
-          "speedup": None, "speedup_est": None}
+          "mean_steps": s["overall"]["mean_steps"], "model_ms_per_step": c["model_ms"],
+          "compile_steps_dropped": c["compile_steps_dropped"],
+          "model_s_per_episode": 1e-3 * c["model_ms"] * s["overall"]["mean_steps"],
+          "router_ms_per_step": c["router_ms"], "speedup": None, "speedup_est": None}
 
 
 def _slug(method: str, param) -> str:
@@ -79,7 +87,6 @@ def run(config, sdir: str) -> dict:
   variants = policy.variants([hi, lo])
   games = split_games(config, ec.split, ec.num_games)
   wdir = os.path.dirname(sdir)
-  train_table = data.load(collect.table_path(os.path.join(wdir, "collect"), config.collect.split))
   routers = []
   for method, stage in ROUTERS:
     rdir = os.path.join(wdir, stage, "router")
@@ -90,11 +97,16 @@ def run(config, sdir: str) -> dict:
       routers.append((method, cfg, params, meta))
   if not routers:
     raise UserError(f"no trained router in {wdir} (run router_sl first)")
+  train_table, val_table = (data.load(collect.table_path(os.path.join(wdir, "collect"), split))
+                            for split in (config.collect.split, config.collect.val_split))
   shares = [float(q) for q in ec.heuristic_shares]
   ent_t = {q: float(np.quantile(train_table.low_entropy, 1 - q)) for q in shares}
   mar_t = {q: float(np.quantile(train_table.low_margin, q)) for q in shares}
-  taus = {"τ=KL-ST": float(routers[0][3]["tau"]),
-          **{f"τ=q{1 - q:.2f}": float(np.quantile(train_table.d, 1 - q)) for q in shares}}
+  taus = {"τ=KL-ST": float(routers[0][3]["tau"])}
+  for q in shares:     # the KL-ST τ is itself a train quantile: the same τ would replay the same episodes
+    tau = float(np.quantile(train_table.d, 1 - q))
+    if not any(np.isclose(tau, t) for t in taus.values()):
+      taus[f"τ=q{1 - q:.2f}"] = tau
 
   points: list[dict] = []
   with EnvPool(env.num_workers, env.num_slots, max_steps=env.max_steps, step_timeout=env.step_timeout) as pool:
@@ -109,9 +121,11 @@ def run(config, sdir: str) -> dict:
     play("high only", None, agent_lib.fixed(hi))
     play("low only", None, agent_lib.fixed(lo))
     for method, cfg, params, _ in routers:
-      for k in ec.ks:
-        play(method, f"K={k:.2f}", routes.router_route(params, cfg, hi, lo, k=float(k)))
-    matched = [p for p in points if p["method"] == ec.random_matches] or [p for p in points if p["method"] == routers[0][0]]
+      p_val = routes.table_p_high(params, cfg, val_table)
+      ks = {float(k) for k in ec.ks} | {float(np.quantile(p_val, 1 - q)) for q in ec.router_shares}
+      for k in sorted(ks):
+        play(method, f"K={k:.3f}", routes.router_route(params, cfg, hi, lo, k=k))
+    matched = [p for p in points if p["method"] == ec.main] or [p for p in points if p["method"] == routers[0][0]]
     for p in matched:
       play("random", f"p={p['high_ratio']:.3f}", routes.random_route(hi, lo, p["high_ratio"], config.seed))
     for q in shares:

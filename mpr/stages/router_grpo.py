@@ -63,14 +63,12 @@ def decisions(groups: list[list[Episode]], high: str, lam: float, eps: float, te
                   for e in group])
     rewards.append(r)
     for e, a in zip(group, grpo.group_advantages(r, eps)):
-      for s in e.steps:
-        p = float(np.clip(s.p_high, 1e-7, 1 - 1e-7))
-        q = 1 / (1 + np.exp(-(np.log(p) - np.log1p(-p)) / temperature))
-        high_step = s.precision == high
-        z.append(agent_lib.decode_z(s.extra["z"]))
-        actions.append(HIGH if high_step else 1 - HIGH)
-        logp_old.append(np.log(q if high_step else 1 - q))
-        adv.append(a)
+      q = grpo.tempered_p_high([s.p_high for s in e.steps], temperature)
+      high_step = np.array([s.precision == high for s in e.steps])
+      z.extend(agent_lib.decode_z(s.extra["z"]) for s in e.steps)
+      actions.extend(np.where(high_step, HIGH, 1 - HIGH))
+      logp_old.extend(np.log(np.where(high_step, q, 1 - q)))
+      adv.extend([a] * len(e.steps))
       offsets.append(offsets[-1] + len(e.steps))
   return {"z": np.stack(z).astype(np.float32), "offsets": np.asarray(offsets, np.int64),
           "actions": np.asarray(actions, np.int32), "logp_old": np.asarray(logp_old, np.float32),
@@ -199,7 +197,8 @@ def run(config, sdir: str, scratch: bool = False) -> dict:
   meta = {**router_meta(config), "grpo": {"iterations": gc.iterations, "init": "scratch" if scratch else "router_sl"}}
   save_router(os.path.join(sdir, "router"), config.router, params, meta)
   rows = [history[i] for i in sorted(history)]
-  lines = ["| iteration | reward | success % | high % | p(high) | clip frac | KL to KL-ST |", "|---:|---:|---:|---:|---:|---:|---:|"]
+  ref = "KL to uniform (no reference)" if scratch else "KL to KL-ST"
+  lines = [f"| iteration | reward | success % | high % | p(high) | clip frac | {ref} |", "|---:|---:|---:|---:|---:|---:|---:|"]
   lines += [f"| {r['iteration']} | {r['reward']:.3f} | {100 * r['success']:.1f} | {100 * r['high_ratio']:.1f} | "
             f"{r['p_high']:.3f} | {r['clip_fraction']:.3f} | {r['kl_ref']:.4f} |" for r in rows]
   text = f"### {'router_grpo_scratch' if scratch else 'router_grpo'}\n\n" + "\n".join(lines) + "\n"

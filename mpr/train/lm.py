@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from typing import Optional, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
