@@ -8,6 +8,10 @@ Stages: collect (both tiers score every step of train / valid_train episodes; z_
 tier) → router_sl (KL-ST) → router_grpo (from the KL-ST router; `router_grpo_scratch`: from a
 random init, the GRPO-only ablation) → route_eval (every method and operating point on
 `eval.split`; Table 1, Table 2, Pareto plot).
+
+Measured on 2 CPU cores (full run, results/dmr_tiny/): collect 240 + 80 games 20 min, router_sl 32 s,
+router_grpo 4 iterations × 6 games × 4 episodes 9.4 min and the scratch ablation 7.3 min (both with
+tests sharing the cores), route_eval 14 points × 140 games 6.3–7.5 min each (~100 min): ~2¼ hours.
 """
 import ml_collections
 
@@ -37,7 +41,7 @@ def get_config(arg=None):
   c.router_sl.data = ""                  # '' = this workdir's collect/
   c.router_grpo = grpo_config(iterations=2 if arg.runlocal else 4, games_per_iter=3 if arg.runlocal else 6,
                               group_size=4)
-  # A full-run point costs ~6.5 min on the 140 valid_seen games (2 cores): each router at K = 0.5 and
+  # A full-run point costs ~7 min on the 140 valid_seen games (2 cores): each router at K = 0.5 and
   # at a 20% validation share, one threshold per heuristic (runlocal: the shares only, 20 games).
   c.eval = eval_config(arg.split, 20 if arg.runlocal else arg.num_games, ks=() if arg.runlocal else (0.5,),
                        router_shares=(0.2,), heuristic_shares=(0.2,), first_k=(3,))
