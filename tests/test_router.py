@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mpr.errors import UserError
-from mpr.router import data, labels, model, sl
+from mpr.router import data, labels, model, routes, sl
 
 
 def _table(seed: int, episodes: int = 30, dim: int = 8) -> data.StepTable:
@@ -182,7 +182,6 @@ def test_history_longer_than_max_len_equals_its_last_max_len_steps():
 def test_table_p_high_matches_the_online_router_on_each_history():
   # route_eval calibrates K on a collected table; the agent routes from live histories. Both must
   # see the same windows, or the calibrated K would aim at another distribution.
-  from mpr.router import routes
   cfg = _cfg()
   t = _table(7, episodes=6)
   params = model.init_params(cfg, embed_dim=8, seed=2)

@@ -43,6 +43,8 @@ from mpr.stages.common import play_logged, split_games
 
 CONFIG_KEYS = ("seed", "env", "model", "agent", "tiers", "collect", "router", "router_sl", "router_grpo", "eval")
 
+ROUTERS = (("KL-ST", "router_sl"), ("KL-ST + GRPO", "router_grpo"), ("GRPO only", "router_grpo_scratch"))
+
 
 def eval_config(split: str, num_games: int = 0, **overrides) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -59,8 +61,6 @@ def eval_config(split: str, num_games: int = 0, **overrides) -> ml_collections.C
   c.budget = 0.30                       # Table 1: each method's best point with high ratio ≤ budget
   c.update(overrides)
   return c
-
-ROUTERS = (("KL-ST", "router_sl"), ("KL-ST + GRPO", "router_grpo"), ("GRPO only", "router_grpo_scratch"))
 
 
 def point(method: str, param, episodes: list[Episode], high: str) -> dict:
