@@ -2,6 +2,10 @@
 
   python launch.py --config experiments/configs/expert_eval.py[:arg] --workdir DIR [--config.a.b=value ...]
 
+Multi-host (mpr/hosts.py): the same command on every host with one shared --workdir, plus
+--distributed (TPU pods, Slurm: the cluster is detected) or --coordinator_address HOST:PORT
+--num_processes N --process_id I.
+
 Bad input (unknown config keys, bad values, missing data or checkpoints) prints one line and exits 2.
 """
 from __future__ import annotations
@@ -12,6 +16,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from mpr import hosts
 from mpr.errors import UserError
 from mpr.stages import (bc, collect, evaluate, expert_rollouts, route_eval, router_grpo, router_sl, runner,
                         tokenizer)
@@ -32,6 +37,11 @@ STAGES = {
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (experiments/configs/*.py)",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "output folder; a re-run resumes what is there")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "join a multi-host run through jax.distributed "
+                                 "(implied by the three flags below)")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "multi-host: HOST:PORT of process 0")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "multi-host: number of processes", lower_bound=1)
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "multi-host: this process's index", lower_bound=0)
 
 
 def _fail(msg: str) -> None:
@@ -67,6 +77,9 @@ def main(argv: list[str]) -> None:
   if unknown:
     _fail(f"unknown stage(s) {unknown}; known: {sorted(STAGES)}")
   try:
+    if _DISTRIBUTED.value or any(f.value is not None for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)):
+      hosts.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+      hosts.check_shared_workdir(_WORKDIR.value)
     for name in config.stages:
       runner.run_stage(name, STAGES[name], config, _WORKDIR.value)
   except UserError as e:

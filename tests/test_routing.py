@@ -125,8 +125,9 @@ def _pipeline_args(workdir, *extra):
           *extra]
 
 
-def test_pipeline_end_to_end_on_a_few_real_games(tmp_path, alfworld_data):
-  """collect → KL-ST → GRPO (and from scratch) → every method on valid_seen → Table 1 and the plot."""
+def test_pipeline_end_to_end_on_a_few_real_games(tmp_path, alfworld_data, run_hosts):
+  """collect → KL-ST → GRPO (and from scratch) → every method on valid_seen → Table 1 and the plot;
+  resumed after a kill mid-GRPO; and run again as two jax.distributed hosts sharing the workdir."""
   p = subprocess.run(_pipeline_args(tmp_path), cwd=ROOT, capture_output=True, text=True, timeout=1500)
   assert p.returncode == 0, p.stderr[-3000:]
   assert "Table 1" in p.stdout and "| KL-ST + GRPO |" in p.stdout
@@ -170,6 +171,26 @@ def test_pipeline_end_to_end_on_a_few_real_games(tmp_path, alfworld_data):
   shutil.copytree(tmp_path / "collect", other / "collect")
   _exit_2(_pipeline_args(other, "--config.stages=('router_sl',)", "--config.router_sl.tau=50.0"),
           "outside the KL data range")
+
+  # Two hosts: each plays its share of every stage's episodes into its own log, all train on the merged
+  # logs. The episodes are the one-host run's; logs and checkpoints that one host owns are written once.
+  two = tmp_path / "two_hosts"
+  procs = run_hosts(_pipeline_args(two), 2, timeout=1500)
+  for p in procs:
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "| KL-ST + GRPO |" in p.stdout
+  played = lambda path: sorted((r["game"], r["seed"], r["won"], [s["action"] for s in r["steps"]])
+                               for r in map(json.loads, open(path).read().splitlines()))
+  shares = [played(two / "collect" / f"episodes_train.host{i}.jsonl") for i in range(2)]
+  assert shares[0] and shares[1] and not {e[0] for e in shares[0]} & {e[0] for e in shares[1]}
+  assert sorted(shares[0] + shares[1]) == played(tmp_path / "collect" / "episodes_train.jsonl")
+  assert [json.loads(x)["iteration"] for x in open(two / "router_grpo" / "iterations.jsonl")] == [1, 2]
+  assert [json.loads(x)["step"] for x in open(two / "router_grpo" / "tb" / "metrics.jsonl")] == [1, 2]
+  assert (two / "router_grpo" / "ckpt" / "2").is_dir() and (two / "router_grpo" / "router" / "router.json").exists()
+  fixed = lambda root: {(pt["method"], pt["success"], pt["high_ratio"])
+                        for pt in json.load(open(root / "route_eval" / "results.json"))["points"]
+                        if pt["method"] in ("high only", "low only", "first-k")}
+  assert fixed(two) == fixed(tmp_path)
 
 
 def _exit_2(args, needle):

@@ -8,10 +8,12 @@ int3 weight-only low tier, on an accelerator. Bring the Hugging Face checkpoint 
 
 Devices: the agent shards its episode rows over every local device with jax.sharding (`agent.devices`,
 0 = all; `env.num_slots` must be a multiple of the device count); weights are replicated, so one
-8B bf16 copy (16 GB) plus its int4 sibling must fit each device. Hosts: run the same command on
-each host of a TPU slice / GPU cluster with its own --workdir; multi-host coordination
-(jax.distributed) is not wired into the stages yet, so each host is an independent run.
-Environment workers are CPU processes: set env.num_workers to the host's cores minus two.
+8B bf16 copy (16 GB) plus its int4 sibling must fit each device. Hosts (mpr/hosts.py): run the same
+command on every host with one --workdir they all see (NFS, a gcsfuse mount) and --distributed (TPU
+slices and Slurm are detected; elsewhere --coordinator_address=HOST0:PORT --num_processes=N
+--process_id=I); each host plays its share of every stage's episodes on its own devices and all of
+them train the same router from the merged logs. Environment workers are CPU processes: set
+env.num_workers to the host's cores minus two.
 
 The agent scores the admissible commands (score mode) through the model's own chat template; the
 routing stages read both tiers' distributions over those commands.

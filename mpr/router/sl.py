@@ -32,11 +32,12 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
+from mpr import hosts
 from mpr.errors import UserError
 from mpr.router import data
 from mpr.router import labels as labels_lib
 from mpr.router.model import HIGH, Router, from_config, init_params, save_router
-from mpr.train.checkpoints import restore_latest
+from mpr.train import checkpoints
 from mpr.train.lm import make_optimizer
 from mpr.train.metrics import MetricWriter
 
@@ -126,7 +127,6 @@ def train(router_cfg: ml_collections.ConfigDict, sl_cfg: ml_collections.ConfigDi
   """Trains a router from scratch (or resumes in workdir). Returns (best-by-val-AP params, result).
 
   `meta` is stored with the saved router (e.g. which tiers and embedding it was trained for)."""
-  import orbax.checkpoint as ocp
   data.validate(train_table)
   dim = train_table.z.shape[1]
   data.validate(val_table, dim)
@@ -150,7 +150,7 @@ def train(router_cfg: ml_collections.ConfigDict, sl_cfg: ml_collections.ConfigDi
   state = {"params": params, "opt_state": opt.init(params), "best_params": jax.tree.map(np.array, params),
            "best_ap": np.asarray(-1.0, np.float32), "best_epoch": np.asarray(0, np.int32),
            "bad_epochs": np.asarray(0, np.int32)}
-  mgr, done, state = restore_latest(os.path.join(workdir, "ckpt"), state)   # numbered by finished epochs
+  mgr, done, state = checkpoints.restore_latest(os.path.join(workdir, "ckpt"), state)   # by finished epochs
   if done:
     logging.info("router: resumed after epoch %d of %d", done, sl_cfg.epochs)
   params, opt_state = state["params"], state["opt_state"]
@@ -182,19 +182,20 @@ def train(router_cfg: ml_collections.ConfigDict, sl_cfg: ml_collections.ConfigDi
         bar.set_postfix_str(f"loss={train_loss:.4f} val_ap={val['ap']:.3f}", refresh=False)
         writer.scalars(step, {"train/loss": train_loss, "train/epoch": epoch + 1,
                               **{f"val/{k}": v for k, v in val.items()}})
-        mgr.save(epoch + 1, args=ocp.args.StandardSave(state))
+        checkpoints.save(mgr, epoch + 1, state)
         done = epoch + 1
   finally:   # an interrupted run still completes the checkpoint it was writing
     bar.close()
     mgr.wait_until_finished()
     mgr.close()
 
-  best_params = jax.tree.map(jnp.asarray, state["best_params"])
+  best_params = hosts.from_primary(jax.tree.map(jnp.asarray, state["best_params"]))
   val = evaluate(model, best_params, val_table, va_rows, y_va, weights, sl_cfg.batch_size)
   result = {"tau": tau, "pos_rate_train": float(y_tr.mean()), "pos_rate_val": float(y_va.mean()),
             "n_train": int(len(tr_rows)), "n_val": int(len(va_rows)), "best_epoch": int(state["best_epoch"]),
             "epochs_run": done, "early_stopped": int(state["bad_epochs"]) >= sl_cfg.patience,
             **{f"val_{k}": v for k, v in val.items()}}
-  save_router(os.path.join(workdir, "router"), router_cfg, best_params,
-              {**(meta or {}), "tau": tau, "best_epoch": result["best_epoch"], "val_ap": val["ap"]})
+  if hosts.is_primary():   # a folder is written by one host (every host holds the same params)
+    save_router(os.path.join(workdir, "router"), router_cfg, best_params,
+                {**(meta or {}), "tau": tau, "best_epoch": result["best_epoch"], "val_ap": val["ap"]})
   return best_params, result

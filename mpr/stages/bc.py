@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from mpr import io
+from mpr import hosts, io
 from mpr.agent import agent as agent_lib, demos, models, prompt
 from mpr.envs.pool import EnvPool
 from mpr.errors import UserError
@@ -47,8 +47,8 @@ def _dagger_rollouts(config, cfg, params, tok, r: int, rdir: str) -> list[Episod
                step_timeout=env.step_timeout) as pool:
     agent = agent_lib.from_config(config.agent, tok, {dc.precision: variant}, rows=pool.num_slots,
                                   route=agent_lib.fixed(dc.precision), seed=config.seed)
-    return play_logged(pool, games, config.seed, agent, os.path.join(rdir, "episodes.jsonl"),
-                       progress=f"DAgger round {r}")
+    return play_logged(pool, [(g, config.seed) for g in games], agent,
+                       os.path.join(rdir, "episodes.jsonl"), progress=f"DAgger round {r}")
 
 
 def run(config, sdir: str) -> dict:
@@ -79,12 +79,14 @@ def run(config, sdir: str) -> dict:
       tc = bc.train if r == 0 else lm.train_config(**{**bc.train.to_dict(), **bc.dagger.train.to_dict()})
       params, result = lm.train(cfg, params, train_ex + dagger_ex, val_ex, tc, rdir, label=f"bc round {r}")
       io.atomic_write_json(os.path.join(rdir, "train.json"), result)   # before the model: it marks done
-      checkpoint.save_model(model_dir, cfg, params)
+      if hosts.is_primary():   # folders are written by one host (every host holds the same params)
+        checkpoint.save_model(model_dir, cfg, params)
       row.update(result)
     row["dagger_examples"] = len(dagger_ex)
     metrics["rounds"].append(row)
-  models.save_policy(os.path.join(sdir, "policy"), cfg, params, tiny.ASSETS,
-                     extra={"made_by": "experiments/configs/bc_tiny.py", "rounds": metrics["rounds"]})
+  if hosts.is_primary():
+    models.save_policy(os.path.join(sdir, "policy"), cfg, params, tiny.ASSETS,
+                       extra={"made_by": "experiments/configs/bc_tiny.py", "rounds": metrics["rounds"]})
   lines = ["| round | examples (demo + DAgger) | DAgger success on train | val NLL | val token acc |",
            "|---|---|---|---|---|"]
   for row in metrics["rounds"]:

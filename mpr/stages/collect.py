@@ -96,8 +96,8 @@ def run(config, sdir: str) -> dict:
       games = split_games(config, split, num)
       agent = agent_lib.from_config(config.agent, policy.tok, variants, rows=pool.num_slots, route=route,
                                     seed=config.seed, record_z=True)
-      episodes = play_logged(pool, games, config.seed, agent, os.path.join(sdir, f"episodes_{split}.jsonl"),
-                             progress=f"collect {cc.act} on {split}")
+      episodes = play_logged(pool, [(g, config.seed) for g in games], agent,
+                             os.path.join(sdir, f"episodes_{split}.jsonl"), progress=f"collect {cc.act} on {split}")
       table = step_table(episodes, tiers.high, tiers.low, cc.direction)
       data.save(table_path(sdir, split), table)
       q = np.quantile(table.d, [0.5, 0.8, 0.95])

@@ -1,9 +1,12 @@
 """What several stages share: a split's games under the config's `env` section, and resumable play."""
 from __future__ import annotations
 
+import glob
 import logging
+import os
+from typing import Sequence
 
-from mpr import io
+from mpr import hosts, io
 from mpr.envs.games import GameSpec, find_games, select_games
 from mpr.envs.pool import EnvPool
 from mpr.envs.rollout import Policy, rollout
@@ -23,19 +26,30 @@ def split_games(config, split: str, num_games: int = 0) -> list[GameSpec]:
   return select_games(games, num_games)
 
 
-def play_logged(pool: EnvPool, games: list[GameSpec], seed: int, policy: Policy, path: str,
+def play_logged(pool: EnvPool, jobs: Sequence[tuple[GameSpec, int]], policy: Policy, path: str,
                 progress: str) -> list[Episode]:
-  """Every game played once by `policy`, in `games` order, through the episode log at `path`.
+  """Every (game, seed) job played once by `policy`, through the episode log at `path`; in `jobs` order.
 
-  Episodes are appended (fsynced) as they finish and a re-run plays only the games missing from
-  the log, so a killed run resumes where it stopped; an episode depends only on its game, seed and
-  the policy, so the resumed result equals an uninterrupted one.
+  Episodes are appended (fsynced) as they finish and a re-run plays only the jobs missing from the
+  log, so a killed run resumes where it stopped; an episode depends only on its game, seed and the
+  policy, so the resumed result equals an uninterrupted one. On several hosts each plays its share
+  into its own log (`hosts.host_path`) and, after a barrier, every host reads all of them; episodes
+  logged by an earlier run with another number of hosts count as played.
   """
-  with io.JsonlLog(path) as log:
-    done = {r["game"] for r in log.records}
-    jobs = [(g, seed) for g in games if g.game_id not in done]
-    logging.info("%s: %d games, %d logged earlier, %d to play", progress, len(games), len(games) - len(jobs),
-                 len(jobs))
-    rollout(pool, jobs, policy, on_episode=lambda e: log.append(e.to_json()), progress=progress)
-    by_game = {r["game"]: r for r in log.records}
-  return [Episode.from_json(by_game[g.game_id]) for g in games]
+  logged = _logged(path)
+  mine = [(g, s) for g, s in hosts.share(jobs) if (g.game_id, s) not in logged]
+  logging.info("%s: %d episodes, %d logged earlier, %d to play%s", progress, len(jobs),
+               sum((g.game_id, s) in logged for g, s in jobs), len(mine),
+               f" on host {hosts.index()} of {hosts.count()}" if hosts.count() > 1 else "")
+  with io.JsonlLog(hosts.host_path(path)) as log:
+    rollout(pool, mine, policy, on_episode=lambda e: log.append(e.to_json()), progress=progress)
+  hosts.sync(f"played {path}")
+  logged = _logged(path)
+  return [Episode.from_json(logged[(g.game_id, s)]) for g, s in jobs]
+
+
+def _logged(path: str) -> dict[tuple[str, int], dict]:
+  """Every complete episode record in the log at `path` and its per-host siblings, by (game, seed)."""
+  stem, ext = os.path.splitext(path)
+  files = [f for f in [path, *sorted(glob.glob(glob.escape(stem) + ".host*" + ext))] if os.path.exists(f)]
+  return {(r["game"], r["seed"]): r for f in files for r in io.read_jsonl(f)}

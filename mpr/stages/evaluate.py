@@ -52,8 +52,8 @@ def run(config, sdir: str) -> dict:
       variants = policy.variants([name])
       agent = agent_lib.from_config(config.agent, policy.tok, variants, rows=pool.num_slots,
                                     route=agent_lib.fixed(name), seed=config.seed)
-      episodes = play_logged(pool, games, config.seed, agent, os.path.join(sdir, f"episodes_{ec.split}_{name}.jsonl"),
-                             progress=f"{name} on {ec.split}")
+      episodes = play_logged(pool, [(g, config.seed) for g in games], agent,
+                             os.path.join(sdir, f"episodes_{ec.split}_{name}.jsonl"), progress=f"{name} on {ec.split}")
       results[name] = {"summary": summary_lib.summarize(episodes), "costs": summary_lib.step_costs(episodes),
                        "weight_bytes": variants[name].weight_bytes}
   title = f"{os.path.basename(policy.source.rstrip('/'))} on {ec.split} ({len(games)} games)"

@@ -27,7 +27,8 @@ def run(config, sdir: str) -> dict:
                step_timeout=env.step_timeout) as pool:
     for split in config.expert.splits:
       games = split_games(config, split, config.expert.num_games)
-      episodes = play_logged(pool, games, config.seed, expert_policy, os.path.join(sdir, f"episodes_{split}.jsonl"),
+      episodes = play_logged(pool, [(g, config.seed) for g in games], expert_policy,
+                             os.path.join(sdir, f"episodes_{split}.jsonl"),
                              progress=f"{config.expert.name} expert on {split}")
       metrics[split] = summary_lib.summarize(episodes)
       tables.append(summary_lib.markdown_table(metrics[split], f"{config.expert.name} expert on {split}"))

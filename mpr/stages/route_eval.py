@@ -113,7 +113,8 @@ def run(config, sdir: str) -> dict:
     def play(method: str, param, route) -> dict:
       agent = agent_lib.from_config(config.agent, policy.tok, variants, rows=pool.num_slots, route=route,
                                     seed=config.seed)
-      eps = play_logged(pool, games, config.seed, agent, os.path.join(sdir, "points", _slug(method, param) + ".jsonl"),
+      eps = play_logged(pool, [(g, config.seed) for g in games], agent,
+                        os.path.join(sdir, "points", _slug(method, param) + ".jsonl"),
                         progress=f"{method} {param or ''}".strip())
       points.append(point(method, param, eps, hi))
       return points[-1]

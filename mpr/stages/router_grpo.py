@@ -20,6 +20,7 @@ starts from a random router with no reference (β ignored): the GRPO-only ablati
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -31,19 +32,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mpr import io
+from mpr import hosts, io
 from mpr.agent import agent as agent_lib, models
 from mpr.envs.pool import EnvPool
-from mpr.envs.rollout import rollout
 from mpr.errors import UserError
 from mpr.records import Episode
 from mpr.router import data, grpo
 from mpr.router.model import HIGH, Router, from_config, init_params, load_router, save_router
 from mpr.router.routes import router_route
 from mpr.stages import collect
-from mpr.stages.common import split_games
+from mpr.stages.common import play_logged, split_games
 from mpr.stages.router_sl import router_meta
-from mpr.train.checkpoints import restore_latest
+from mpr.train import checkpoints
 from mpr.train.metrics import MetricWriter
 
 CONFIG_KEYS = ("seed", "env", "model", "agent", "tiers", "collect", "router", "router_sl", "router_grpo")
@@ -127,17 +127,12 @@ def optimise(model: Router, params, opt_state, opt, dec: dict, ref_params, gc, r
 
 def _play(pool, agent_factory, games, gc, path: str) -> list[list[Episode]]:
   """Each game played by `group_size` members (episode seed = member), through the log at `path`."""
-  with io.JsonlLog(path) as log:
-    done = {(r["game"], r["seed"]) for r in log.records}
-    jobs = [(g, m) for g in games for m in range(gc.group_size) if (g.game_id, m) not in done]
-    rollout(pool, jobs, agent_factory(), on_episode=lambda e: log.append(e.to_json()),
-            progress=os.path.basename(path).split(".")[0])
-    by_key = {(r["game"], r["seed"]): r for r in log.records}
-  return [[Episode.from_json(by_key[(g.game_id, m)]) for m in range(gc.group_size)] for g in games]
+  eps = play_logged(pool, [(g, m) for g in games for m in range(gc.group_size)], agent_factory(), path,
+                    progress=os.path.basename(path).split(".")[0])
+  return [eps[i:i + gc.group_size] for i in range(0, len(eps), gc.group_size)]
 
 
 def run(config, sdir: str, scratch: bool = False) -> dict:
-  import orbax.checkpoint as ocp
   gc, tiers = config.router_grpo, config.tiers
   collect.check_tiers(tiers)
   if gc.group_size < 2:
@@ -160,16 +155,17 @@ def run(config, sdir: str, scratch: bool = False) -> dict:
   games = split_games(config, config.collect.split, 0)
   opt = optax.chain(optax.clip_by_global_norm(gc.clip_norm), optax.adam(gc.lr))
   state = {"params": params, "opt_state": opt.init(params)}
-  mgr, start, state = restore_latest(os.path.join(sdir, "ckpt"), state)   # numbered by finished iterations
+  mgr, start, state = checkpoints.restore_latest(os.path.join(sdir, "ckpt"), state)   # by finished iterations
   if start:
     logging.info("router_grpo: resumed after iteration %d of %d", start, gc.iterations)
   params, opt_state = state["params"], state["opt_state"]
-  history = {r["iteration"]: r for r in (io.read_jsonl(os.path.join(sdir, "iterations.jsonl"))
-                                         if os.path.exists(os.path.join(sdir, "iterations.jsonl")) else [])}
+  iter_path = os.path.join(sdir, "iterations.jsonl")
+  history = {r["iteration"]: r for r in (io.read_jsonl(iter_path) if os.path.exists(iter_path) else [])}
   try:
     with EnvPool(config.env.num_workers, config.env.num_slots, max_steps=config.env.max_steps,
                  step_timeout=config.env.step_timeout) as pool, \
-         MetricWriter(os.path.join(sdir, "tb")) as writer, io.JsonlLog(os.path.join(sdir, "iterations.jsonl")) as log:
+         MetricWriter(os.path.join(sdir, "tb")) as writer, \
+         (io.JsonlLog(iter_path) if hosts.is_primary() else contextlib.nullcontext()) as log:  # one writer
       for it in range(start, gc.iterations):
         pick = np.random.default_rng([gc.seed, it]).choice(len(games), min(gc.games_per_iter, len(games)), replace=False)
         chosen = [games[i] for i in np.sort(pick)]
@@ -182,20 +178,22 @@ def run(config, sdir: str, scratch: bool = False) -> dict:
         dec = decisions(groups, tiers.high, gc.lam, gc.eps, gc.sample_temperature)
         params, opt_state, m = optimise(model, params, opt_state, opt, dec, ref_params, gc,
                                         np.random.default_rng([gc.seed, it, 1]))
+        params, opt_state = hosts.from_primary((params, opt_state))   # every host routes the next rollouts alike
         eps = [e for g in groups for e in g]
         row = {"iteration": it + 1, "reward": float(dec["rewards"].mean()),
                "success": float(np.mean([e.won for e in eps])),
                "high_ratio": float(np.mean(dec["actions"] == HIGH)), "decisions": int(len(dec["actions"])), **m}
         writer.scalars(it + 1, {f"grpo/{k}": v for k, v in row.items() if k != "iteration"})
-        if it + 1 not in history:
+        if it + 1 not in history and log is not None:
           log.append(row)
         history[it + 1] = row
-        mgr.save(it + 1, args=ocp.args.StandardSave({"params": params, "opt_state": opt_state}))
+        checkpoints.save(mgr, it + 1, {"params": params, "opt_state": opt_state})
   finally:
     mgr.wait_until_finished()
     mgr.close()
   meta = {**router_meta(config), "grpo": {"iterations": gc.iterations, "init": "scratch" if scratch else "router_sl"}}
-  save_router(os.path.join(sdir, "router"), config.router, params, meta)
+  if hosts.is_primary():   # a folder is written by one host (every host holds the same params)
+    save_router(os.path.join(sdir, "router"), config.router, params, meta)
   rows = [history[i] for i in sorted(history)]
   ref = "KL to uniform (no reference)" if scratch else "KL to KL-ST"
   lines = [f"| iteration | reward | success % | high % | p(high) | clip frac | {ref} |", "|---:|---:|---:|---:|---:|---:|---:|"]

@@ -1,13 +1,16 @@
 """The one skeleton every stage runs in: its folder, config fingerprint, log, reuse and resume.
 
   DIR/<stage>/config.json    the config sections the stage depends on (written before it runs)
-  DIR/<stage>/log.txt        everything the stage logged
+  DIR/<stage>/log.txt        everything the stage logged (log.host<i>.txt from host i > 0 of a multi-host run)
   DIR/<stage>/metrics.json   written atomically when the stage finishes: its presence means done
   DIR/<stage>/summary.md     the stage's human-readable result (written by the stage)
 
 A finished stage is reused as is; an interrupted one is re-entered and resumes from what it wrote
 (each stage keeps append-only logs of completed work). Re-entering a folder with a different config
 is refused: silently mixing results of two configs is the failure this guards against.
+
+On a multi-host run every host runs every stage (see mpr/hosts.py) and they meet at each stage's end,
+so no host starts a stage before the files of the one before it are complete.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from typing import Any
 
 import ml_collections
 
-from mpr import io
+from mpr import hosts, io
 from mpr.errors import UserError
 
 
@@ -60,9 +63,16 @@ def run_stage(name: str, module: ModuleType, config: ml_collections.ConfigDict, 
   metrics_path = os.path.join(sdir, "metrics.json")
   if os.path.exists(metrics_path):
     logging.info("stage %s: finished earlier, reusing %s", name, metrics_path)
-    return io.read_json(metrics_path)
+    metrics = io.read_json(metrics_path)
+  else:
+    metrics = _run_logged(name, module, config, sdir)
+    io.atomic_write_json(metrics_path, metrics)
+  hosts.sync(f"stage {name} done")
+  return metrics
 
-  handler = logging.FileHandler(os.path.join(sdir, "log.txt"))
+
+def _run_logged(name: str, module: ModuleType, config: ml_collections.ConfigDict, sdir: str) -> dict:
+  handler = logging.FileHandler(hosts.host_path(os.path.join(sdir, "log.txt")))
   handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
   root = logging.getLogger()
   root.addHandler(handler)
@@ -71,9 +81,8 @@ def run_stage(name: str, module: ModuleType, config: ml_collections.ConfigDict, 
     t0 = time.time()
     metrics = module.run(config, sdir)
     metrics["stage_seconds"] = time.time() - t0
-    io.atomic_write_json(metrics_path, metrics)
     logging.info("stage %s: done in %.1f s", name, metrics["stage_seconds"])
+    return metrics
   finally:
     root.removeHandler(handler)
     handler.close()
-  return metrics

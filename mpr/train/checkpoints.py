@@ -1,20 +1,37 @@
-"""Resumable training state: one orbax CheckpointManager per run folder."""
+"""Resumable training state: one orbax CheckpointManager per run folder.
+
+State is checkpointed as host 0's values in numpy (`hosts.from_primary`): orbax writes host-local
+numpy once from the primary host, where it refuses host-local jax arrays on a multi-host run, and
+every host resumes from the same state.
+"""
 from __future__ import annotations
 
 import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mpr import hosts
 
 
 def restore_latest(directory: str, state: Any, max_to_keep: int = 1, save_interval_steps: int = 1):
   """(manager over `directory`, latest saved step or 0, `state` restored from it or as given).
 
-  `state` is the freshly initialised pytree: its shapes and dtypes are what the restore expects."""
+  `state` is the freshly initialised pytree: its shapes and dtypes are what the restore expects, and
+  its jax-array leaves come back as jax arrays."""
   import orbax.checkpoint as ocp
   mgr = ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, save_interval_steps=save_interval_steps))
   step = mgr.latest_step() or 0
   if step:
-    state = mgr.restore(step, args=ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, state)))
+    got = mgr.restore(step, args=ocp.args.StandardRestore(jax.tree.map(np.asarray, state)))
+    state = jax.tree.map(lambda mine, x: jnp.asarray(x) if isinstance(mine, jax.Array) else x, state, got)
   return mgr, step, state
+
+
+def save(mgr, step: int, state: Any) -> None:
+  """Checkpoints `state` (host 0's copy of it) as `step`; every host calls this."""
+  import orbax.checkpoint as ocp
+  mgr.save(step, args=ocp.args.StandardSave(jax.tree.map(np.array, hosts.from_primary(state))))

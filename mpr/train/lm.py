@@ -26,11 +26,12 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
+from mpr import hosts
 from mpr.agent.demos import Example
 from mpr.errors import UserError
 from mpr.models.config import ModelConfig
 from mpr.models.decoder import Decoder, init_cache
-from mpr.train.checkpoints import restore_latest
+from mpr.train import checkpoints
 from mpr.train.metrics import MetricWriter
 
 
@@ -135,7 +136,6 @@ def evaluate(cfg: ModelConfig, params, examples: Sequence[Example], tc) -> dict[
 def train(cfg: ModelConfig, params, train_examples: Sequence[Example], val_examples: Sequence[Example],
           tc, workdir: str, label: str = "train") -> tuple[dict, dict]:
   """Trains `params` for tc.epochs; resumes from workdir/ckpt. Returns (params, final metrics)."""
-  import orbax.checkpoint as ocp
   if not train_examples:
     raise UserError("no training examples (empty demonstration set)")
   model = Decoder(cfg)
@@ -143,7 +143,8 @@ def train(cfg: ModelConfig, params, train_examples: Sequence[Example], val_examp
   total = per_epoch * tc.epochs
   opt = make_optimizer(tc, total)
   state = {"params": params, "opt_state": opt.init(params), "step": np.zeros((), np.int64)}
-  mgr, latest, state = restore_latest(os.path.join(workdir, "ckpt"), state, save_interval_steps=tc.ckpt_every)
+  mgr, latest, state = checkpoints.restore_latest(os.path.join(workdir, "ckpt"), state,
+                                                  save_interval_steps=tc.ckpt_every)
   if latest:
     logging.info("%s: resumed at step %d of %d", label, latest, total)
   step = int(state["step"])
@@ -162,8 +163,7 @@ def train(cfg: ModelConfig, params, train_examples: Sequence[Example], val_examp
             bar.set_postfix_str(f"loss={float(loss):.4f}", refresh=False)
             writer.scalars(step, {"train/loss": loss, "train/grad_norm": gnorm, "train/epoch": epoch})
           if step % tc.ckpt_every == 0 and step < total:
-            mgr.save(step, args=ocp.args.StandardSave({"params": params, "opt_state": opt_state,
-                                                       "step": np.asarray(step, np.int64)}))
+            checkpoints.save(mgr, step, {"params": params, "opt_state": opt_state, "step": np.asarray(step, np.int64)})
         if val_examples:
           val = evaluate(cfg, params, val_examples, tc)
           writer.scalars(step, {f"val/{k}": v for k, v in val.items()})
@@ -175,4 +175,4 @@ def train(cfg: ModelConfig, params, train_examples: Sequence[Example], val_examp
   if val_examples:
     final.update({f"val_{k}": v for k, v in (val or evaluate(cfg, params, val_examples, tc)).items()})
   final["train_nll"] = evaluate(cfg, params, train_examples[:: max(1, len(train_examples) // 500)], tc)["nll"]
-  return params, final
+  return hosts.from_primary(params), final
