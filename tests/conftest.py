@@ -33,7 +33,6 @@ def one_game_per_task(valid_seen):
   return [next(g for g in valid_seen if g.task_type == t) for t in TASK_TYPES]
 
 
-
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("localhost", 0))

@@ -299,7 +299,8 @@ class Agent:
 
   def _pick(self, view: EpisodeView, totals: np.ndarray, tokens_scored: int) -> tuple[str, dict]:
     probs = _softmax(totals / self.temperature if self.temperature > 0 else totals)
-    pick = int(view.rng(self.seed, _ACTION_SALT).choice(len(probs), p=probs)) if self.temperature > 0 else int(np.argmax(totals))
+    pick = (int(view.rng(self.seed, _ACTION_SALT).choice(len(probs), p=probs)) if self.temperature > 0
+            else int(np.argmax(totals)))
     return view.admissible[pick], {"tokens_decoded": 0, "tokens_scored": tokens_scored,
                                    "action_logprob": float(np.log(probs[pick])), "action_probs": _rounded(probs)}
 

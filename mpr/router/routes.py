@@ -88,7 +88,8 @@ def router_p_high(params: dict, cfg: ml_collections.ConfigDict, zs: Sequence[np.
   return np.asarray(model.p_high(params, cfg, zw, mask))[:len(zs)].astype(np.float64)
 
 
-def table_p_high(params: dict, cfg: ml_collections.ConfigDict, table: data.StepTable, batch_size: int = 512) -> np.ndarray:
+def table_p_high(params: dict, cfg: ml_collections.ConfigDict, table: data.StepTable,
+                 batch_size: int = 512) -> np.ndarray:
   """p(high) at every step of a collected table, each from its own history window."""
   rows = np.arange(table.num_steps)
   return np.concatenate([np.asarray(model.p_high(params, cfg, zw, mask))[:n]

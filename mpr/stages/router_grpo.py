@@ -178,7 +178,6 @@ def run(config, sdir: str, scratch: bool = False) -> dict:
         dec = decisions(groups, tiers.high, gc.lam, gc.eps, gc.sample_temperature)
         params, opt_state, m = optimise(model, params, opt_state, opt, dec, ref_params, gc,
                                         np.random.default_rng([gc.seed, it, 1]))
-        params, opt_state = hosts.from_primary((params, opt_state))   # every host routes the next rollouts alike
         eps = [e for g in groups for e in g]
         row = {"iteration": it + 1, "reward": float(dec["rewards"].mean()),
                "success": float(np.mean([e.won for e in eps])),
@@ -187,7 +186,8 @@ def run(config, sdir: str, scratch: bool = False) -> dict:
         if it + 1 not in history and log is not None:
           log.append(row)
         history[it + 1] = row
-        checkpoints.save(mgr, it + 1, {"params": params, "opt_state": opt_state})
+        saved = checkpoints.save(mgr, it + 1, {"params": params, "opt_state": opt_state})
+        params, opt_state = saved["params"], saved["opt_state"]   # host 0's: every host routes the next rollouts alike
   finally:
     mgr.wait_until_finished()
     mgr.close()
@@ -196,7 +196,8 @@ def run(config, sdir: str, scratch: bool = False) -> dict:
     save_router(os.path.join(sdir, "router"), config.router, params, meta)
   rows = [history[i] for i in sorted(history)]
   ref = "KL to uniform (no reference)" if scratch else "KL to KL-ST"
-  lines = [f"| iteration | reward | success % | high % | p(high) | clip frac | {ref} |", "|---:|---:|---:|---:|---:|---:|---:|"]
+  lines = [f"| iteration | reward | success % | high % | p(high) | clip frac | {ref} |",
+           "|---:|---:|---:|---:|---:|---:|---:|"]
   lines += [f"| {r['iteration']} | {r['reward']:.3f} | {100 * r['success']:.1f} | {100 * r['high_ratio']:.1f} | "
             f"{r['p_high']:.3f} | {r['clip_fraction']:.3f} | {r['kl_ref']:.4f} |" for r in rows]
   text = f"### {'router_grpo_scratch' if scratch else 'router_grpo'}\n\n" + "\n".join(lines) + "\n"

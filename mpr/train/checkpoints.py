@@ -31,7 +31,10 @@ def restore_latest(directory: str, state: Any, max_to_keep: int = 1, save_interv
   return mgr, step, state
 
 
-def save(mgr, step: int, state: Any) -> None:
-  """Checkpoints `state` (host 0's copy of it) as `step`; every host calls this."""
+def save(mgr, step: int, state: Any) -> Any:
+  """Checkpoints host 0's copy of `state` as `step` and returns that copy (on one host, `state`
+  itself); every host calls this."""
   import orbax.checkpoint as ocp
-  mgr.save(step, args=ocp.args.StandardSave(jax.tree.map(np.array, hosts.from_primary(state))))
+  state = hosts.from_primary(state)
+  mgr.save(step, args=ocp.args.StandardSave(jax.tree.map(np.array, state)))
+  return state
