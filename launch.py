@@ -13,10 +13,11 @@ from __future__ import annotations
 import logging
 import sys
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from mpr import hosts
+from mpr import config_util, hosts
 from mpr.errors import UserError
 from mpr.stages import (bc, collect, evaluate, expert_rollouts, route_eval, router_grpo, router_sl, runner,
                         tokenizer)
@@ -49,17 +50,31 @@ def _fail(msg: str) -> None:
   sys.exit(2)
 
 
+def _unknown_key(e: Exception) -> str:
+  """One line from config_flags' "no such field": ml_collections' KeyError, maybe wrapped in an
+  AttributeError, whose message is the quoted key and, for a near miss, a 'Did you mean' line."""
+  while e.args and isinstance(e.args[0], Exception):
+    e = e.args[0]
+  key, *hint = str(e.args[0] if e.args else e).splitlines()
+  return f"unknown config key {key}" + "".join(f" ({h.strip()})" for h in hint[:1])
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   try:
     rest = flags.FLAGS(argv)
     if _CONFIG.value is not None:
       _CONFIG.value.stages  # config_flags defers load errors to the first access; surface them here
+      if "env" in _CONFIG.value:  # checked here, before a stage records the config in its folder
+        config_util.check_env(_CONFIG.value.env)
+  except SystemExit:
+    # absl's --help/--helpfull print the usage and exit 1 before main; the help asked for was given.
+    sys.exit(0)
   except OSError as e:
     _fail(f"cannot load --config {flags.FLAGS['config'].config_filename}: {str(e).strip().splitlines()[-1].strip()}")
-  except UserError as e:  # raised by a config file's get_config(arg)
+  except UserError as e:  # raised by a config file's get_config(arg) or check_env
     _fail(str(e))
   except (AttributeError, KeyError) as e:  # config_flags' way of saying "no such field"
-    _fail(f"unknown config key {str(e).strip(chr(34))}")
+    _fail(_unknown_key(e))
   except (flags.Error, ValueError, TypeError) as e:
     _fail(str(e).strip().splitlines()[-1])
   if len(rest) > 1:
@@ -69,9 +84,21 @@ def _parse_flags(argv: list[str]) -> list[str]:
   return rest
 
 
+def _quiet_third_parties() -> None:
+  """Shows mpr's own INFO lines and everyone's warnings; other libraries' INFO chatter (orbax's
+  checkpoint notes, jax's backend probing) comes back with an explicit --verbosity (0 = INFO, 1 = DEBUG).
+  Stage logs (log.txt) keep everything."""
+  if flags.FLAGS["verbosity"].present:
+    return
+  logging.getLogger().setLevel(logging.INFO)
+  for handler in logging.getLogger().handlers:
+    handler.addFilter(lambda r: r.levelno >= logging.WARNING or r.name == "root")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+
+
 def main(argv: list[str]) -> None:
   del argv
-  logging.getLogger().setLevel(logging.INFO)
+  _quiet_third_parties()
   config = _CONFIG.value
   unknown = [s for s in config.stages if s not in STAGES]
   if unknown:
@@ -80,6 +107,8 @@ def main(argv: list[str]) -> None:
     if _DISTRIBUTED.value or any(f.value is not None for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)):
       hosts.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
       hosts.check_shared_workdir(_WORKDIR.value)
+    logging.info("jax %s, backend %s, %d device(s)%s", jax.__version__, jax.default_backend(), jax.device_count(),
+                 f" on {hosts.count()} hosts" if hosts.count() > 1 else "")
     for name in config.stages:
       runner.run_stage(name, STAGES[name], config, _WORKDIR.value)
   except UserError as e:

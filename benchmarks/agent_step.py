@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mpr.agent import agent as agent_lib, models   # noqa: E402
-from mpr.envs.games import find_games, select_games   # noqa: E402
-from mpr.envs.pool import EnvPool   # noqa: E402
-from mpr.envs.rollout import rollout   # noqa: E402
+from mpr.agent import agent as agent_lib, models
+from mpr.envs.games import find_games, select_games
+from mpr.envs.pool import EnvPool
+from mpr.envs.rollout import rollout
 
 
 def _run(policy, variant_name, variants, games, workers, slots, max_steps):

@@ -12,20 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mpr.models import config as config_lib  # noqa: E402
-from mpr.models import params as params_lib  # noqa: E402
-from mpr.models.quant import precision  # noqa: E402
-from mpr.models.variants import make_variant  # noqa: E402
+from mpr.models import config as config_lib
+from mpr.models import params as params_lib
+from mpr.models.quant import precision
+from mpr.models.variants import make_variant
 
 
 def device_params(cfg, seed=0):

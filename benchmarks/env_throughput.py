@@ -13,14 +13,12 @@ import argparse
 import json
 import os
 import random
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mpr.envs.games import find_games   # noqa: E402
-from mpr.envs.pool import EnvPool, WorkerFailure   # noqa: E402
-from mpr.envs.games import select_games   # noqa: E402
+from mpr.envs.games import find_games
+from mpr.envs.pool import EnvPool, WorkerFailure
+from mpr.envs.games import select_games
 
 
 def _run_all(pool: EnvPool, games, steps: int, seed: int) -> tuple[float, float, int]:

@@ -17,13 +17,11 @@ import argparse
 import collections
 import multiprocessing
 import os
-import sys
 import time
 import traceback
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mpr.envs.games import TASK_TYPES, find_games   # noqa: E402
+from mpr.envs.games import TASK_TYPES, find_games
 
 _env = None   # one AlfworldEnv per worker process: building it imports textworld and alfworld
 

@@ -14,18 +14,15 @@ episode's step pays ms/batch; `--step-ms` is the low tier's model ms per step it
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mpr import io   # noqa: E402
-from mpr.router.model import init_params, router_config   # noqa: E402
-from mpr.router.routes import router_p_high   # noqa: E402
+from mpr import io
+from mpr.router.model import init_params, router_config
+from mpr.router.routes import router_p_high
 
 
 def main() -> None:

@@ -2,7 +2,8 @@
 
 Everything a stage produces is written so that a kill at any instant leaves either the old file
 or the new one (write to a temp file in the same directory, fsync, rename), and append-only JSONL
-logs are read back tolerating a torn last line. This is what makes every stage resumable.
+logs are read back tolerating a torn last line. This is what makes every stage resumable. A bad
+line before the last is not what a kill leaves: it is an error naming file and line, never cut away.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import json
 import os
 import tempfile
 from typing import IO, Any, Iterable, Iterator
+
+from mpr.errors import UserError
 
 
 @contextlib.contextmanager
@@ -46,17 +49,33 @@ def read_json(path: str) -> Any:
     return json.load(f)
 
 
+def _record(line: bytes) -> dict | None:
+  """The record on one line, or None for a line that is unterminated or not a JSON object."""
+  if not line.endswith(b"\n"):
+    return None
+  try:
+    rec = json.loads(line)
+  except ValueError:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
+    return None
+  return rec if isinstance(rec, dict) else None
+
+
 def _complete_lines(path: str) -> Iterator[tuple[int, dict]]:
-  """(end offset, record) for every complete, parseable line, stopping at a torn tail."""
-  end = 0
+  """(end offset, record) for every complete line, stopping at a torn last line.
+
+  A kill mid-append can only damage the last line; a bad line with more after it means the file was
+  damaged otherwise, and cutting it there would silently drop the good records after it.
+  """
+  end, bad = 0, None
   with open(path, "rb") as f:
-    for line in f:
-      if not line.endswith(b"\n"):
-        return
-      try:
-        rec = json.loads(line)
-      except json.JSONDecodeError:
-        return
+    for lineno, line in enumerate(f, 1):
+      if bad is not None:
+        raise UserError(f"{path}:{bad}: corrupt line (not a JSON record) before the end of the log; "
+                        "repair or delete that line")
+      rec = _record(line)
+      if rec is None:
+        bad = lineno
+        continue
       end += len(line)
       yield end, rec
 
@@ -70,7 +89,8 @@ class JsonlLog:
   """Append-only JSONL file: each record is flushed and fsynced before `append` returns.
 
   On open, a torn final line (the process was killed mid-write) is truncated away, so the
-  records read back are exactly those whose `append` completed.
+  records read back are exactly those whose `append` completed; a bad line before it raises UserError
+  and leaves the file as it is.
   """
 
   def __init__(self, path: str):

@@ -1,24 +1,64 @@
-"""Shared fixtures: real ALFWorld games come from $ALFWORLD_DATA (CI materialises them)."""
+"""Shared fixtures. ALFWorld games: the real ones where $ALFWORLD_DATA holds them (CI materialises
+them), else a small set made once by the project's own generator and cached under the user's cache
+dir; the pytest header says which. Tests of a property only the released games have are named
+`test_real_*` and use the `real_games` fixture, which skips them, with the reason, on generated games."""
 import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+
+# The generated stand-in for the released splits: enough games for every test, all six task types.
+TEST_GAMES = {"train": 24, "valid_seen": 24, "valid_train": 12}
+_SOURCE = {}
+
+
+def pytest_configure(config):
+  path = os.environ.get("ALFWORLD_DATA", "")
+  if path:
+    if not os.path.isdir(os.path.join(path, "json_2.1.1", "valid_seen")):
+      raise pytest.UsageError(f"ALFWORLD_DATA={path} holds no json_2.1.1/valid_seen; unset it to test on "
+                              "generated games")
+    _SOURCE.update(kind="real", path=path)
+    return
+  if hasattr(config, "workerinput"):   # a pytest-xdist worker: the controller made the games
+    return
+  from mpr.envs import generate
+  from mpr.envs.games import default_generated_dir, generated_data_dir
+  # Its own folder, keyed by the counts: a test sees the same games whatever else the cache holds.
+  key = "-".join(f"{s}{n}" for s, n in sorted(TEST_GAMES.items()))
+  path = generated_data_dir(os.path.join(os.path.dirname(default_generated_dir()), "test-games", key), 0)
+  for split, n in TEST_GAMES.items():
+    generate.ensure_split(path, split, n, seed=0)
+  # Subprocesses (launch.py runs) inherit it, so every test reads the same games.
+  os.environ["ALFWORLD_DATA"] = path
+  _SOURCE.update(kind="generated", path=path)
+
+
+def pytest_report_header(config):
+  kind, path = _SOURCE.get("kind"), _SOURCE.get("path")
+  if kind == "real":
+    return f"ALFWorld games: real, from ALFWORLD_DATA={path}"
+  counts = ", ".join(f"{s} {n}" for s, n in TEST_GAMES.items())
+  return (f"ALFWorld games: generated ({counts}; seed 0) in {path}: ALFWORLD_DATA is unset, "
+          "so the test_real_* tests skip")
 
 
 @pytest.fixture(scope="session")
 def alfworld_data() -> str:
-  path = os.environ.get("ALFWORLD_DATA", "")
-  if not os.path.isdir(os.path.join(path, "json_2.1.1", "valid_seen")):
-    # Real-game tests are part of the suite, not optional: fail loudly rather than skip.
-    pytest.fail("ALFWORLD_DATA must point at the ALFWorld games (see .ci/run) for the real-game tests")
-  return path
+  return _SOURCE["path"]
+
+
+@pytest.fixture(scope="session")
+def real_games(alfworld_data) -> str:
+  """The data dir of the released games; skips (with the reason) where the run uses generated ones."""
+  if _SOURCE["kind"] != "real":
+    pytest.skip("needs the released ALFWorld games (set ALFWORLD_DATA); this run uses generated games")
+  return alfworld_data
 
 
 @pytest.fixture(scope="session")

@@ -6,16 +6,14 @@ across real jax.distributed processes, and writes what it saw to OUT/host<i>.jso
 import argparse
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax.numpy as jnp
+import numpy as np
 
-from mpr import hosts  # noqa: E402
-from mpr.train import checkpoints  # noqa: E402
-from mpr.train.metrics import MetricWriter  # noqa: E402
+from mpr import hosts
+from mpr.train import checkpoints
+from mpr.train.metrics import MetricWriter
 
 
 def main():

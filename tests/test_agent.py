@@ -14,7 +14,6 @@ from mpr.errors import UserError
 from mpr.models import engine, gguf, tiny
 from mpr.records import Episode, Step
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +89,24 @@ def test_deepseek_r1_format_renders_its_own_template():
   think = prompt.make("chat-deepseek-r1", think=True)
   assert think.observation.format(observation="o", admissible="a").endswith("<｜Assistant｜><think>\n")
   assert think.parse("the egg is cold\n</think>\n\nAction: open fridge 1") == "open fridge 1"
+
+
+def test_qwen2_format_renders_the_qwen25_chatml_template():
+  from mpr.models.tokenizer import chat_prompt
+  # A lone user message gets Qwen2.5-Instruct's default system turn, as its official template renders.
+  assert chat_prompt([{"role": "user", "content": "hi"}], "qwen2") == (
+      "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+      "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+  fmt = prompt.make("chat-qwen2")
+  pre = fmt.preamble.format(goal="heat some egg")
+  assert pre.startswith("<|im_start|>system\nYou are an agent")
+  assert pre.endswith("Your task is to: heat some egg<|im_end|>\n")
+  turn = fmt.observation.format(observation="You see a fridge 1.", admissible="look")
+  # No default system turn inside the history, and no think block: Qwen2.5 has no thinking mode.
+  assert turn == ("<|im_start|>user\nObservation: You see a fridge 1.\nAdmissible commands: look<|im_end|>\n"
+                  "<|im_start|>assistant\nAction:")
+  assert fmt.action.format(action="look") == " look<|im_end|>\n" and fmt.stop == "<|im_end|>"
+  assert fmt.parse(" open fridge 1<|im_end|>") == "open fridge 1"
 
 
 def test_map_to_admissible():
@@ -214,8 +231,7 @@ def test_policy_checkpoint_round_trip_and_bad_paths(tmp_path, policy):
 
 
 _DEVICES_SCRIPT = """
-import json, os, sys
-sys.path.insert(0, {root!r})
+import json
 from mpr.agent import agent as agent_lib, models
 from mpr.envs.games import find_games
 from mpr.envs.pool import EnvPool
@@ -228,9 +244,9 @@ def main():
     agent = agent_lib.from_config(agent_lib.agent_config(), pol.tok, pol.variants(["f32"]), rows=4,
                                   route=agent_lib.fixed("f32"))
     eps = rollout(pool, [(g, 0) for g in games], agent)
-  print(json.dumps({{"devices": jax.local_device_count(),
+  print(json.dumps({"devices": jax.local_device_count(),
                     "sharded": agent.caches["f32"]["k"][0].sharding.num_devices,
-                    "steps": [[[s.action, s.extra["action_probs"]] for s in e.steps] for e in eps]}}))
+                    "steps": [[[s.action, s.extra["action_probs"]] for s in e.steps] for e in eps]}))
 if __name__ == "__main__":
   main()
 """
@@ -238,7 +254,7 @@ if __name__ == "__main__":
 
 def test_four_forced_host_devices_give_the_same_episodes(tmp_path, alfworld_data):
   script = tmp_path / "play.py"
-  script.write_text(_DEVICES_SCRIPT.format(root=ROOT))
+  script.write_text(_DEVICES_SCRIPT)
   out = {}
   for n in (1, 4):
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}", "JAX_PLATFORMS": "cpu"}

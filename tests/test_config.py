@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from mpr.config_util import parse_arg
+from mpr.config_util import check_env, env_config, parse_arg
 from mpr.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,6 +20,41 @@ def test_parse_arg_types_and_flags():
 def test_parse_arg_rejects_bad_input(arg):
   with pytest.raises(UserError):
     parse_arg(arg, num_games=0, runlocal=False)
+
+
+def test_parse_arg_lists_the_keys_it_was_given():
+  assert parse_arg("runlocal,num_games=5", num_games=0, runlocal=False).given == ("runlocal", "num_games")
+  assert parse_arg(None, num_games=0).given == ()
+
+
+def _load(name: str):
+  spec = importlib.util.spec_from_file_location("cfg", os.path.join(ROOT, "experiments/configs", name))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+@pytest.mark.parametrize("name, section, local", [("expert_eval.py", "expert", 12), ("agent_eval.py", "eval", 36)])
+def test_runlocal_keeps_an_explicit_num_games(name, section, local):
+  get = _load(name).get_config
+  assert get("runlocal")[section].num_games == local
+  assert get("runlocal,num_games=5")[section].num_games == 5
+  assert get("num_games=5,runlocal")[section].num_games == 5
+  assert get("num_games=0,runlocal")[section].num_games == 0    # 0 = every game, asked for explicitly
+
+
+@pytest.mark.parametrize("field, value", [("max_steps", 0), ("max_steps", -3), ("step_timeout", 0.0),
+                                          ("step_timeout", -1.0), ("step_timeout", float("nan")),
+                                          ("num_workers", 0), ("num_slots", 0), ("source", "somewhere")])
+def test_check_env_refuses_each_bad_value_in_one_line(field, value):
+  with pytest.raises(UserError, match=f"env.{field}=") as e:
+    check_env(env_config(**{field: value}))
+  assert "\n" not in str(e.value)
+
+
+def test_check_env_accepts_the_defaults_and_edges():
+  check_env(env_config())
+  check_env(env_config(max_steps=1, num_workers=1, num_slots=1, step_timeout=0.5, source="generated"))
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "experiments/configs/*.py"))))

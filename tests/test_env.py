@@ -6,10 +6,10 @@ from mpr.envs.games import TASK_TYPES, find_games, select_games
 from mpr.errors import UserError
 
 
-def test_real_splits_have_the_standard_sizes(alfworld_data):
-  sizes = {s: len(find_games(s, source="real", data_dir=alfworld_data)) for s in ("valid_seen", "valid_train")}
+def test_real_splits_have_the_standard_sizes(real_games):
+  sizes = {s: len(find_games(s, source="real", data_dir=real_games)) for s in ("valid_seen", "valid_train")}
   assert sizes == {"valid_seen": 140, "valid_train": 200}
-  games = find_games("valid_seen", source="real", data_dir=alfworld_data)
+  games = find_games("valid_seen", source="real", data_dir=real_games)
   assert {g.task_type for g in games} == set(TASK_TYPES)
   assert [g.game_id for g in games] == sorted(g.game_id for g in games)
 
@@ -22,6 +22,12 @@ def test_task_type_filter_and_subset(valid_seen, alfworld_data):
   assert len(sub) == 12 and len({g.task_type for g in sub}) == 6
   with pytest.raises(UserError, match="unknown task type"):
     find_games("valid_seen", source="real", data_dir=alfworld_data, task_types=("juggle",))
+
+
+def test_select_games_refuses_a_negative_count(valid_seen):
+  assert select_games(valid_seen, 0) == valid_seen
+  with pytest.raises(UserError, match="num_games must be >= 0"):
+    select_games(valid_seen, -1)
 
 
 def test_reset_step_and_win(one_game_per_task):

@@ -94,7 +94,7 @@ def test_exploring_expert_is_deterministic(games, episodes):
   assert runs[0] == runs[1] == episodes[pick_two.game_id, "exploring"][1]
 
 
-def test_unfixed_alfworld_expert_fails_pick_two_that_ours_wins(valid_seen):
+def test_real_unfixed_alfworld_expert_fails_pick_two_that_ours_wins(valid_seen, real_games):
   import textworld
   from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredExpert, AlfredInfos
   from textworld.envs.pddl import PddlEnv

@@ -13,7 +13,8 @@ import shutil
 
 import pytest
 
-from mpr.envs import AlfworldEnv, TASK_TYPES, find_games
+from mpr.envs import AlfworldEnv, GameSpec, TASK_TYPES, find_games
+from mpr.envs.games import describe, generated_data_dir
 from mpr.envs import generate
 from mpr.errors import UserError
 
@@ -82,6 +83,7 @@ def test_walkthroughs_win_in_realistic_scenes(games):
     game = _load(g.path)
     goal, res = env.reset(g)
     assert "Your task is to: " + goal in game["grammar"]
+    assert res.observation.startswith("You are in the middle of a room"), g.game_id
     seen = re.findall(r"\ban? ([a-z]+ \d+)", res.observation)
     assert seen and all(f"go to {r}" in res.admissible for r in seen)
     receptacle_counts.append(len(seen))
@@ -95,6 +97,15 @@ def test_walkthroughs_win_in_realistic_scenes(games):
   assert min(object_counts) >= 10 and sum(object_counts) / NUM >= 20, object_counts
 
 
+def test_agent_never_starts_on_a_receptacle(tmp_path):
+  # Game 10 of (valid_seen, 0) drew a start on FloorPlan12's stove burners before generator version 2.
+  game_dir, game, traj = generate.generate_game(SPLIT, SEED, 10)
+  generate.write_game(str(tmp_path), game_dir, game, traj)
+  spec = GameSpec(str(tmp_path / game_dir / "game.tw-pddl"), game_dir, traj["task_type"], SPLIT)
+  _, res = AlfworldEnv(max_steps=50).reset(spec)
+  assert res.observation.startswith("You are in the middle of a room"), res.observation[:80]
+
+
 def test_game_depends_only_on_split_seed_index(data_dir):
   game_dir, game, traj = generate.generate_game(SPLIT, SEED, 5)
   path = os.path.join(generate.split_dir(data_dir, SPLIT), game_dir)
@@ -103,12 +114,13 @@ def test_game_depends_only_on_split_seed_index(data_dir):
   assert generate.generate_game("valid_train", SEED, 5)[1]["pddl_problem"] != game["pddl_problem"]
 
 
-def test_ensure_split_resumes_extends_and_trims(data_dir, tmp_path):
+def test_ensure_split_resumes_and_only_appends(data_dir, tmp_path):
   out = str(tmp_path / "copy")
   shutil.copytree(data_dir, out)
   before = _files(out)
   victim = next(p for p in before if "trial_G0_00005" in p and p.endswith("game.tw-pddl"))
   shutil.rmtree(os.path.join(generate.split_dir(out, SPLIT), os.path.dirname(victim)))
+  os.remove(os.path.join(generate.split_dir(out, SPLIT), ".complete"))
   generate.ensure_split(out, SPLIT, NUM, seed=SEED, progress=False)
   assert _files(out) == before
 
@@ -118,8 +130,25 @@ def test_ensure_split_resumes_extends_and_trims(data_dir, tmp_path):
          {p: c for p, c in before.items() if p != ".complete"}
   assert len(find_games(SPLIT, source="real", data_dir=out)) == NUM + 1
 
+  # A run asking for fewer games deletes nothing: runs with different counts share the cache.
   generate.ensure_split(out, SPLIT, NUM, seed=SEED, progress=False)
-  assert _files(out) == before
+  assert _files(out) == grown
+
+
+def test_generated_source_gives_the_first_n_games_of_a_larger_cache(data_dir, tmp_path):
+  cache = str(tmp_path / "cache")
+  shutil.copytree(data_dir, generated_data_dir(cache, SEED))
+  few = find_games(SPLIT, source="generated", generated_dir=cache, num_generated=NUM - 2, seed=SEED)
+  assert sorted(generate.game_index(g.game_id) for g in few) == list(range(NUM - 2))
+  every = find_games(SPLIT, source="generated", generated_dir=cache, num_generated=NUM, seed=SEED)
+  assert len(every) == NUM and set(few) < set(every)
+
+
+def test_describe_names_the_source_and_folder(data_dir, tmp_path, games):
+  assert describe(games) == f"generated games from {data_dir}"
+  real = str(tmp_path / "real")
+  shutil.copytree(data_dir, real, ignore=shutil.ignore_patterns(".complete"))
+  assert describe(find_games(SPLIT, source="real", data_dir=real)) == f"real games from {real}"
 
 
 def test_ensure_split_refuses_other_games(data_dir, tmp_path):

@@ -37,6 +37,33 @@ def test_bad_config_is_one_line_exit_2(tmp_path, args, needle, alfworld_data):
   _assert_one_line_error(_launch(["--config", CFG, "--workdir", str(tmp_path), *args]), needle)
 
 
+@pytest.mark.parametrize("field, value", [("max_steps", "0"), ("step_timeout", "0"), ("num_workers", "0"),
+                                          ("num_slots", "0")])
+def test_bad_env_value_is_one_line_exit_2_before_any_work(tmp_path, field, value):
+  _assert_one_line_error(_launch(["--config", CFG, "--workdir", str(tmp_path), f"--config.env.{field}={value}"]),
+                         f"env.{field}={value}")
+  assert not os.listdir(tmp_path)      # no stage folder (or config.json) to refuse a corrected re-run
+
+
+def test_negative_num_games_is_one_line_exit_2(tmp_path, alfworld_data):
+  _assert_one_line_error(_launch(["--config", CFG + ":num_games=-1", "--workdir", str(tmp_path)]), "num_games")
+  # Refused inside the stage: its folder goes with the refusal, so the corrected re-run is not blocked.
+  assert not os.listdir(tmp_path)
+
+
+def test_unknown_key_near_miss_is_a_clean_line(tmp_path):
+  p = _launch(["--config", CFG, "--workdir", str(tmp_path), "--config.env.max_step=1"])
+  _assert_one_line_error(p, "unknown config key 'max_step'", '"max_steps"')
+  assert "\\n" not in p.stderr and '\\"' not in p.stderr
+
+
+@pytest.mark.parametrize("flag", ["--help", "--helpfull"])
+def test_help_exits_0(flag):
+  p = _launch([flag])
+  assert p.returncode == 0, p.stderr[-2000:]
+  assert "--workdir" in p.stdout
+
+
 def test_bad_config_arg_and_missing_file(tmp_path):
   _assert_one_line_error(_launch(["--config", CFG + ":splitt=x", "--workdir", str(tmp_path)]), "splitt")
   _assert_one_line_error(_launch(["--config", "nowhere.py", "--workdir", str(tmp_path)]), "nowhere.py")

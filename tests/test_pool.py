@@ -34,10 +34,17 @@ GAME_IDS = (
 
 @pytest.fixture(scope="module")
 def games(valid_seen: list[GameSpec]) -> list[GameSpec]:
+  """GAME_IDS from the released games; on generated ones, the smallest game files of the same task types."""
   by_id = {g.game_id: g for g in valid_seen}
-  missing = [i for i in GAME_IDS if i not in by_id]
-  assert not missing, f"valid_seen lacks {missing}"
-  return [by_id[i] for i in GAME_IDS]
+  if all(i in by_id for i in GAME_IDS):
+    return [by_id[i] for i in GAME_IDS]
+  assert not any(i in by_id for i in GAME_IDS), "a released valid_seen that lacks some of GAME_IDS"
+  picked = []
+  for game_id in GAME_IDS:
+    task = game_id.split("-")[0]
+    picked.append(min((g for g in valid_seen if g.task_type == task and g not in picked),
+                      key=lambda g: os.path.getsize(g.path)))
+  return picked
 
 
 @pytest.fixture(scope="module")

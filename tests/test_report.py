@@ -1,6 +1,7 @@
 """Report tables and Pareto plot from operating points: selection rules, formatting, bad input."""
 import json
 import os
+import xml.etree.ElementTree as ET
 
 import pytest
 
@@ -86,12 +87,41 @@ def test_matched_random_gap():
     report.matched_random_gap(_points(), "oracle")
 
 
+def test_pareto_series_sorted_by_high_ratio():
+  points = _points()[::-1]                                    # input order must not matter
+  series = {s["method"]: s for s in report.pareto_series(points)}
+  assert list(series) == ["high only", "low only", "random", "KL-ST", "GRPO only", "KL-ST + GRPO"]
+  assert {m for m, s in series.items() if s["kind"] == "reference"} == {"high only", "low only"}
+  assert series["high only"]["y"] == pytest.approx([90.0]) and series["low only"]["lo"] == pytest.approx([75.0])
+  kl = series["KL-ST"]
+  assert kl["kind"] == "curve" and kl["x"] == pytest.approx([8, 18, 28, 45])
+  assert kl["y"] == pytest.approx([86, 89, 88, 91])             # joined in x order, not input or K order
+  assert kl["lo"] == pytest.approx([81, 84, 83, 86]) and kl["hi"] == pytest.approx([91, 94, 93, 96])
+  for s in series.values():
+    assert s["x"] == sorted(s["x"]) and all(lo <= y <= hi for lo, y, hi in zip(s["lo"], s["y"], s["hi"]))
+
+
+def test_plot_caption():
+  cap = report.plot_caption("tiny policy", "bf16", "int2", "valid_seen", 140, 0)
+  assert cap == "tiny policy · high bf16 / low int2 · valid_seen · 140 episodes/point · seed 0"
+
+
+def _svg_text(path):
+  return [e.text for e in ET.parse(path).getroot().iter("{http://www.w3.org/2000/svg}text")]
+
+
 def test_plot_and_report_files(tmp_path):
-  paths = report.write_report(_points(), str(tmp_path / "out"))
+  cap = report.plot_caption("tiny policy", "bf16", "int2", "valid_seen", 134, 0)
+  paths = report.write_report(_points(), str(tmp_path / "out"), caption=cap)
+  assert sorted(os.listdir(tmp_path / "out")) == ["pareto.png", "pareto.svg", "results.json", "table1.md",
+                                                  "table2.md"]
+  assert paths["pareto.svg"] == str(tmp_path / "out" / "pareto.svg")
   with open(paths["pareto.png"], "rb") as f:
     png = f.read()
   assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
-  assert sorted(os.listdir(tmp_path / "out")) == ["pareto.png", "results.json", "table1.md", "table2.md"]
+  text = _svg_text(paths["pareto.svg"])                       # parses: valid XML
+  assert cap in text                                          # the subtitle, as text (searchable, editable)
+  assert {"high only", "low only", "KL-ST + GRPO", "high-precision calls (% of steps)"} <= set(text)
   with open(paths["results.json"]) as f:
     results = json.load(f)
   assert len(results["points"]) == len(_points())
@@ -99,6 +129,19 @@ def test_plot_and_report_files(tmp_path):
   assert set(results["vs_random"]) == {"KL-ST", "GRPO only", "KL-ST + GRPO"}
   with open(paths["table1.md"]) as f:
     assert "| KL-ST | K=0.5 |" in f.read()
+
+
+def test_plot_rerenders_identically_and_caption_is_optional(tmp_path):
+  a, b, c = (str(tmp_path / f"{n}.svg") for n in "abc")
+  report.pareto_plot(_points(), a, caption="a subtitle")
+  report.pareto_plot(_points(), b, caption="a subtitle")
+  with open(a, "rb") as fa, open(b, "rb") as fb:
+    assert fa.read() == fb.read()                             # no date or random ids: re-renders diff clean
+  report.pareto_plot(_points(), c)
+  assert "a subtitle" in _svg_text(a) and "a subtitle" not in _svg_text(c) and "random" in _svg_text(c)
+  with pytest.raises(UserError):
+    report.pareto_plot(_points(), str(tmp_path / "d.png"), str(tmp_path / "d.jpg"))
+  assert sorted(os.listdir(tmp_path)) == ["a.svg", "b.svg", "c.svg"]   # a bad name writes nothing
 
 
 @pytest.mark.parametrize("bad", [
@@ -110,7 +153,10 @@ def test_plot_and_report_files(tmp_path):
     [dict(_pt("KL-ST", "K=0.5", 0.9, 0.2), speedup=0.0)],
 ])
 def test_bad_points_are_user_errors(bad, tmp_path):
-  for fn in (report.pareto_front, report.table2, lambda p: report.pareto_plot(p, str(tmp_path / "x.png"))):
+  def plot(points):
+    report.pareto_plot(points, str(tmp_path / "x.png"), str(tmp_path / "x.svg"))
+
+  for fn in (report.pareto_front, report.table2, report.pareto_series, plot):
     with pytest.raises(UserError):
       fn(bad)
-  assert not os.path.exists(tmp_path / "x.png")
+  assert not os.listdir(tmp_path)

@@ -121,6 +121,7 @@ def _pipeline_args(workdir, *extra):
           "--config.collect.games=3", "--config.collect.val_games=2", "--config.env.max_steps=6",
           "--config.env.num_slots=4", "--config.router_sl.epochs=2", "--config.router_sl.batch_size=16",
           "--config.router_grpo.iterations=2", "--config.router_grpo.games_per_iter=2",
+          "--config.router_grpo.num_games=3",
           "--config.router_grpo.group_size=2", "--config.eval.num_games=3", "--config.eval.first_k=(2,)",
           *extra]
 
@@ -128,7 +129,8 @@ def _pipeline_args(workdir, *extra):
 def test_pipeline_end_to_end_on_a_few_real_games(tmp_path, alfworld_data, run_hosts):
   """collect → KL-ST → GRPO (and from scratch) → every method on valid_seen → Table 1 and the plot;
   resumed after a kill mid-GRPO; and run again as two jax.distributed hosts sharing the workdir."""
-  p = subprocess.run(_pipeline_args(tmp_path), cwd=ROOT, capture_output=True, text=True, timeout=1500)
+  every = "--config.stages=('collect','router_sl','router_grpo','router_grpo_scratch','route_eval')"
+  p = subprocess.run(_pipeline_args(tmp_path, every), cwd=ROOT, capture_output=True, text=True, timeout=1500)
   assert p.returncode == 0, p.stderr[-3000:]
   assert "Table 1" in p.stdout and "| KL-ST + GRPO |" in p.stdout
   col = json.load(open(tmp_path / "collect" / "metrics.json"))
@@ -140,6 +142,7 @@ def test_pipeline_end_to_end_on_a_few_real_games(tmp_path, alfworld_data, run_ho
   by = {pt["method"]: pt for pt in res["points"] if pt["method"] in ("high only", "low only")}
   assert by["high only"]["high_ratio"] == 1.0 and by["low only"]["high_ratio"] == 0.0
   assert (tmp_path / "route_eval" / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert "valid_seen · 3 episodes/point" in (tmp_path / "route_eval" / "pareto.svg").read_text()
   grpo = json.load(open(tmp_path / "router_grpo" / "metrics.json"))
   assert [r["iteration"] for r in grpo["iterations"]] == [1, 2]
 

@@ -1,21 +1,23 @@
 """Generate tiny Hugging Face checkpoints and their torch reference outputs.
 
 CI has neither torch nor network access, so the Flax-vs-HF parity tests for
-the Qwen3 and Llama decoders read committed fixtures instead: tiny random-weight
-checkpoints in the exact on-disk HF layout plus the outputs HF computes from
-them. This script is how those fixtures were made; it is not run in CI.
+the Qwen3, Qwen2 and Llama decoders read committed fixtures instead: tiny
+random-weight checkpoints in the exact on-disk HF layout plus the outputs HF
+computes from them. This script is how those fixtures were made; it is not run
+in CI.
 
 It needs torch and transformers, which live in a separate venv so they never
 leak into the main one:
 
-  python3 -m venv /work/main/.venv-ref && \\
-    /work/main/.venv-ref/bin/pip install torch==2.13.0 transformers==5.24.0 \\
+  python3 -m venv .venv-ref && \\
+    .venv-ref/bin/pip install torch==2.13.0 transformers==5.24.0 \\
     safetensors numpy
-  /work/main/.venv-ref/bin/python tools/make_parity_fixtures.py
+  .venv-ref/bin/python tools/make_parity_fixtures.py [NAME ...]
 
-Output: tests/fixtures/{qwen3_tied,qwen3_untied,llama3_scaled}/ with
-config.json, generation_config.json, model.safetensors (all from
-save_pretrained) and ref.npz. See tests/fixtures/README.md.
+Output: tests/fixtures/{qwen3_tied,qwen3_untied,llama3_scaled,qwen2_tied,
+qwen2_untied}/ (or only the NAMEs given) with config.json,
+generation_config.json, model.safetensors (all from save_pretrained) and
+ref.npz. See tests/fixtures/README.md.
 """
 
 import json
@@ -26,8 +28,8 @@ import numpy as np
 from safetensors.numpy import load_file
 import torch
 import transformers
-from transformers import (LlamaConfig, LlamaForCausalLM, Qwen3Config,
-                          Qwen3ForCausalLM)
+from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config,
+                          Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 FIXTURES = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures"
@@ -44,19 +46,22 @@ _QWEN3_COMMON = dict(
     num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6,
     max_position_embeddings=512, initializer_range=0.1,
     rope_parameters={"rope_type": "default", "rope_theta": 1e6})
+# Qwen2 has no head_dim setting: it is hidden / heads = 16, as in qwen3_tied.
+_QWEN2_COMMON = {**_QWEN3_COMMON, "use_sliding_window": False,
+                 "max_window_layers": 28}
 
 
 def _specs():
-  """(name, model class, config, rewrite config.json in 4.x rope style)."""
+  """(name, model class, config, config.json rewrites applied after saving)."""
   return [
       ("qwen3_tied", Qwen3ForCausalLM,
        Qwen3Config(**_QWEN3_COMMON, head_dim=16, tie_word_embeddings=True),
-       False),
+       ()),
       # head_dim 32 != hidden/heads = 16, so a loader that derives head_dim
       # instead of reading it fails here.
       ("qwen3_untied", Qwen3ForCausalLM,
        Qwen3Config(**_QWEN3_COMMON, head_dim=32, tie_word_embeddings=False),
-       True),
+       (_to_4x_rope_style,)),
       ("llama3_scaled", LlamaForCausalLM,
        LlamaConfig(
            vocab_size=256, hidden_size=64, intermediate_size=160,
@@ -71,17 +76,27 @@ def _specs():
                "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
                "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 64}),
-       False),
+       ()),
+      ("qwen2_tied", Qwen2ForCausalLM,
+       Qwen2Config(**_QWEN2_COMMON, tie_word_embeddings=True), ()),
+      # Saved as Qwen2.5 hub checkpoints are: 4.x rope keys, a sliding_window
+      # size that use_sliding_window=false switches off, no layer_types.
+      ("qwen2_untied", Qwen2ForCausalLM,
+       Qwen2Config(**_QWEN2_COMMON, tie_word_embeddings=False),
+       (_to_4x_rope_style, _to_hub_qwen2_style)),
   ]
 
 
-def _perturb_norms(model):
-  # HF initialises RMSNorm weights to exactly 1, which would hide a port that
-  # forgets a norm weight or applies a (1+w) offset.
+def _perturb(model):
+  # HF initialises RMSNorm weights to exactly 1 and biases to exactly 0, which
+  # would hide a port that forgets a norm weight, applies a (1+w) offset or
+  # drops the q/k/v biases.
   with torch.no_grad():
     for name, param in model.named_parameters():
       if name.endswith("norm.weight"):
         param.copy_(1.0 + 0.2 * torch.randn_like(param))
+      elif name.endswith(".bias"):
+        param.copy_(0.1 * torch.randn_like(param))
 
 
 def _to_4x_rope_style(config_path):
@@ -92,6 +107,17 @@ def _to_4x_rope_style(config_path):
   assert rope["rope_type"] == "default", rope
   cfg["rope_theta"] = rope["rope_theta"]
   cfg["rope_scaling"] = None
+  config_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+def _to_hub_qwen2_style(config_path):
+  # Qwen2.5 hub configs (transformers 4.x) name a window size even though
+  # use_sliding_window is false, and have no layer_types; transformers 5 reads
+  # them back as all full attention, and so must the loader.
+  cfg = json.loads(config_path.read_text())
+  assert set(cfg.pop("layer_types")) == {"full_attention"}, cfg
+  assert not cfg["use_sliding_window"] and cfg["sliding_window"] is None, cfg
+  cfg["sliding_window"] = 4096
   config_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
@@ -161,7 +187,9 @@ def _inv_freqs(model):
   config = model.config
   scaled = model.model.rotary_emb.inv_freq
   theta = config.rope_parameters["rope_theta"]
-  dim = config.head_dim
+  # Qwen2 configs have no head_dim; its attention uses hidden / heads.
+  dim = (getattr(config, "head_dim", None)
+         or config.hidden_size // config.num_attention_heads)
   unscaled = 1.0 / theta**(torch.arange(0, dim, 2, dtype=torch.float) / dim)
   rope_type = config.rope_parameters["rope_type"]
   if rope_type != "default":
@@ -188,17 +216,23 @@ def _describe(name, out_dir, model):
   print(f"  files: {sorted(p.name for p in out_dir.iterdir())}, {size} bytes")
 
 
-def main():
+def main(names):
   print(f"torch {torch.__version__}, transformers {transformers.__version__}")
-  for name, cls, config, rope_4x in _specs():
+  specs = _specs()
+  known = [spec[0] for spec in specs]
+  if set(names) - set(known):
+    sys.exit(f"unknown fixtures {sorted(set(names) - set(known))}; known: {known}")
+  for name, cls, config, rewrites in specs:
+    if names and name not in names:
+      continue
     torch.manual_seed(SEED)
     built = cls(config).to(torch.float32)
-    _perturb_norms(built)
+    _perturb(built)
     out_dir = FIXTURES / name
     out_dir.mkdir(parents=True, exist_ok=True)
     built.save_pretrained(out_dir, safe_serialization=True)
-    if rope_4x:
-      _to_4x_rope_style(out_dir / "config.json")
+    for rewrite in rewrites:
+      rewrite(out_dir / "config.json")
 
     # References come from the reloaded checkpoint, so they describe exactly
     # what is on disk (including the rewritten 4.x-style config).
@@ -210,6 +244,10 @@ def main():
     # Guards the 4.x rewrite: a dropped rope_theta would silently fall back
     # to the default theta and the references would describe the wrong model.
     assert model.config.rope_parameters == config.rope_parameters
+    # Guards the hub-style rewrite the same way: no layer may have become
+    # sliding-window attention.
+    assert (getattr(model.config, "layer_types", None)
+            == getattr(config, "layer_types", None))
 
     if name == "llama3_scaled":
       scaled, unscaled = _inv_freqs(model)
@@ -223,4 +261,5 @@ def main():
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  # Fixture names to (re)generate; none means all of them.
+  sys.exit(main(sys.argv[1:]))

@@ -11,7 +11,7 @@ import ml_collections
 
 from mpr.agent.agent import agent_config
 from mpr.agent.models import model_config
-from mpr.config_util import env_config, parse_arg
+from mpr.config_util import env_config, parse_arg, runlocal_default
 
 
 def get_config(arg=None):
@@ -25,6 +25,6 @@ def get_config(arg=None):
   c.agent = agent_config(format=arg.format, mode=arg.mode)
   c.eval = ml_collections.ConfigDict()
   c.eval.split = arg.split
-  c.eval.num_games = 36 if arg.runlocal else arg.num_games     # 0 = every game of the split
+  c.eval.num_games = runlocal_default(arg, "num_games", 36)     # 0 = every game of the split
   c.eval.precisions = tuple(arg.precisions.split("+"))
   return c

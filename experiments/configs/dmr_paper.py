@@ -58,7 +58,7 @@ def get_config(arg=None):
   c.router = router_config(width=128, heads=4, mlp_dim=256, max_len=32)
   c.router_sl = sl_config(quantile=0.8, epochs=40, batch_size=512)
   c.router_sl.data = ""
-  c.router_grpo = grpo_config(iterations=30, games_per_iter=16, group_size=8)
+  c.router_grpo = grpo_config(iterations=30, games_per_iter=16, group_size=8, num_games=c.collect.games)
   # The paper reports valid_unseen (134 games) and valid_seen (140).
   c.eval = eval_config(arg.split, arg.num_games)
   return c

@@ -6,7 +6,7 @@
 """
 import ml_collections
 
-from mpr.config_util import env_config, parse_arg
+from mpr.config_util import env_config, parse_arg, runlocal_default
 
 
 def get_config(arg=None):
@@ -18,5 +18,5 @@ def get_config(arg=None):
   c.expert = ml_collections.ConfigDict()
   c.expert.name = arg.expert                   # exploring | walkthrough (mpr.envs.experts)
   c.expert.splits = (arg.split,)
-  c.expert.num_games = 12 if arg.runlocal else arg.num_games   # 0 = every game of the split
+  c.expert.num_games = runlocal_default(arg, "num_games", 12)   # 0 = every game of the split
   return c

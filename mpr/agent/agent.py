@@ -380,7 +380,7 @@ def agent_config(**overrides):
   """The `agent` config section: how the policy reads and acts."""
   import ml_collections
   c = ml_collections.ConfigDict()
-  c.format = "compact"          # compact | chat-qwen3 | chat-smollm2 (mpr.agent.prompt)
+  c.format = "compact"          # compact | chat-qwen3 | chat-qwen2 | chat-smollm2 | chat-deepseek-r1 (mpr.agent.prompt)
   c.think = False               # chat formats: think before `Action:`
   c.list_admissible = True      # chat formats: list the admissible commands each turn
   c.examples = ()               # chat formats: few-shot example episodes (text) for the system turn

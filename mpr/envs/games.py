@@ -31,6 +31,9 @@ TASK_TYPES = (
 # Splits that `mpr.envs.generate` makes when real data is absent, with the real split sizes.
 GENERATED_SPLIT_SIZES = {"train": 3553, "valid_seen": 140, "valid_train": 200, "valid_unseen": 134}
 
+# The file `mpr.envs.generate` keeps in each generated split folder (real splits have none).
+COMPLETE_MARKER = ".complete"
+
 # Where `alfworld-download` puts the games when ALFWORLD_DATA is unset (alfworld's own default).
 ALFWORLD_DEFAULT_DIR = "~/.cache/alfworld"
 
@@ -79,6 +82,12 @@ def default_generated_dir() -> str:
   return os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "mpr", "generated")
 
 
+def generated_data_dir(generated_dir: Optional[str], seed: int) -> str:
+  """The data dir of generated games for a seed: keyed by generator version, so caches never mix."""
+  from mpr.envs.generate import GENERATOR_VERSION
+  return os.path.join(generated_dir or default_generated_dir(), f"v{GENERATOR_VERSION}-seed{seed}")
+
+
 def find_games(split: str, *, source: str = "auto", data_dir: Optional[str] = None,
                generated_dir: Optional[str] = None, num_generated: Optional[int] = None,
                task_types: Sequence[str] = (), seed: int = 0, notify=None) -> list[GameSpec]:
@@ -103,18 +112,31 @@ def find_games(split: str, *, source: str = "auto", data_dir: Optional[str] = No
       notify(f"notice: {where}; using generated games for split {split!r} (mpr.envs.generate)")
   if not games:
     from mpr.envs import generate  # Imported lazily: the generator pulls in alfworld's scene tables.
-    gdir = os.path.join(generated_dir or default_generated_dir(), f"seed{seed}")
+    gdir = generated_data_dir(generated_dir, seed)
     n = num_generated or GENERATED_SPLIT_SIZES.get(split, 140)
     generate.ensure_split(gdir, split, n, seed=seed)
-    games = _scan_split(split_dir(gdir, split), split)
+    # The cache may hold more games than asked for (it only grows): the first n are this split.
+    games = [g for g in _scan_split(split_dir(gdir, split), split) if generate.game_index(g.game_id) < n]
   if task_types:
     games = [g for g in games if g.task_type in task_types]
   return games
 
 
+def describe(games: Sequence[GameSpec]) -> str:
+  """Where a game list comes from, for the line a run prints at start: real or generated, and the folder."""
+  if not games:
+    return "no games"
+  sdir = os.path.dirname(os.path.dirname(os.path.dirname(games[0].path)))
+  data_dir = os.path.dirname(os.path.dirname(sdir))
+  kind = "generated" if os.path.exists(os.path.join(sdir, COMPLETE_MARKER)) else "real"
+  return f"{kind} games from {data_dir}"
+
+
 def select_games(games: list[GameSpec], num_games: int) -> list[GameSpec]:
-  """An evenly spaced subset: games are sorted by task directory, so every task type stays in."""
-  if num_games <= 0 or num_games >= len(games):
+  """An evenly spaced subset: games are sorted by task directory, so every task type stays in. 0 = all."""
+  if num_games < 0:
+    raise UserError(f"num_games must be >= 0 (0 = every game), got {num_games}")
+  if num_games == 0 or num_games >= len(games):
     return games
   return [games[(i * len(games)) // num_games] for i in range(num_games)]
 

@@ -42,7 +42,6 @@ import json
 import multiprocessing
 import os
 import re
-import shutil
 import sys
 import tempfile
 import zlib
@@ -51,14 +50,13 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from mpr.envs.games import GENERATED_SPLIT_SIZES, TASK_TYPES, GameSpec, split_dir
+from mpr.envs.games import COMPLETE_MARKER, GENERATED_SPLIT_SIZES, TASK_TYPES, GameSpec, split_dir
 from mpr.errors import UserError
 
 MAX_PLAN_STEPS = 40
 MAX_ATTEMPTS = 50
-COMPLETE_MARKER = ".complete"
 # Bump when generated games change: a cached split made by another version is regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 # valid_unseen's floor plans, and ones no seen split uses (ALFRED's held-out test scenes).
 UNSEEN_SCENES = frozenset({10, 219, 308, 424})
@@ -464,11 +462,17 @@ def _attempt(rng: np.random.Generator, split: str, task_type: str, trial: str) -
   """One sampled game, or None when the planner or the replay rejects it."""
   task = sample_task(rng, split, task_type)
   items = place_items(rng, task)
-  floor = task.scene.floor
-  x, z = floor[rng.integers(len(floor))]
-  agent_loc = _pose_loc(x, z, 90 * int(rng.integers(4)), HORIZON)
+  floor, receptacles = task.scene.floor, task.scene.receptacles
+  occupied = {r.loc for r in receptacles}
+  while True:
+    x, z = floor[rng.integers(len(floor))]
+    agent_loc = _pose_loc(x, z, 90 * int(rng.integers(4)), HORIZON)
+    # Released games start away from every receptacle ("You are in the middle of a room"); a start on a
+    # receptacle's pose would open with "You are facing ..." instead.
+    if agent_loc not in occupied:
+      break
   domain, grammar = _logic()
-  name, goal, receptacles = f"plan_{trial}", goal_pddl(task), task.scene.receptacles
+  name, goal = f"plan_{trial}", goal_pddl(task)
   game = {"pddl_domain": domain, "grammar": grammar.replace("UNKNOWN GOAL", task_description(rng, task)),
           "pddl_problem": problem_pddl(name, receptacles, items, agent_loc, goal), "solvable": True}
   planned = [i for i in items if i.otype in (task.target, task.toggle)]
@@ -556,11 +560,12 @@ def _read_marker(path: str) -> Optional[dict]:
 
 
 def ensure_split(data_dir: str, split: str, num_games: int, seed: int = 0, progress: bool = True) -> None:
-  """Makes DATA_DIR/json_2.1.1/<split> hold exactly games 0..num_games-1 of (split, seed).
+  """Makes DATA_DIR/json_2.1.1/<split> hold at least games 0..num_games-1 of (split, seed).
 
-  Idempotent and resumable: present games are kept, missing ones generated (in spawned worker
-  processes, so a calling script needs the usual `if __name__ == "__main__":` guard), generated games
-  past num_games removed; a `.complete` marker records num_games and seed.
+  An append-only cache: present games are kept (game i depends only on split, seed and i), missing
+  ones generated (in spawned worker processes, so a calling script needs the usual
+  `if __name__ == "__main__":` guard), and nothing is ever removed, so runs that ask for different
+  counts share one folder. The `.complete` marker records how many leading games are known complete.
   """
   _check_split(split)
   if num_games < 1 or seed < 0:
@@ -568,24 +573,27 @@ def ensure_split(data_dir: str, split: str, num_games: int, seed: int = 0, progr
   out = split_dir(data_dir, split)
   marker = os.path.join(out, COMPLETE_MARKER)
   old = _read_marker(marker)
-  if old is not None and old.get("version") != GENERATOR_VERSION:
-    shutil.rmtree(out)
+  if old is not None and (old.get("version"), old.get("seed")) != (GENERATOR_VERSION, seed):
+    raise UserError(f"{out} holds games of generator version {old.get('version')} seed {old.get('seed')}, "
+                    f"not version {GENERATOR_VERSION} seed {seed}; use a separate directory")
+  if old is not None and old.get("num_games", 0) >= num_games:
+    return
   present = _existing(out, seed)
   missing = [i for i in range(num_games) if i not in present]
-  extra = [d for i, d in present.items() if i >= num_games]
-  done = {"num_games": num_games, "seed": seed, "version": GENERATOR_VERSION}
-  if not missing and not extra and _read_marker(marker) == done:
-    return
-  os.makedirs(out, exist_ok=True)
-  if os.path.exists(marker):
-    os.remove(marker)
-  for gdir in extra:
-    shutil.rmtree(gdir)
-    if not os.listdir(os.path.dirname(gdir)):
-      os.rmdir(os.path.dirname(gdir))
   if missing:
+    os.makedirs(out, exist_ok=True)
     _generate_into(out, split, seed, missing, progress)
-  _write_json(marker, done)
+  # Another run may have grown the folder meanwhile: never lower what the marker already promises.
+  done = max(num_games, (_read_marker(marker) or {}).get("num_games", 0))
+  _write_json(marker, {"num_games": done, "seed": seed, "version": GENERATOR_VERSION})
+
+
+def game_index(game_id: str) -> int:
+  """Index i of a generated game from its id "<task dir>/trial_G<seed>_<i>"."""
+  m = _TRIAL_RE.match(os.path.basename(game_id))
+  if not m:
+    raise UserError(f"{game_id!r} is not the id of a generated game")
+  return int(m.group(2))
 
 
 def _generate_all(jobs: list[tuple[str, int, int]]):

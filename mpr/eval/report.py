@@ -10,7 +10,8 @@ high-only (router and embedding overhead included), `speedup_est` the compute es
 per-tier step latency; either may be None where it was not measured. Rates are fractions in the
 data and percentages in the tables.
 
-  paths = write_report(points, outdir)   # results.json, table1.md, table2.md, pareto.png
+  paths = write_report(points, outdir, caption=plot_caption("tiny policy", "bf16", "int2", "valid_seen", 140, 0))
+  # results.json, table1.md, table2.md, pareto.png and pareto.svg (success vs high-precision calls)
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import numbers
 import os
 from typing import Optional, Sequence
 
+import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -193,51 +195,108 @@ def table2(points: Sequence[dict], methods: Sequence[str] = ("KL-ST", "GRPO only
 
 # --- plot ----------------------------------------------------------------------------------------
 
-_SINGLE_MARKERS = ("*", "s", "D", "^", "v", "P", "X", "h")
+REFERENCES = ("high only", "low only")   # one tier throughout: horizontal lines, not points at 0% / 100%
+# Okabe-Ito colours (then Paul Tol's), distinguishable with colour-vision deficiency, none shared between
+# families; line styles and marker fills tell the families apart in greyscale too (routers: solid, filled;
+# heuristics: dotted, open; random: dashed grey; oracle: black star).
+_ROUTER_COLORS = ("#0072B2", "#D55E00", "#009E73", "#882255", "#332288", "#999933")
+_ROUTER_MARKERS = ("o", "D", "s", "P", "X", "h")
+_FIXED_STYLES = {
+    "high only": {"color": "black", "linestyle": (0, (5, 2))},
+    "low only": {"color": "0.45", "linestyle": (0, (2, 2))},
+    "random": {"color": "0.55", "linestyle": (0, (4, 2)), "marker": "o", "markerfacecolor": "0.55"},
+    "entropy": {"color": "#E69F00", "linestyle": ":", "marker": "^", "markerfacecolor": "white"},
+    "margin": {"color": "#56B4E9", "linestyle": ":", "marker": "v", "markerfacecolor": "white"},
+    "first-k": {"color": "#CC79A7", "linestyle": ":", "marker": "s", "markerfacecolor": "white"},
+    "oracle": {"color": "black", "linestyle": "-.", "marker": "*", "markersize": 6},
+}
+_RC = {"font.size": 7, "axes.labelsize": 7, "xtick.labelsize": 6.5, "ytick.labelsize": 6.5, "legend.fontsize": 6.5,
+       "axes.linewidth": 0.6, "xtick.major.width": 0.6, "ytick.major.width": 0.6,
+       "axes.spines.top": False, "axes.spines.right": False,
+       # Text stays text in the SVG (searchable, editable for the paper); a fixed salt keeps its ids, and so
+       # a re-render of the same data, byte-identical.
+       "svg.fonttype": "none", "svg.hashsalt": "mpr"}
+# Per format: PNG at a resolution that survives print; SVG without a date, again for identical re-renders.
+_FORMATS = {".png": {"format": "png", "dpi": 300}, ".svg": {"format": "svg", "metadata": {"Date": None}}}
 
 
-def pareto_plot(points: Sequence[dict], path: str) -> None:
-  """Two panels (success vs high-precision calls %, success vs measured speed-up) as a PNG.
+def plot_caption(model: str, high: str, low: str, split: str, episodes: int, seed: int) -> str:
+  """The figure's subtitle: what was run, in the words a paper caption would use."""
+  return f"{model} · high {high} / low {low} · {split} · {episodes} episodes/point · seed {seed}"
 
-  Methods with several points are lines through their points sorted by x; single-point
-  baselines are lone distinct markers. Error bars are the 95% CIs. Written atomically.
+
+def pareto_series(points: Sequence[dict]) -> list[dict]:
+  """What pareto_plot draws, one entry per method in table order.
+
+  Each has the method, its kind ("reference" for REFERENCES: a horizontal line per point; "curve":
+  markers joined by a line) and, per point sorted by high-call share, x = high-precision calls %,
+  y = success % and the 95% interval lo..hi in %.
   """
-  groups = _by_method(_check(points))
-  # A bare Figure on the Agg canvas: no pyplot, so no global backend or figure state.
-  fig = Figure(figsize=(11, 4.5), layout="constrained")
-  FigureCanvasAgg(fig)
-  axes = fig.subplots(1, 2, sharey=True)
-  singles = itertools.cycle(_SINGLE_MARKERS)
-  for method, group in groups.items():
-    style = ({"marker": next(singles), "markersize": 10, "linestyle": "none"} if len(group) == 1
-             else {"marker": "o", "markersize": 4, "linestyle": "-"})
-    color = None
-    for ax, key, scale in ((axes[0], "high_ratio", 100.0), (axes[1], "speedup", 1.0)):
-      pts = sorted((p for p in group if p[key] is not None), key=lambda p: p[key])
-      if not pts:
+  series = []
+  for method, group in _by_method(_check(points)).items():
+    group = sorted(group, key=lambda p: (p["high_ratio"], p["success"]))
+    series.append({"method": method, "kind": "reference" if method in REFERENCES else "curve",
+                   "x": [100 * p["high_ratio"] for p in group], "y": [100 * p["success"] for p in group],
+                   "lo": [100 * p["ci"][0] for p in group], "hi": [100 * p["ci"][1] for p in group]})
+  return series
+
+
+def pareto_plot(points: Sequence[dict], *paths: str, caption: Optional[str] = None) -> None:
+  """Success vs high-precision calls, written to each of `paths` (.png, .svg), atomically.
+
+  High only and low only are dashed horizontal lines over a light band of their 95% interval; every
+  other method's points are joined in order of high-call share, each with a thin 95% error bar.
+  `caption` (see plot_caption) becomes the subtitle. Axes fit the data; the legend sits outside it.
+  """
+  series = pareto_series(points)
+  bad = [p for p in paths if os.path.splitext(p)[1].lower() not in _FORMATS]
+  if bad:
+    raise UserError(f"pareto_plot: can write {sorted(_FORMATS)} files, not {bad}")
+  routers = iter(zip(itertools.cycle(_ROUTER_COLORS), itertools.cycle(_ROUTER_MARKERS)))
+  with matplotlib.rc_context(_RC):
+    # A bare Figure on the Agg canvas: no pyplot, so no global backend or figure state. Sized for one
+    # paper column, so the font sizes in _RC are the printed ones.
+    fig = Figure(figsize=(3.5, 2.7), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    handles = []
+    for s in series:
+      if s["method"] in _FIXED_STYLES:
+        style = dict(_FIXED_STYLES[s["method"]])
+      else:
+        color, marker = next(routers)
+        style = {"color": color, "linestyle": "-", "marker": marker}
+      if s["kind"] == "reference":
+        for y, lo, hi in zip(s["y"], s["lo"], s["hi"]):
+          band = ax.axhspan(lo, hi, color=style["color"], alpha=0.06, linewidth=0, zorder=0)
+          line = ax.axhline(y, linewidth=1.0, zorder=1, **style)
+        # The legend entry shows the band behind the line, so the shading explains itself.
+        handles.append(((band, line), s["method"]))
         continue
-      ys = [100 * p["success"] for p in pts]
-      err = [[y - 100 * p["ci"][0] for y, p in zip(ys, pts)], [100 * p["ci"][1] - y for y, p in zip(ys, pts)]]
-      # One colour per method across both panels, so a single legend serves the figure.
-      line = ax.errorbar([scale * p[key] for p in pts], ys, yerr=err, capsize=2, color=color,
-                         label=method, **style)
-      color = line.lines[0].get_color()
-  axes[0].set_xlabel("high-precision calls (%)")
-  axes[1].set_xlabel("measured speed-up vs high only (×)")
-  axes[0].set_ylabel("success (%)")
-  for ax in axes:
-    ax.grid(alpha=0.3)
-  handles, labels = axes[0].get_legend_handles_labels()
-  fig.legend(handles, labels, loc="outside right center", fontsize=8)
-  with atomic_open(path, "wb") as f:
-    fig.savefig(f, format="png", dpi=150)
+      err = [[y - lo for y, lo in zip(s["y"], s["lo"])], [hi - y for y, hi in zip(s["y"], s["hi"])]]
+      bars = ax.errorbar(s["x"], s["y"], yerr=err, linewidth=1.0, markersize=style.pop("markersize", 3.5),
+                         markeredgewidth=0.8, elinewidth=0.5, capsize=0, ecolor=style["color"], zorder=3, **style)
+      handles.append((bars, s["method"]))
+    ax.margins(x=0.06, y=0.03)
+    ax.set_xlabel("high-precision calls (% of steps)")
+    ax.set_ylabel("success (%)")
+    ax.legend(*zip(*handles), loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, frameon=False,
+              handlelength=2.2)
+    if caption:
+      fig.suptitle(caption, fontsize=6.5, wrap=True)
+    for path in paths:
+      with atomic_open(path, "wb") as f:
+        fig.savefig(f, **_FORMATS[os.path.splitext(path)[1].lower()])
 
 
 # --- everything ----------------------------------------------------------------------------------
 
 def write_report(points: Sequence[dict], outdir: str, budget: float = 0.30,
-                 ratios: Sequence[float] = (0.1, 0.2, 0.3)) -> dict[str, str]:
-  """Writes results.json, table1.md, table2.md and pareto.png under outdir; returns their paths."""
+                 ratios: Sequence[float] = (0.1, 0.2, 0.3), caption: Optional[str] = None) -> dict[str, str]:
+  """Writes results.json, table1.md, table2.md, pareto.png and pareto.svg under outdir; returns their paths.
+
+  caption: the figure's subtitle (plot_caption: model, tiers, split, episodes, seed); none if not given.
+  """
   points = _check(points)
   methods = [m for m in _by_method(points) if m not in BASELINES]
   has_random = any(p["method"] == "random" for p in points)
@@ -247,10 +306,10 @@ def write_report(points: Sequence[dict], outdir: str, budget: float = 0.30,
       "pareto_speedup": pareto_front(points, "speedup", per_method=False),
       "vs_random": {m: matched_random_gap(points, m) for m in methods} if has_random else {},
   }
-  names = ("results.json", "table1.md", "table2.md", "pareto.png")
+  names = ("results.json", "table1.md", "table2.md", "pareto.png", "pareto.svg")
   paths = {name: os.path.join(outdir, name) for name in names}
   atomic_write_json(paths["results.json"], results)
   atomic_write_text(paths["table1.md"], table1(points, budget=budget))
   atomic_write_text(paths["table2.md"], table2(points, ratios=ratios))
-  pareto_plot(points, paths["pareto.png"])
+  pareto_plot(points, paths["pareto.png"], paths["pareto.svg"], caption=caption)
   return paths

@@ -1,12 +1,14 @@
-"""Decoder architecture as a frozen dataclass: one config covers the Qwen3 and Llama families.
+"""Decoder architecture as a frozen dataclass: one config covers the Qwen3, Qwen2 and Llama families.
 
 The differences between the families live here, not in branches of the model code:
   Qwen3 – per-head RMSNorm on q and k before RoPE (`qk_norm`), explicit head_dim, tied head in
           the small sizes.
+  Qwen2 – Qwen2 / Qwen2.5: biases on the q, k and v projections (`qkv_bias`), tied head in the
+          small sizes.
   Llama – Llama-3.x `llama3` RoPE frequency scaling (DeepSeek-R1-Distill-Llama-8B), SmolLM2.
 `from_hf` reads a Hugging Face `config.json` and refuses what the decoder does not implement
-(sliding-window attention, other RoPE types, biases, other activations) rather than running a
-silently different model.
+(sliding-window attention, other RoPE types, o_proj and MLP biases, other activations) rather than
+running a silently different model.
 """
 from __future__ import annotations
 
@@ -40,7 +42,8 @@ class ModelConfig:
   rope_scaling: Optional[RopeScaling] = None
   rms_norm_eps: float = 1e-6
   max_seq_len: int = 4096             # longest cache the model is used with
-  family: str = "qwen3"               # informational: "qwen3" | "llama"
+  family: str = "qwen3"               # informational: "qwen3" | "qwen2" | "llama"
+  qkv_bias: bool = False              # Qwen2: q, k and v projections add a bias (o_proj never does)
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
@@ -50,6 +53,7 @@ class ModelConfig:
   def num_params(self) -> int:
     h, f, d = self.hidden_size, self.intermediate_size, self.head_dim
     attn = h * d * (2 * self.num_heads + 2 * self.num_kv_heads) + (2 * d if self.qk_norm else 0)
+    attn += (self.num_heads + 2 * self.num_kv_heads) * d if self.qkv_bias else 0
     layer = attn + 3 * h * f + 2 * h
     head = 0 if self.tie_embeddings else self.vocab_size * h
     return self.num_layers * layer + self.vocab_size * h + h + head
@@ -100,7 +104,12 @@ def tiny(vocab_size: int = 2048, **kw) -> ModelConfig:
 
 # --- Hugging Face config.json ---------------------------------------------------------------------
 
-_FAMILIES = {"qwen3": True, "llama": False}   # model_type -> has q/k norm
+# model_type -> the ModelConfig fields that tell the family apart.
+_FAMILIES = {
+    "qwen3": dict(qk_norm=True, qkv_bias=False),
+    "qwen2": dict(qk_norm=False, qkv_bias=True),
+    "llama": dict(qk_norm=False, qkv_bias=False),
+}
 
 
 def _rope(hf: dict[str, Any]) -> tuple[float, Optional[RopeScaling]]:
@@ -121,19 +130,28 @@ def _rope(hf: dict[str, Any]) -> tuple[float, Optional[RopeScaling]]:
   raise UserError(f"unsupported rope type {rope_type!r} (supported: default, llama3)")
 
 
-def from_hf(hf: dict[str, Any], max_seq_len: Optional[int] = None) -> ModelConfig:
-  """ModelConfig from a Hugging Face config.json dict; refuses unsupported variants."""
+def _refuse_unsupported(hf: dict[str, Any]) -> None:
+  """Raises a one-line UserError for what the decoder would otherwise compute differently."""
   model_type = hf.get("model_type")
   if model_type not in _FAMILIES:
     raise UserError(f"unsupported architecture model_type={model_type!r} (supported: {sorted(_FAMILIES)})")
+  # Qwen2/Qwen3 configs name a window size that use_sliding_window=false switches off; Llama's is live.
   if hf.get("use_sliding_window") or (model_type == "llama" and hf.get("sliding_window")):
     raise UserError("sliding-window attention is not implemented")
+  if "sliding_attention" in (hf.get("layer_types") or ()):
+    raise UserError("layer_types has sliding_attention layers: sliding-window attention is not implemented")
   for flag in ("attention_bias", "mlp_bias"):
     if hf.get(flag):
-      raise UserError(f"{flag}=true is not implemented (q/k/v/o and MLP projections have no bias)")
+      raise UserError(f"{flag}=true is not implemented (the only projection biases are Qwen2's on q/k/v)")
   act = hf.get("hidden_act", "silu")
   if act != "silu":
     raise UserError(f"unsupported activation hidden_act={act!r} (SwiGLU with silu only)")
+
+
+def from_hf(hf: dict[str, Any], max_seq_len: Optional[int] = None) -> ModelConfig:
+  """ModelConfig from a Hugging Face config.json dict; refuses unsupported variants."""
+  _refuse_unsupported(hf)
+  model_type = hf["model_type"]
   theta, scaling = _rope(hf)
   heads = int(hf["num_attention_heads"])
   return ModelConfig(
@@ -141,6 +159,7 @@ def from_hf(hf: dict[str, Any], max_seq_len: Optional[int] = None) -> ModelConfi
       intermediate_size=int(hf["intermediate_size"]), num_layers=int(hf["num_hidden_layers"]),
       num_heads=heads, num_kv_heads=int(hf.get("num_key_value_heads") or heads),
       head_dim=int(hf.get("head_dim") or int(hf["hidden_size"]) // heads),
-      qk_norm=_FAMILIES[model_type], tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-      rope_theta=theta, rope_scaling=scaling, rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-      max_seq_len=int(max_seq_len or hf.get("max_position_embeddings", 4096)), family=model_type)
+      tie_embeddings=bool(hf.get("tie_word_embeddings", False)), rope_theta=theta, rope_scaling=scaling,
+      rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+      max_seq_len=int(max_seq_len or hf.get("max_position_embeddings", 4096)), family=model_type,
+      **_FAMILIES[model_type])

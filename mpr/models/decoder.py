@@ -1,7 +1,8 @@
 """The decoder: token embeddings, `num_layers` pre-norm blocks, final norm, LM head.
 
-One module for Qwen3 and Llama (the differences are in ModelConfig). Every call appends a chunk of
-tokens to a KV cache, so a full forward, a prefill and a one-token decode step are the same code:
+One module for Qwen3, Qwen2 and Llama (the differences are in ModelConfig). Every call appends a
+chunk of tokens to a KV cache, so a full forward, a prefill and a one-token decode step are the
+same code:
 
   cache = init_cache(cfg, batch=B, length=S)
   hidden, cache = model.apply(variables, tokens[B, T], chunk_lens[B], cache)

@@ -77,7 +77,10 @@ def read_config(meta: dict[str, Any], tensor_names: set[str], source: str,
   """ModelConfig from `llama.*` metadata; refuses what the decoder does not implement."""
   arch = meta.get("general.architecture")
   if arch != "llama":
-    raise UserError(f"{source}: unsupported GGUF architecture {arch!r} (supported: llama)")
+    # A qwen2 file differs in more than key names (its pre-tokenizer, bias tensors, q/k rows left
+    # unpermuted), and its Hugging Face folder already loads through mpr.models.hf.
+    raise UserError(f"{source}: unsupported GGUF architecture {arch!r} (supported: llama; "
+                    "load Qwen2 and Qwen3 from their Hugging Face folders)")
   if meta.get("llama.rope.scaling.type", "none") != "none" or "rope_freqs.weight" in tensor_names:
     raise UserError(f"{source}: RoPE frequency scaling in GGUF files is not implemented")
 

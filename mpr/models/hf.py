@@ -2,8 +2,9 @@
 
   cfg, params = load_hf("/path/to/Qwen3-8B")
 
-Reads tensors with `safetensors.numpy` (no torch). Qwen3 and Llama share one key table; the
-only per-family difference is whether q_norm/k_norm exist (from the config).
+Reads tensors with `safetensors.numpy` (no torch). Qwen3, Qwen2 and Llama share one key table;
+the per-family differences are whether q_norm/k_norm (Qwen3) and q/k/v biases (Qwen2) exist, both
+read from the config.
 """
 from __future__ import annotations
 
@@ -35,6 +36,9 @@ def key_table(cfg: ModelConfig) -> Iterator[tuple[params_lib.Path, str, params_l
     if cfg.qk_norm:
       yield (p, "attn", "q_norm", "scale"), f"{hf}.self_attn.q_norm.weight", i_
       yield (p, "attn", "k_norm", "scale"), f"{hf}.self_attn.k_norm.weight", i_
+    if cfg.qkv_bias:
+      for proj in "qkv":
+        yield (p, "attn", proj, "proj", "bias"), f"{hf}.self_attn.{proj}_proj.bias", i_
 
 
 def _shard_files(path: str) -> list[str]:

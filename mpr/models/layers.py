@@ -5,7 +5,8 @@ Axis letters used in shapes and einsums:
   N query heads   K kv heads   G = N // K (query heads per kv head)   D head dim
 
 Quantization never appears here as bit widths: every projection is a `Linear` whose dot_general is
-injected (`quant.dot_general_cls()`), the AQT pattern; `quant=None` is plain float.
+injected (`quant.dot_general_cls()`), the AQT pattern; `quant=None` is plain float. A projection's
+bias (Qwen2's q, k, v) is never quantized: it is added after the dot_general, in the compute dtype.
 """
 from __future__ import annotations
 
@@ -62,15 +63,16 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
 
 
 class Linear(nn.Module):
-  """A bias-free projection; the only place a quantized dot_general enters the model."""
+  """A projection; the only place a quantized dot_general enters the model."""
   features: int
   quant: Optional[Any] = None
   dtype: Dtype = jnp.float32
+  bias: bool = False        # Dense adds it after the dot_general, so quantization leaves it float
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     dg_cls = self.quant.dot_general_cls() if self.quant is not None else None
-    return nn.Dense(self.features, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+    return nn.Dense(self.features, use_bias=self.bias, dtype=self.dtype, param_dtype=jnp.float32,
                     dot_general_cls=dg_cls, name="proj")(x)
 
 
@@ -106,9 +108,10 @@ class Attention(nn.Module):
     cfg = self.cfg
     b, t, _ = x.shape
     n, k, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    q = Linear(n * d, self.quant, self.dtype, name="q")(x).reshape(b, t, n, d)
-    kk = Linear(k * d, self.quant, self.dtype, name="k")(x).reshape(b, t, k, d)
-    v = Linear(k * d, self.quant, self.dtype, name="v")(x).reshape(b, t, k, d)
+    bias = cfg.qkv_bias
+    q = Linear(n * d, self.quant, self.dtype, bias, name="q")(x).reshape(b, t, n, d)
+    kk = Linear(k * d, self.quant, self.dtype, bias, name="k")(x).reshape(b, t, k, d)
+    v = Linear(k * d, self.quant, self.dtype, bias, name="v")(x).reshape(b, t, k, d)
     if cfg.qk_norm:
       q = RMSNorm(cfg.rms_norm_eps, self.dtype, name="q_norm")(q)
       kk = RMSNorm(cfg.rms_norm_eps, self.dtype, name="k_norm")(kk)

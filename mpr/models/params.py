@@ -44,6 +44,9 @@ def expected_shapes(cfg: ModelConfig) -> dict[Path, tuple[int, ...]]:
     if cfg.qk_norm:
       shapes[(p, "attn", "q_norm", "scale")] = (d,)
       shapes[(p, "attn", "k_norm", "scale")] = (d,)
+    if cfg.qkv_bias:
+      shapes.update({(p, "attn", "q", "proj", "bias"): (n * d,), (p, "attn", "k", "proj", "bias"): (k * d,),
+                     (p, "attn", "v", "proj", "bias"): (k * d,)})
   return shapes
 
 

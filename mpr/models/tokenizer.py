@@ -8,8 +8,8 @@ special tokens behind the caller's back (the chat template already holds every o
 expects), and the ids generation needs (eos, pad, bos) travel with the vocabulary they index.
 
 The chat templates are plain functions rather than the checkpoint's jinja template: the agent
-loop renders a prompt every step, and the two families it serves need only a few lines each.
-They reproduce the official templates' output for system/user/assistant messages (no tools).
+loop renders a prompt every step, and each family it serves needs only a few lines. They
+reproduce the official templates' output for system/user/assistant messages (no tools).
 """
 from __future__ import annotations
 
@@ -109,6 +109,7 @@ def _read_optional_json(path: str) -> dict:
 
 _ROLES = ("system", "user", "assistant")
 _SMOLLM2_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+_QWEN2_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."   # Qwen2.5-Instruct
 
 
 def _turn(role: str, content: str) -> str:
@@ -146,12 +147,15 @@ def _qwen3(messages: Sequence[Message], add_generation_prompt: bool, enable_thin
   return "".join(out)
 
 
-def _smollm2(messages: Sequence[Message], add_generation_prompt: bool, enable_thinking: bool) -> str:
-  # SmolLM2 has no thinking mode: its template ignores the flag, and so does this one.
-  del enable_thinking
-  system = [] if not messages or messages[0]["role"] == "system" else [_turn("system", _SMOLLM2_SYSTEM)]
-  out = system + [_turn(m["role"], m["content"]) for m in messages]
-  return "".join(out) + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+def _chatml(default_system: str):
+  """Plain ChatML that opens with `default_system` when the messages bring no system turn
+  (SmolLM2, Qwen2.5). Neither has a thinking mode: their templates ignore the flag, as this does."""
+  def render(messages: Sequence[Message], add_generation_prompt: bool, enable_thinking: bool) -> str:
+    del enable_thinking
+    system = [] if not messages or messages[0]["role"] == "system" else [_turn("system", default_system)]
+    out = system + [_turn(m["role"], m["content"]) for m in messages]
+    return "".join(out) + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+  return render
 
 
 _R1_BOS, _R1_EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
@@ -173,9 +177,10 @@ def _deepseek_r1(messages: Sequence[Message], add_generation_prompt: bool, enabl
   return "".join(out)
 
 
-_STYLES = {"qwen3": _qwen3, "smollm2": _smollm2, "deepseek-r1": _deepseek_r1}
+_STYLES = {"qwen3": _qwen3, "qwen2": _chatml(_QWEN2_SYSTEM), "smollm2": _chatml(_SMOLLM2_SYSTEM),
+           "deepseek-r1": _deepseek_r1}
 # The text that closes an assistant turn (and so ends a generated action).
-TURN_END = {"qwen3": "<|im_end|>\n", "smollm2": "<|im_end|>\n", "deepseek-r1": _R1_EOS}
+TURN_END = {"qwen3": "<|im_end|>\n", "qwen2": "<|im_end|>\n", "smollm2": "<|im_end|>\n", "deepseek-r1": _R1_EOS}
 
 
 def chat_prompt(messages: Sequence[Message], style: str, add_generation_prompt: bool = True,

@@ -32,6 +32,7 @@ def grpo_config(**overrides) -> ml_collections.ConfigDict:
   c.lr = 1e-4                   # Adam learning rate of the router
   c.iterations = 20             # sample-then-optimise rounds
   c.games_per_iter = 8          # games per round, each played G times
+  c.num_games = 400             # the rounds draw from an evenly spaced subset of this many train games
   c.epochs_per_iter = 2         # optimisation passes over one round's decisions
   c.batch_size = 512            # decisions per gradient step (padded to a fixed shape)
   c.clip_norm = 1.0             # global gradient-norm clip

@@ -7,7 +7,7 @@ import os
 from typing import Sequence
 
 from mpr import hosts, io
-from mpr.envs.games import GameSpec, find_games, select_games
+from mpr.envs.games import GameSpec, describe, find_games, select_games
 from mpr.envs.pool import EnvPool
 from mpr.envs.rollout import Policy, rollout
 from mpr.records import Episode
@@ -23,7 +23,9 @@ def split_games(config, split: str, num_games: int = 0) -> list[GameSpec]:
   games = find_games(split, source=env.source, data_dir=env.data_dir or None,
                      generated_dir=env.generated_dir or None, task_types=tuple(env.task_types),
                      seed=config.seed, num_generated=num_games or None)
-  return select_games(games, num_games)
+  chosen = select_games(games, num_games)
+  logging.info("games: %s: %d of %d %s", split, len(chosen), len(games), describe(games))
+  return chosen
 
 
 def play_logged(pool: EnvPool, jobs: Sequence[tuple[GameSpec, int]], policy: Policy, path: str,

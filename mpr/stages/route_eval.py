@@ -20,7 +20,7 @@ Per point: success (overall, per task, 95% Wilson), high ratio (share of steps o
 cost: model seconds per episode (every model call of a step: embedding, probes, router, acting; mean
 ms per step without compile outliers × mean steps) → measured speed-up vs high only; and the estimate c_high / (r·c_high + (1 − r)·c_low) from the tiers'
 measured per-step latencies. Episode logs per point under points/ make the stage resumable.
-Writes results.json, table1.md, table2.md, pareto.png (mpr.eval.report) and prints Table 1.
+Writes results.json, table1.md, table2.md, pareto.png / pareto.svg (mpr.eval.report) and prints Table 1.
 """
 from __future__ import annotations
 
@@ -143,10 +143,11 @@ def run(config, sdir: str) -> dict:
   for p in points:
     p["speedup"] = base["model_s_per_episode"] / max(p["model_s_per_episode"], 1e-12)
     p["speedup_est"] = c_hi / max(p["high_ratio"] * c_hi + (1 - p["high_ratio"]) * c_lo, 1e-12)
-  paths = report.write_report(points, sdir, budget=float(ec.budget))
+  model = "tiny policy" if policy.source == models.SHIPPED_TINY else os.path.basename(policy.source.rstrip("/"))
+  caption = report.plot_caption(model, hi, lo, ec.split, len(games), config.seed)
+  paths = report.write_report(points, sdir, budget=float(ec.budget), caption=caption)
   table1 = open(paths["table1.md"]).read()
-  title = (f"### {os.path.basename(policy.source.rstrip('/'))}: {hi} / {lo} routing on {ec.split} "
-           f"({len(games)} games)\n\n")
+  title = f"### {model}: {hi} / {lo} routing on {ec.split} ({len(games)} games)\n\n"
   io.atomic_write_text(os.path.join(sdir, "summary.md"), title + table1 + "\n" + open(paths["table2.md"]).read())
   print(title + table1)
   return {"split": ec.split, "games": len(games), "points": points, "thresholds": {

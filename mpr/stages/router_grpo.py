@@ -1,6 +1,6 @@
 """Stages `router_grpo` and `router_grpo_scratch`: the router refined (or trained from scratch) by GRPO.
 
-Each iteration picks `games_per_iter` train games (a pure function of seed and iteration) and plays
+Each iteration picks `games_per_iter` of `num_games` train games (a pure function of seed and iteration) and plays
 each `group_size` times through the ordinary agent loop, routing every step by sampling from the
 current router (at `sample_temperature`). Reward per episode R = won − λ · (high steps / steps); the
 advantage (R − mean R) / (std R + ε) over the game's group is shared by all of that episode's
@@ -152,7 +152,9 @@ def run(config, sdir: str, scratch: bool = False) -> dict:
     if cfg.to_dict() != config.router.to_dict():
       raise UserError(f"{ref_dir} has another router architecture than config.router")
     params = jax.tree.map(jnp.array, ref_params)     # a copy: the update donates its params
-  games = split_games(config, config.collect.split, 0)
+  if gc.num_games < gc.games_per_iter:
+    raise UserError(f"router_grpo.num_games={gc.num_games} must be >= games_per_iter={gc.games_per_iter}")
+  games = split_games(config, config.collect.split, gc.num_games)
   opt = optax.chain(optax.clip_by_global_norm(gc.clip_norm), optax.adam(gc.lr))
   state = {"params": params, "opt_state": opt.init(params)}
   mgr, start, state = checkpoints.restore_latest(os.path.join(sdir, "ckpt"), state)   # by finished iterations

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from types import ModuleType
 from typing import Any
@@ -65,10 +66,21 @@ def run_stage(name: str, module: ModuleType, config: ml_collections.ConfigDict, 
     logging.info("stage %s: finished earlier, reusing %s", name, metrics_path)
     metrics = io.read_json(metrics_path)
   else:
-    metrics = _run_logged(name, module, config, sdir)
+    try:
+      metrics = _run_logged(name, module, config, sdir)
+    except UserError:
+      _forget_if_nothing_done(sdir)
+      raise
     io.atomic_write_json(metrics_path, metrics)
   hosts.sync(f"stage {name} done")
   return metrics
+
+
+def _forget_if_nothing_done(sdir: str) -> None:
+  """Removes a stage folder that holds only its recorded config and log, as a run refused for bad input
+  leaves it, so the corrected rerun is not refused as "a different config"."""
+  if hosts.is_primary() and all(f == "config.json" or f.startswith("log.") for f in os.listdir(sdir)):
+    shutil.rmtree(sdir)
 
 
 def _run_logged(name: str, module: ModuleType, config: ml_collections.ConfigDict, sdir: str) -> dict:
