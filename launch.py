@@ -59,6 +59,16 @@ def _unknown_key(e: Exception) -> str:
   return f"unknown config key {key}" + "".join(f" ({h.strip()})" for h in hint[:1])
 
 
+def _config_arg(argv: list[str]) -> str:
+  """The --config value as given (config_flags knows it only once parsing succeeded)."""
+  for i, a in enumerate(argv):
+    if a.startswith("--config="):
+      return a.split("=", 1)[1]
+    if a == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return "?"
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   try:
     rest = flags.FLAGS(argv)
@@ -77,6 +87,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
     _fail(_unknown_key(e))
   except (flags.Error, ValueError, TypeError) as e:
     _fail(str(e).strip().splitlines()[-1])
+  except Exception as e:  # the config file itself failed to run: not Python, a NameError, a bad import
+    line = (str(e).strip().splitlines() or [""])[0]
+    _fail(f"cannot load --config {_config_arg(argv)}: {type(e).__name__}: {line}")
   if len(rest) > 1:
     _fail(f"unexpected arguments {rest[1:]}")
   if _CONFIG.value is None or not _WORKDIR.value:
@@ -107,12 +120,17 @@ def main(argv: list[str]) -> None:
     if _DISTRIBUTED.value or any(f.value is not None for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)):
       hosts.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
       hosts.check_shared_workdir(_WORKDIR.value)
+    runner.check_workdir(_WORKDIR.value)
     logging.info("jax %s, backend %s, %d device(s)%s", jax.__version__, jax.default_backend(), jax.device_count(),
                  f" on {hosts.count()} hosts" if hosts.count() > 1 else "")
     for name in config.stages:
       runner.run_stage(name, STAGES[name], config, _WORKDIR.value)
   except UserError as e:
     _fail(str(e))
+  except KeyboardInterrupt:
+    # Completed episodes and checkpoints are already on disk (append-only logs, atomic files).
+    print("launch.py: interrupted; what finished is kept, the same command resumes", file=sys.stderr)
+    sys.exit(130)
 
 
 if __name__ == "__main__":

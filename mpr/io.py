@@ -8,6 +8,7 @@ line before the last is not what a kill leaves: it is an error naming file and l
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -33,6 +34,23 @@ def atomic_open(path: str, mode: str = "w") -> Iterator[IO]:
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+
+
+def file_digest(path: str, edge: int = 0) -> str:
+  """SHA-256 of a file's bytes; with `edge` > 0, of its size and first and last `edge` bytes only
+  (weights of many GB: a retrained or swapped checkpoint differs there, and hashing stays instant)."""
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    if edge <= 0:
+      for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
+    else:
+      size = os.fstat(f.fileno()).st_size
+      h.update(f"{size}|".encode())
+      h.update(f.read(edge))
+      f.seek(max(0, size - edge))
+      h.update(f.read(edge))
+  return h.hexdigest()
 
 
 def atomic_write_text(path: str, text: str) -> None:

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -13,7 +15,6 @@ from mpr.envs.rollout import EpisodeView, rollout
 from mpr.errors import UserError
 from mpr.models import engine, gguf, tiny
 from mpr.records import Episode, Step
-
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +170,12 @@ def test_agent_plays_real_games_with_admissible_actions_only(policy, variants, o
         assert s.action == s.admissible[int(np.argmax(probs))]
       else:
         assert s.tokens_decoded > 0 and "generated" in s.extra and isinstance(s.extra["mapped"], bool)
+
+
+def test_nan_action_scores_stop_the_run_in_one_line(policy, one_game_per_task):
+  broken = models.Policy(policy.cfg, jax.tree.map(lambda x: x * jnp.nan, policy.params), policy.tok, policy.source)
+  with pytest.raises(UserError, match=r"the f32 tier scored a command NaN .* at step 0"):
+    _play(broken.variants(["f32"]), one_game_per_task[:1], policy, slots=1)
 
 
 def test_batched_equals_unbatched(policy, variants, one_game_per_task):

@@ -1,6 +1,8 @@
 """launch.py end to end: bad input fails in one line with exit 2; a killed run resumes to identical numbers."""
+import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,6 +53,29 @@ def test_negative_num_games_is_one_line_exit_2(tmp_path, alfworld_data):
   assert not os.listdir(tmp_path)
 
 
+@pytest.mark.parametrize("text, needle", [("this is not python", "NameError"),
+                                         ("def get_config(:", "SyntaxError")])
+def test_a_config_file_that_does_not_run_is_one_line(tmp_path, text, needle):
+  cfg = tmp_path / "notes.py"
+  cfg.write_text(text)
+  _assert_one_line_error(_launch(["--config", str(cfg), "--workdir", str(tmp_path / "w")]), str(cfg), needle)
+
+
+def test_a_workdir_that_is_or_lies_under_a_file_is_one_line(tmp_path):
+  (tmp_path / "file").write_text("")
+  for workdir, needle in ((tmp_path / "file", "File exists"), (tmp_path / "file" / "sub", "Not a directory")):
+    _assert_one_line_error(_launch(["--config", CFG + ":num_games=1", "--workdir", str(workdir)]), needle)
+
+
+def test_a_second_run_in_a_busy_workdir_fails_at_once(tmp_path, alfworld_data):
+  sdir = tmp_path / "expert_rollouts"
+  sdir.mkdir()
+  with open(sdir / ".lock", "a") as held:
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)     # as the first run holds it while it plays
+    _assert_one_line_error(_launch(["--config", CFG + ":num_games=1", "--workdir", str(tmp_path)]), "in use")
+  assert not (sdir / "config.json").exists()
+
+
 def test_unknown_key_near_miss_is_a_clean_line(tmp_path):
   p = _launch(["--config", CFG, "--workdir", str(tmp_path), "--config.env.max_step=1"])
   _assert_one_line_error(p, "unknown config key 'max_step'", '"max_steps"')
@@ -90,6 +115,26 @@ def _kill_after(args, workdir, log, n):
     time.sleep(0.2)
   os.killpg(proc.pid, signal.SIGKILL)   # the whole group: launcher and its env workers
   proc.wait()
+
+
+def test_ctrl_c_is_one_line_exit_130_and_leaves_a_resumable_log(tmp_path, alfworld_data):
+  log = tmp_path / "expert_rollouts" / "episodes_valid_seen.jsonl"
+  proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), "--config", CFG + ":num_games=10",
+                           "--config.env.num_slots=2", "--workdir", str(tmp_path)], cwd=ROOT, text=True,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+  deadline = time.time() + 240
+  while time.time() < deadline and not (log.exists() and log.read_text().count("\n") >= 1):
+    time.sleep(0.2)
+  os.killpg(proc.pid, signal.SIGINT)    # as a terminal's Ctrl-C reaches the whole foreground group
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 130, err[-2000:]
+  assert "Traceback" not in err and [l for l in err.splitlines() if "interrupted" in l]
+  left = lambda: subprocess.run(["pgrep", "-a", "-g", str(proc.pid)], capture_output=True, text=True).stdout
+  deadline = time.time() + 30     # multiprocessing's helper processes leave once their parent is gone
+  while left() and time.time() < deadline:
+    time.sleep(0.5)
+  assert not left()               # no env worker outlives the run
+  assert all(json.loads(l)["game"] for l in log.read_text().splitlines())
 
 
 def test_kill_and_resume_gives_identical_numbers(tmp_path, alfworld_data):
@@ -153,3 +198,25 @@ def test_eval_kill_and_resume_gives_identical_episodes(tmp_path, alfworld_data):
 ])
 def test_eval_bad_input_is_one_line_exit_2(tmp_path, arg, needle, alfworld_data):
   _assert_one_line_error(_launch(["--config", f"{EVAL}:num_games=2,{arg}", "--workdir", str(tmp_path)]), needle)
+
+
+def test_a_changed_model_or_game_source_is_refused_on_resume_and_reuse(tmp_path, alfworld_data):
+  """Reuse is keyed on what a stage reads, not only on its config: another checkpoint under the same
+  path, or ALFWORLD_DATA pointing elsewhere, must not be mixed into (or reported as) the old results."""
+  from mpr.agent import models
+  model = tmp_path / "policy"
+  shutil.copytree(models.SHIPPED_TINY, model)
+  args = ["--config", EVAL + ":num_games=1,precisions=f32", "--config.env.max_steps=2",
+          f"--config.model.path={model}", "--workdir", str(tmp_path / "w")]
+  p = _launch(args)
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert _launch(args).returncode == 0                                    # same inputs: reused
+  text = (model / "model.json").read_text()
+  (model / "model.json").write_text(json.dumps({**json.loads(text), "made_by": "another training run"}))
+  _assert_one_line_error(_launch(args), "other inputs", "model.model.json")
+  (model / "model.json").write_text(text)
+  assert _launch(args).returncode == 0                                    # the same model again: reused
+
+  elsewhere = tmp_path / "data"
+  shutil.copytree(alfworld_data, elsewhere)
+  _assert_one_line_error(_launch(args, env={"ALFWORLD_DATA": str(elsewhere)}), "other inputs", "games.real")

@@ -225,6 +225,25 @@ def test_unsupported_configs_are_refused(tmp_path, changes, needle):
     load_hf(str(d))
 
 
+@pytest.mark.parametrize("text, needle", [
+    ("{not json", "invalid JSON"),
+    ("[1, 2]", "expected a JSON object"),
+    (None, "missing key 'num_attention_heads'"),
+    ('"big"', "bad value"),
+])
+def test_broken_hf_config_json_is_one_line(tmp_path, text, needle):
+  d = _copy_fixture(tmp_path)
+  cfg = json.loads((d / "config.json").read_text())
+  if text is None:
+    del cfg["num_attention_heads"]
+  elif text.startswith('"'):
+    cfg["hidden_size"] = json.loads(text)
+  (d / "config.json").write_text(json.dumps(cfg) if text is None or text.startswith('"') else text)
+  with pytest.raises(UserError, match=needle) as e:
+    load_hf(str(d))
+  assert "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("changes, needle", [
     ({"use_sliding_window": True}, "sliding-window attention is not implemented"),
     ({"layer_types": ["full_attention", "sliding_attention"]}, "layer_types has sliding_attention layers"),

@@ -1,4 +1,5 @@
 """AQT precision variants from one float weight set: freezing, storage, error ordering, checkpoints."""
+import json
 import os
 
 import jax
@@ -125,3 +126,36 @@ def test_bad_checkpoints_fail_in_one_line(qwen, tmp_path):
         open(os.path.join(root, f), "wb").close()
   with pytest.raises(UserError, match="corrupt checkpoint"):
     checkpoint.load_model(str(tmp_path / "m"))
+
+
+def _data_files(root):
+  return sorted((os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if d.endswith("/d")),
+                key=os.path.getsize)
+
+
+@pytest.mark.parametrize("flips", [1, 64])
+def test_flipped_bytes_in_tensor_data_are_refused(qwen, tmp_path, flips):
+  cfg, params, _ = qwen
+  checkpoint.save_model(str(tmp_path / "m"), cfg, params)
+  biggest = _data_files(tmp_path / "m" / "params")[-1]
+  data = bytearray(open(biggest, "rb").read())
+  for i in range(flips):   # bytes in the middle of the file: array data, not its headers
+    data[len(data) // 2 + 7 * i] ^= 0x40
+  open(biggest, "wb").write(bytes(data))
+  with pytest.raises(UserError, match="do not match the hash|corrupt checkpoint"):
+    checkpoint.load_model(str(tmp_path / "m"))
+
+
+def test_nan_weights_and_missing_hash_are_refused(qwen, tmp_path):
+  cfg, params, _ = qwen
+  bad = jax.tree.map(jnp.asarray, params)     # a new tree: the fixture stays intact
+  bad["final_norm"]["scale"] = bad["final_norm"]["scale"].at[0].set(jnp.nan)
+  checkpoint.save_model(str(tmp_path / "nan"), cfg, bad)
+  with pytest.raises(UserError, match="final_norm/scale holds NaN"):
+    checkpoint.load_model(str(tmp_path / "nan"))
+  checkpoint.save_model(str(tmp_path / "old"), cfg, params)
+  meta = json.loads((tmp_path / "old" / "model.json").read_text())
+  del meta["content_sha256"]
+  (tmp_path / "old" / "model.json").write_text(json.dumps(meta))
+  with pytest.raises(UserError, match="no content_sha256"):
+    checkpoint.load_model(str(tmp_path / "old"))

@@ -7,6 +7,7 @@ import pytest
 
 from mpr.errors import UserError
 from mpr.router import data, labels, model, routes, sl
+from mpr.train.metrics import MetricWriter
 
 
 def _table(seed: int, episodes: int = 30, dim: int = 8) -> data.StepTable:
@@ -190,6 +191,17 @@ def test_table_p_high_matches_the_online_router_on_each_history():
             for e in range(len(t.games)) for r in range(t.offsets[e], t.offsets[e + 1])]
   assert p_table.shape == (t.num_steps,)
   np.testing.assert_allclose(p_table, online, atol=1e-6)
+
+
+def test_nan_router_output_and_nan_loss_stop_the_run(tmp_path):
+  cfg = _cfg()
+  params = jax.tree.map(lambda x: x * np.nan, model.init_params(cfg, embed_dim=8, seed=2))
+  with pytest.raises(UserError, match=r"p\(high\) is NaN"):
+    routes.router_p_high(params, cfg, [np.zeros((3, 8), np.float32)])
+  with MetricWriter(str(tmp_path / "tb")) as w:
+    w.scalars(1, {"train/loss": 0.5, "val/auroc": float("nan")})    # an undefined score is not divergence
+    with pytest.raises(UserError, match="train/loss is nan at step 2"):
+      w.scalars(2, {"train/loss": float("nan")})
 
 
 def test_router_save_load_round_trip_and_errors(tmp_path):

@@ -259,7 +259,7 @@ class Agent:
       got = [scored[name][i] for i in group] if name in scored else timed(
           group, lambda: self._logits(name, group, last[name], views, rows))
       for i, (lg, k) in zip(group, got):
-        picks[i] = self._pick(views[i], lg, k)
+        picks[i] = self._pick(name, views[i], lg, k)
     decisions = []
     for i, (v, row, (action, info)) in enumerate(zip(views, rows, picks)):
       row.action = action
@@ -297,7 +297,9 @@ class Agent:
                   int(sum(len(lp) for lp in seq))))
     return out
 
-  def _pick(self, view: EpisodeView, totals: np.ndarray, tokens_scored: int) -> tuple[str, dict]:
+  def _pick(self, name: str, view: EpisodeView, totals: np.ndarray, tokens_scored: int) -> tuple[str, dict]:
+    if not np.isfinite(totals).all():   # argmax would silently take the first command
+      raise UserError(f"the {name} tier scored a command NaN or infinite on {view.game.game_id} at step {view.t}")
     probs = _softmax(totals / self.temperature if self.temperature > 0 else totals)
     pick = (int(view.rng(self.seed, _ACTION_SALT).choice(len(probs), p=probs)) if self.temperature > 0
             else int(np.argmax(totals)))

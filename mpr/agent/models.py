@@ -13,6 +13,7 @@ import shutil
 
 import ml_collections
 
+from mpr import io
 from mpr.errors import UserError
 from mpr.models import checkpoint, gguf, hf, tiny
 from mpr.models.config import ModelConfig
@@ -42,6 +43,25 @@ class Policy:
 
   def variants(self, names) -> dict[str, Variant]:
     return {n: make_variant(self.cfg, self.params, precision(n)) for n in names}
+
+
+def fingerprint(mc) -> dict:
+  """What identifies the weights and tokenizer `mc` names, without loading them: a stage that resumes
+  or reuses its folder with another model under the same path is refused (mpr.stages.runner)."""
+  if mc.tier == "smollm2":
+    path = mc.path or gguf.smollm2_path()
+    return {"gguf": io.file_digest(path, edge=_EDGE)}
+  path = mc.path or (SHIPPED_TINY if mc.tier == "mpr" else "")
+  if not os.path.isdir(path):
+    return {"missing": path}      # load() says what is wrong with it
+  # An mpr folder's model.json holds its tensors' SHA-256 (orbax's own files vary with how they were
+  # written); an HF folder's weights are its safetensors files.
+  files = sorted(f for f in os.listdir(path) if f.endswith((".json", ".safetensors", ".model")))
+  return {f: io.file_digest(os.path.join(path, f), edge=_EDGE if f.endswith(".safetensors") else 0)
+          for f in files}
+
+
+_EDGE = 1 << 20     # bytes hashed at each end of a weight file
 
 
 def load(mc) -> Policy:

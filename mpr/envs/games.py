@@ -82,6 +82,18 @@ def default_generated_dir() -> str:
   return os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "mpr", "generated")
 
 
+def real_data_dir(data_dir: Optional[str] = None) -> str:
+  """Where released games are looked for: `data_dir`, else $ALFWORLD_DATA, else alfworld's default."""
+  return os.path.abspath(os.path.expanduser(data_dir or os.environ.get("ALFWORLD_DATA") or ALFWORLD_DEFAULT_DIR))
+
+
+def data_fingerprint(env, seed: int) -> dict:
+  """Where a run's games come from (the `env` config section): a stage refuses to resume or reuse its
+  folder when they would come from elsewhere, e.g. after ALFWORLD_DATA was set or changed."""
+  return {"source": env.source, "real": real_data_dir(env.data_dir or None),
+          "generated": generated_data_dir(env.generated_dir or None, seed)}
+
+
 def generated_data_dir(generated_dir: Optional[str], seed: int) -> str:
   """The data dir of generated games for a seed: keyed by generator version, so caches never mix."""
   from mpr.envs.generate import GENERATOR_VERSION
@@ -98,7 +110,7 @@ def find_games(split: str, *, source: str = "auto", data_dir: Optional[str] = No
   if unknown:
     raise UserError(f"unknown task type(s) {unknown}; known: {list(TASK_TYPES)}")
   notify = notify or (lambda msg: print(msg, file=sys.stderr))
-  data_dir = os.path.expanduser(data_dir or os.environ.get("ALFWORLD_DATA") or ALFWORLD_DEFAULT_DIR)
+  data_dir = real_data_dir(data_dir)
 
   games = None
   if source in ("auto", "real"):

@@ -7,11 +7,15 @@
 
 Every load checks the stored tree against what the config implies before reading a byte of data,
 so a missing, corrupt or mismatched checkpoint fails with one line naming the first bad tensor.
-Saves go to a temporary sibling folder renamed into place, so a kill never leaves half a checkpoint.
+model.json carries a SHA-256 of the tensors' contents, which every load recomputes: flipped bits that
+leave the files readable (and a model full of NaNs) are refused, not served. Loaded tensors must be
+finite. Saves go to a temporary sibling folder renamed into place, so a kill never leaves half a
+checkpoint.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -47,6 +51,16 @@ def _checkpointer():
   return ocp.StandardCheckpointer()
 
 
+def content_hash(tree: Any) -> str:
+  """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+  h = hashlib.sha256()
+  for key, leaf in sorted(_flat(tree).items()):
+    a = np.ascontiguousarray(np.asarray(leaf))
+    h.update(f"{key}|{a.dtype}|{a.shape}|".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
 def _save(path: str, meta: dict, name: str, tree: Any) -> None:
   path = os.path.abspath(path)
   tmp = path + ".tmp"
@@ -55,7 +69,7 @@ def _save(path: str, meta: dict, name: str, tree: Any) -> None:
   ckptr = _checkpointer()
   ckptr.save(os.path.join(tmp, name), _flat(tree))
   ckptr.wait_until_finished()
-  io.atomic_write_json(os.path.join(tmp, "model.json"), meta)
+  io.atomic_write_json(os.path.join(tmp, "model.json"), {**meta, "content_sha256": content_hash(tree)})
   if os.path.exists(path):
     shutil.rmtree(path)
   os.replace(tmp, path)
@@ -73,6 +87,21 @@ def _flat(tree: Any) -> dict[str, Any]:
 
 def _flat_meta(flat: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
   return {k: (tuple(v.shape), str(np.dtype(v.dtype))) for k, v in flat.items()}
+
+
+def _verified(path: str, meta: dict, tree: Any) -> Any:
+  """`tree` if its contents hash to what model.json recorded and every float tensor is finite."""
+  want = meta.get("content_sha256")
+  if want is None:
+    raise UserError(f"{path}: model.json has no content_sha256, so its tensors cannot be verified "
+                    "(re-save it with this version of mpr)")
+  if content_hash(tree) != want:
+    raise UserError(f"{path}: tensor contents do not match the hash in model.json (a damaged or altered checkpoint)")
+  for key, leaf in _flat(tree).items():
+    a = np.asarray(leaf)
+    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a.astype(np.float32)).all():
+      raise UserError(f"{path}: tensor {key} holds NaN or infinite values")
+  return tree
 
 
 def _restore(path: str, name: str, expected: Any) -> Any:
@@ -129,7 +158,8 @@ def load_model(path: str) -> tuple[ModelConfig, dict]:
   dtype = jnp.dtype(meta.get("param_dtype", "float32"))
   expected = params_lib.unflatten({p: jax.ShapeDtypeStruct(s, dtype)
                                    for p, s in params_lib.expected_shapes(cfg).items()})
-  return cfg, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), _restore(path, "params", expected))
+  stored = _verified(path, meta, _restore(path, "params", expected))
+  return cfg, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), stored)
 
 
 def save_variant(path: str, variant) -> None:
@@ -150,4 +180,4 @@ def load_variant(path: str):
   shapes = params_lib.unflatten({p: jax.ShapeDtypeStruct(s, np.float32)
                                  for p, s in params_lib.expected_shapes(cfg).items()})
   abstract = jax.eval_shape(lambda p: make_variant(cfg, p, prec, meta["quant_head"]).variables, shapes)
-  return Variant.serve(cfg, prec, _restore(path, "variables", abstract), meta["quant_head"])
+  return Variant.serve(cfg, prec, _verified(path, meta, _restore(path, "variables", abstract)), meta["quant_head"])

@@ -57,8 +57,19 @@ def read_config(path: str, max_seq_len: Optional[int] = None) -> ModelConfig:
   cfg_file = os.path.join(path, "config.json")
   if not os.path.isfile(cfg_file):
     raise UserError(f"{path}: not a Hugging Face checkpoint directory (no config.json)")
-  with open(cfg_file) as f:
-    return from_hf(json.load(f), max_seq_len)
+  try:
+    with open(cfg_file) as f:
+      hf = json.load(f)
+  except json.JSONDecodeError as e:
+    raise UserError(f"{cfg_file}: invalid JSON ({e})") from None
+  if not isinstance(hf, dict):
+    raise UserError(f"{cfg_file}: expected a JSON object, got {type(hf).__name__}")
+  try:
+    return from_hf(hf, max_seq_len)
+  except KeyError as e:
+    raise UserError(f"{cfg_file}: missing key {e}") from None
+  except (TypeError, ValueError) as e:   # a value of the wrong type: "hidden_size": "big", null, [64]
+    raise UserError(f"{cfg_file}: bad value ({e})") from None
 
 
 def load_hf(path: str, max_seq_len: Optional[int] = None) -> tuple[ModelConfig, dict]:

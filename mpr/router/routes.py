@@ -85,7 +85,10 @@ def router_p_high(params: dict, cfg: ml_collections.ConfigDict, zs: Sequence[np.
     n = min(len(z), cfg.max_len)
     zw[i, -n:] = z[-n:]
     mask[i, -n:] = True
-  return np.asarray(model.p_high(params, cfg, zw, mask))[:len(zs)].astype(np.float64)
+  p = np.asarray(model.p_high(params, cfg, zw, mask))[:len(zs)].astype(np.float64)
+  if not np.isfinite(p).all():   # p >= K would read NaN as "low" on every step
+    raise UserError("the router's p(high) is NaN: its parameters or the step embeddings are not finite")
+  return p
 
 
 def table_p_high(params: dict, cfg: ml_collections.ConfigDict, table: data.StepTable,

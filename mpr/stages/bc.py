@@ -29,6 +29,7 @@ from mpr.stages.common import play_logged, split_games
 from mpr.train import lm
 
 CONFIG_KEYS = ("seed", "env", "expert", "agent", "bc")
+READS = ("expert_rollouts",)         # when bc.demos is ''
 
 
 def _episodes(path: str) -> list[Episode]:

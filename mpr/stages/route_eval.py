@@ -42,6 +42,7 @@ from mpr.stages import collect
 from mpr.stages.common import play_logged, split_games
 
 CONFIG_KEYS = ("seed", "env", "model", "agent", "tiers", "collect", "router", "router_sl", "router_grpo", "eval")
+READS = ("collect", "router_sl", "router_grpo", "router_grpo_scratch")
 
 ROUTERS = (("KL-ST", "router_sl"), ("KL-ST + GRPO", "router_grpo"), ("GRPO only", "router_grpo_scratch"))
 

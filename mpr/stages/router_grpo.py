@@ -47,6 +47,7 @@ from mpr.train import checkpoints
 from mpr.train.metrics import MetricWriter
 
 CONFIG_KEYS = ("seed", "env", "model", "agent", "tiers", "collect", "router", "router_sl", "router_grpo")
+READS = ("collect", "router_sl")     # this workdir's stages it builds on (mpr.stages.runner)
 
 
 # --- decisions of one iteration ---------------------------------------------------------------------
@@ -209,4 +210,4 @@ def run(config, sdir: str, scratch: bool = False) -> dict:
 
 
 # The GRPO-only ablation: the same stage from a random router (registered in launch.py).
-SCRATCH = types.SimpleNamespace(CONFIG_KEYS=CONFIG_KEYS, run=functools.partial(run, scratch=True))
+SCRATCH = types.SimpleNamespace(CONFIG_KEYS=CONFIG_KEYS, READS=("collect",), run=functools.partial(run, scratch=True))

@@ -15,6 +15,7 @@ from mpr.router import data, sl
 from mpr.stages import collect
 
 CONFIG_KEYS = ("seed", "tiers", "collect", "router", "router_sl")
+READS = ("collect",)                # when router_sl.data is ''
 
 
 def tables(config, sdir: str) -> tuple[data.StepTable, data.StepTable]:

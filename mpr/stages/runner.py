@@ -1,19 +1,24 @@
 """The one skeleton every stage runs in: its folder, config fingerprint, log, reuse and resume.
 
   DIR/<stage>/config.json    the config sections the stage depends on (written before it runs)
+  DIR/<stage>/inputs.json    digests of what else it reads: model files, game source, earlier stages
   DIR/<stage>/log.txt        everything the stage logged (log.host<i>.txt from host i > 0 of a multi-host run)
   DIR/<stage>/metrics.json   written atomically when the stage finishes: its presence means done
   DIR/<stage>/summary.md     the stage's human-readable result (written by the stage)
+  DIR/<stage>/.lock          held while a run is in the folder: a second run fails at once with one line
 
 A finished stage is reused as is; an interrupted one is re-entered and resumes from what it wrote
 (each stage keeps append-only logs of completed work). Re-entering a folder with a different config
-is refused: silently mixing results of two configs is the failure this guards against.
+or other inputs (another model under the same path, games from another ALFWORLD_DATA, a re-run
+earlier stage) is refused: silently mixing results of two setups is the failure this guards against.
 
 On a multi-host run every host runs every stage (see mpr/hosts.py) and they meet at each stage's end,
 so no host starts a stage before the files of the one before it are complete.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -25,6 +30,8 @@ from typing import Any
 import ml_collections
 
 from mpr import hosts, io
+from mpr.agent import models
+from mpr.envs import games
 from mpr.errors import UserError
 
 
@@ -48,18 +55,73 @@ def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
   return out
 
 
+def check_workdir(workdir: str) -> None:
+  """A workdir that is a file, lies under one, or cannot be written fails here in one line, not
+  halfway through a stage."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"--workdir {workdir}: cannot create it ({e.strerror})") from None
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise UserError(f"--workdir {workdir} is not writable")
+
+
+@contextlib.contextmanager
+def _exclusive(sdir: str):
+  """Holds the stage folder's lock: two runs in one workdir would play every episode into one log twice.
+  The kernel drops the lock when the process ends, however it ends. Hosts of one multi-host run share
+  the folder, so each locks its own file."""
+  path = hosts.host_path(os.path.join(sdir, ".lock"))
+  with open(path, "a") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      raise UserError(f"{sdir} is in use by another run (it holds {path}); wait for it or use another "
+                      "--workdir") from None
+    yield
+
+
 def run_stage(name: str, module: ModuleType, config: ml_collections.ConfigDict, workdir: str) -> dict:
   sdir = os.path.join(workdir, name)
   os.makedirs(sdir, exist_ok=True)
-  fingerprint = stage_config(config, module.CONFIG_KEYS)
-  cfg_path = os.path.join(sdir, "config.json")
-  if os.path.exists(cfg_path):
-    changed = _diff(io.read_json(cfg_path), fingerprint)
-    if changed:
-      raise UserError(f"{sdir} was made with a different config ({'; '.join(changed[:3])}); "
-                      "use a new --workdir or delete that folder")
-  else:
-    io.atomic_write_json(cfg_path, fingerprint)
+  with _exclusive(sdir):
+    metrics = _run_once(name, module, config, sdir)
+  hosts.sync(f"stage {name} done")
+  return metrics
+
+
+def stage_inputs(module: ModuleType, config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """What a stage reads besides its config: the model's files, where its games come from, and the
+  finished stages of this workdir it builds on (`module.READS`), each by content digest."""
+  keys, out = module.CONFIG_KEYS, {}
+  if "model" in keys:
+    out["model"] = models.fingerprint(config.model)
+  if "env" in keys:
+    out["games"] = games.data_fingerprint(config.env, config.seed)
+  for stage in getattr(module, "READS", ()):
+    done = os.path.join(workdir, stage, "metrics.json")
+    out[f"stage {stage}"] = io.file_digest(done) if os.path.exists(done) else None
+  return json.loads(json.dumps(out, sort_keys=True))
+
+
+def _check_or_record(sdir: str, name: str, what: str, now: dict) -> None:
+  path = os.path.join(sdir, name)
+  if not os.path.exists(path):
+    io.atomic_write_json(path, now)
+    return
+  changed = _diff(io.read_json(path), now)
+  if changed:
+    raise UserError(f"{sdir} was made with {what} ({'; '.join(changed[:3])}); "
+                    "use a new --workdir or delete that folder")
+
+
+def _run_once(name: str, module: ModuleType, config: ml_collections.ConfigDict, sdir: str) -> dict:
+  cfg_path, inputs_path = (os.path.join(sdir, f) for f in ("config.json", "inputs.json"))
+  if os.path.exists(cfg_path) and not os.path.exists(inputs_path):
+    raise UserError(f"{sdir} was made by an older mpr that did not record its inputs, so a changed model "
+                    "or data could not be noticed; use a new --workdir or delete that folder")
+  _check_or_record(sdir, "config.json", "a different config", stage_config(config, module.CONFIG_KEYS))
+  _check_or_record(sdir, "inputs.json", "other inputs", stage_inputs(module, config, os.path.dirname(sdir)))
 
   metrics_path = os.path.join(sdir, "metrics.json")
   if os.path.exists(metrics_path):
@@ -72,14 +134,14 @@ def run_stage(name: str, module: ModuleType, config: ml_collections.ConfigDict, 
       _forget_if_nothing_done(sdir)
       raise
     io.atomic_write_json(metrics_path, metrics)
-  hosts.sync(f"stage {name} done")
   return metrics
 
 
 def _forget_if_nothing_done(sdir: str) -> None:
   """Removes a stage folder that holds only its recorded config and log, as a run refused for bad input
   leaves it, so the corrected rerun is not refused as "a different config"."""
-  if hosts.is_primary() and all(f == "config.json" or f.startswith("log.") for f in os.listdir(sdir)):
+  if hosts.is_primary() and all(f in ("config.json", "inputs.json", ".lock") or f.startswith(("log.", ".lock.host"))
+                                for f in os.listdir(sdir)):
     shutil.rmtree(sdir)
 
 

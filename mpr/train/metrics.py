@@ -9,9 +9,11 @@ multi-host run only host 0 writes files (every host computes the same values); a
 from __future__ import annotations
 
 import logging
+import math
 import os
 
 from mpr import hosts, io
+from mpr.errors import UserError
 
 
 class MetricWriter:
@@ -25,6 +27,10 @@ class MetricWriter:
 
   def scalars(self, step: int, values: dict[str, float]) -> None:
     values = {k: float(v) for k, v in values.items()}
+    # A NaN loss means the parameters are already NaN: stop rather than train and save them.
+    bad = [k for k, v in values.items() if "loss" in k and not math.isfinite(v)]
+    if bad:
+      raise UserError(f"{bad[0]} is {values[bad[0]]} at step {step}: training diverged")
     if self._tb is not None:
       for k, v in values.items():
         self._tb.add_scalar(k, v, step)
