@@ -11,6 +11,7 @@ Bad input (unknown config keys, bad values, missing data or checkpoints) prints 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import jax
@@ -45,9 +46,18 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "multi-host: number
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "multi-host: this process's index", lower_bound=0)
 
 
+def _stop(line: str, code: int) -> None:
+  """Prints `line` and exits now. Everything a run keeps is already on disk (atomic files, fsynced
+  logs), and skipping the interpreter's shutdown keeps orbax's background threads from printing
+  "Event loop is closed" tracebacks under the one line."""
+  print(line, file=sys.stderr)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)
+
+
 def _fail(msg: str) -> None:
-  print(f"launch.py: error: {msg}", file=sys.stderr)
-  sys.exit(2)
+  _stop(f"launch.py: error: {msg}", 2)
 
 
 def _unknown_key(e: Exception) -> str:
@@ -128,9 +138,7 @@ def main(argv: list[str]) -> None:
   except UserError as e:
     _fail(str(e))
   except KeyboardInterrupt:
-    # Completed episodes and checkpoints are already on disk (append-only logs, atomic files).
-    print("launch.py: interrupted; what finished is kept, the same command resumes", file=sys.stderr)
-    sys.exit(130)
+    _stop("launch.py: interrupted; what finished is kept, the same command resumes", 130)
 
 
 if __name__ == "__main__":

@@ -149,6 +149,10 @@ def test_describe_names_the_source_and_folder(data_dir, tmp_path, games):
   real = str(tmp_path / "real")
   shutil.copytree(data_dir, real, ignore=shutil.ignore_patterns(".complete"))
   assert describe(find_games(SPLIT, source="real", data_dir=real)) == f"real games from {real}"
+  # Tools that copy the released games may leave a marker of their own (a bare count).
+  with open(os.path.join(generate.split_dir(real, SPLIT), ".complete"), "w") as f:
+    f.write("6\n")
+  assert describe(find_games(SPLIT, source="real", data_dir=real)) == f"real games from {real}"
 
 
 def test_ensure_split_refuses_other_games(data_dir, tmp_path):

@@ -23,7 +23,7 @@ def _assert_one_line_error(proc, *needles):
   assert proc.returncode == 2, proc.stderr[-2000:]
   errors = [l for l in proc.stderr.splitlines() if "error" in l.lower()]
   assert len(errors) == 1, proc.stderr[-2000:]
-  assert "Traceback" not in proc.stderr
+  assert "Traceback" not in proc.stderr and "Event loop is closed" not in proc.stderr
   for n in needles:
     assert n in errors[0], errors[0]
 
@@ -125,6 +125,7 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_a_resumable_log(tmp_path, alfwor
   deadline = time.time() + 240
   while time.time() < deadline and not (log.exists() and log.read_text().count("\n") >= 1):
     time.sleep(0.2)
+  assert log.exists(), "no episode finished within 240 s"
   os.killpg(proc.pid, signal.SIGINT)    # as a terminal's Ctrl-C reaches the whole foreground group
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 130, err[-2000:]
@@ -220,3 +221,15 @@ def test_a_changed_model_or_game_source_is_refused_on_resume_and_reuse(tmp_path,
   elsewhere = tmp_path / "data"
   shutil.copytree(alfworld_data, elsewhere)
   _assert_one_line_error(_launch(args, env={"ALFWORLD_DATA": str(elsewhere)}), "other inputs", "games.real")
+
+
+def test_a_corrupt_checkpoint_is_one_clean_line(tmp_path, alfworld_data):
+  from mpr.agent import models
+  model = tmp_path / "policy"
+  shutil.copytree(models.SHIPPED_TINY, model)
+  for d, _, files in os.walk(model / "params"):
+    for f in files:
+      if d.endswith("/d"):
+        open(os.path.join(d, f), "wb").close()     # every data file emptied
+  _assert_one_line_error(_launch(["--config", EVAL + ":num_games=1,precisions=f32", f"--config.model.path={model}",
+                                  "--workdir", str(tmp_path / "w")]), "corrupt checkpoint")

@@ -30,7 +30,7 @@ def get_config(arg=None):
                   tier="mpr", path="", format="compact")
   c = ml_collections.ConfigDict()
   c.seed = 0
-  # runlocal (`make demo`) shows every stage and method working within 20 minutes on 2 cores, also on
+  # runlocal (`make demo`) shows the pipeline and its baselines working within 20 minutes on 2 cores, also on
   # generated games, where TextWorld steps cost ~130 ms (50 ms on the released games) and the tiny
   # policy's failed episodes run to the step cap: fewer games, a 30-step cap, one GRPO iteration and
   # no GRPO-from-scratch ablation. It is a demonstration, not a measurement (that is the full run).

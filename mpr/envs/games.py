@@ -134,14 +134,24 @@ def find_games(split: str, *, source: str = "auto", data_dir: Optional[str] = No
   return games
 
 
+def generated_marker(split_folder: str) -> Optional[dict]:
+  """The marker `mpr.envs.generate` keeps in a split folder it made ({num_games, seed, version}), else None
+  (a released split has none, or a plain count from tools that copy the released games)."""
+  try:
+    with open(os.path.join(split_folder, COMPLETE_MARKER)) as f:
+      marker = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return marker if isinstance(marker, dict) and {"seed", "version"} <= set(marker) else None
+
+
 def describe(games: Sequence[GameSpec]) -> str:
   """Where a game list comes from, for the line a run prints at start: real or generated, and the folder."""
   if not games:
     return "no games"
   sdir = os.path.dirname(os.path.dirname(os.path.dirname(games[0].path)))
   data_dir = os.path.dirname(os.path.dirname(sdir))
-  kind = "generated" if os.path.exists(os.path.join(sdir, COMPLETE_MARKER)) else "real"
-  return f"{kind} games from {data_dir}"
+  return f"{'generated' if generated_marker(sdir) else 'real'} games from {data_dir}"
 
 
 def select_games(games: list[GameSpec], num_games: int) -> list[GameSpec]:

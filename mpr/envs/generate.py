@@ -50,7 +50,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from mpr.envs.games import COMPLETE_MARKER, GENERATED_SPLIT_SIZES, TASK_TYPES, GameSpec, split_dir
+from mpr.envs.games import (COMPLETE_MARKER, GENERATED_SPLIT_SIZES, TASK_TYPES, GameSpec, generated_marker,
+                            split_dir)
 from mpr.errors import UserError
 
 MAX_PLAN_STEPS = 40
@@ -551,14 +552,6 @@ def _existing(out_split_dir: str, seed: int) -> dict[int, str]:
   return found
 
 
-def _read_marker(path: str) -> Optional[dict]:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
-
-
 def ensure_split(data_dir: str, split: str, num_games: int, seed: int = 0, progress: bool = True) -> None:
   """Makes DATA_DIR/json_2.1.1/<split> hold at least games 0..num_games-1 of (split, seed).
 
@@ -572,7 +565,7 @@ def ensure_split(data_dir: str, split: str, num_games: int, seed: int = 0, progr
     raise UserError(f"num_games must be >= 1 and seed >= 0, got num_games={num_games} seed={seed}")
   out = split_dir(data_dir, split)
   marker = os.path.join(out, COMPLETE_MARKER)
-  old = _read_marker(marker)
+  old = generated_marker(out)
   if old is not None and (old.get("version"), old.get("seed")) != (GENERATOR_VERSION, seed):
     raise UserError(f"{out} holds games of generator version {old.get('version')} seed {old.get('seed')}, "
                     f"not version {GENERATOR_VERSION} seed {seed}; use a separate directory")
@@ -584,7 +577,7 @@ def ensure_split(data_dir: str, split: str, num_games: int, seed: int = 0, progr
     os.makedirs(out, exist_ok=True)
     _generate_into(out, split, seed, missing, progress)
   # Another run may have grown the folder meanwhile: never lower what the marker already promises.
-  done = max(num_games, (_read_marker(marker) or {}).get("num_games", 0))
+  done = max(num_games, (generated_marker(out) or {}).get("num_games", 0))
   _write_json(marker, {"num_games": done, "seed": seed, "version": GENERATOR_VERSION})
 
 

@@ -66,9 +66,9 @@ def _save(path: str, meta: dict, name: str, tree: Any) -> None:
   tmp = path + ".tmp"
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
-  ckptr = _checkpointer()
-  ckptr.save(os.path.join(tmp, name), _flat(tree))
-  ckptr.wait_until_finished()
+  with _checkpointer() as ckptr:
+    ckptr.save(os.path.join(tmp, name), _flat(tree))
+    ckptr.wait_until_finished()
   io.atomic_write_json(os.path.join(tmp, "model.json"), {**meta, "content_sha256": content_hash(tree)})
   if os.path.exists(path):
     shutil.rmtree(path)
@@ -109,27 +109,29 @@ def _restore(path: str, name: str, expected: Any) -> Any:
   where = os.path.join(os.path.abspath(path), name)
   if not os.path.isdir(where):
     raise UserError(f"{path}: not a checkpoint (no {name}/ folder)")
-  ckptr = _checkpointer()
-  try:
-    stored = _flat_meta(ckptr.metadata(where).item_metadata.tree)
-  except Exception as e:  # orbax raises many types for unreadable metadata
-    raise UserError(f"{path}: corrupt checkpoint, unreadable metadata ({type(e).__name__})") from None
-  want = _flat_meta(_flat(expected))
-  for key, (shape, dtype) in want.items():
-    if key not in stored:
-      raise UserError(f"{path}: checkpoint lacks tensor {key}")
-    if stored[key] != (shape, dtype):
-      raise UserError(f"{path}: tensor {key} is {stored[key][1]}{list(stored[key][0])}, "
-                      f"expected {dtype}{list(shape)}")
-  extra = sorted(set(stored) - set(want))
-  if extra:
-    raise UserError(f"{path}: checkpoint has unexpected tensor {extra[0]} (a different model?)")
-  try:
-    flat = ckptr.restore(where, _flat(expected))
-    leaves = [flat[k] for k in _flat(expected)]
-    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(expected), leaves)
-  except Exception as e:
-    raise UserError(f"{path}: corrupt checkpoint data ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+  # Closed on every path: orbax's threads, left open after a failed restore, print "Event loop is
+  # closed" tracebacks at exit under the one-line error.
+  with _checkpointer() as ckptr:
+    try:
+      stored = _flat_meta(ckptr.metadata(where).item_metadata.tree)
+    except Exception as e:  # orbax raises many types for unreadable metadata
+      raise UserError(f"{path}: corrupt checkpoint, unreadable metadata ({type(e).__name__})") from None
+    want = _flat_meta(_flat(expected))
+    for key, (shape, dtype) in want.items():
+      if key not in stored:
+        raise UserError(f"{path}: checkpoint lacks tensor {key}")
+      if stored[key] != (shape, dtype):
+        raise UserError(f"{path}: tensor {key} is {stored[key][1]}{list(stored[key][0])}, "
+                        f"expected {dtype}{list(shape)}")
+    extra = sorted(set(stored) - set(want))
+    if extra:
+      raise UserError(f"{path}: checkpoint has unexpected tensor {extra[0]} (a different model?)")
+    try:
+      flat = ckptr.restore(where, _flat(expected))
+    except Exception as e:
+      raise UserError(f"{path}: corrupt checkpoint data ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+  leaves = [flat[k] for k in _flat(expected)]
+  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(expected), leaves)
 
 
 def _read_meta(path: str) -> dict:
