@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -92,16 +93,24 @@ def run_stage(name: str, module: ModuleType, config: ml_collections.ConfigDict, 
 
 def stage_inputs(module: ModuleType, config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """What a stage reads besides its config: the model's files, where its games come from, and the
-  finished stages of this workdir it builds on (`module.READS`), each by content digest."""
+  finished stages of this workdir it builds on (`module.READS`), each by digest."""
   keys, out = module.CONFIG_KEYS, {}
   if "model" in keys:
     out["model"] = models.fingerprint(config.model)
   if "env" in keys:
     out["games"] = games.data_fingerprint(config.env, config.seed)
   for stage in getattr(module, "READS", ()):
-    done = os.path.join(workdir, stage, "metrics.json")
-    out[f"stage {stage}"] = io.file_digest(done) if os.path.exists(done) else None
+    out[f"stage {stage}"] = _made_from(os.path.join(workdir, stage))
   return json.loads(json.dumps(out, sort_keys=True))
+
+
+def _made_from(sdir: str) -> str | None:
+  """A finished stage's identity: the digest of the config and inputs it was made from (None while
+  unfinished). Not of its metrics, which hold each host's own timings."""
+  if not os.path.exists(os.path.join(sdir, "metrics.json")):
+    return None
+  return hashlib.sha256(b"".join(open(os.path.join(sdir, f), "rb").read()
+                                 for f in ("config.json", "inputs.json"))).hexdigest()
 
 
 def _check_or_record(sdir: str, name: str, what: str, now: dict) -> None:
@@ -120,8 +129,10 @@ def _run_once(name: str, module: ModuleType, config: ml_collections.ConfigDict, 
   if os.path.exists(cfg_path) and not os.path.exists(inputs_path):
     raise UserError(f"{sdir} was made by an older mpr that did not record its inputs, so a changed model "
                     "or data could not be noticed; use a new --workdir or delete that folder")
-  _check_or_record(sdir, "config.json", "a different config", stage_config(config, module.CONFIG_KEYS))
+  # inputs.json first: the hosts of a multi-host run record both, and one that finds config.json must
+  # find inputs.json too.
   _check_or_record(sdir, "inputs.json", "other inputs", stage_inputs(module, config, os.path.dirname(sdir)))
+  _check_or_record(sdir, "config.json", "a different config", stage_config(config, module.CONFIG_KEYS))
 
   metrics_path = os.path.join(sdir, "metrics.json")
   if os.path.exists(metrics_path):
