@@ -48,8 +48,8 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "multi-host: this process
 
 def _stop(line: str, code: int) -> None:
   """Prints `line` and exits now. Everything a run keeps is already on disk (atomic files, fsynced
-  logs), and skipping the interpreter's shutdown keeps orbax's background threads from printing
-  "Event loop is closed" tracebacks under the one line."""
+  logs); skipping the interpreter's shutdown keeps orbax's background threads from printing "Event
+  loop is closed" tracebacks after the line (they can still print before it)."""
   print(line, file=sys.stderr)
   sys.stdout.flush()
   sys.stderr.flush()

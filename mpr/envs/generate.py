@@ -56,7 +56,8 @@ from mpr.errors import UserError
 
 MAX_PLAN_STEPS = 40
 MAX_ATTEMPTS = 50
-# Bump when generated games change: a cached split made by another version is regenerated.
+# Bump when generated games change: each version has its own cache folder (games.generated_data_dir),
+# and ensure_split refuses a folder that another version made.
 GENERATOR_VERSION = 2
 
 # valid_unseen's floor plans, and ones no seen split uses (ALFRED's held-out test scenes).

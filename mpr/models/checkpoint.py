@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import shutil
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -51,14 +51,21 @@ def _checkpointer():
   return ocp.StandardCheckpointer()
 
 
-def content_hash(tree: Any) -> str:
-  """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
-  h = hashlib.sha256()
+def _scan(tree: Any) -> tuple[str, Optional[str]]:
+  """(SHA-256 over every tensor's name, dtype, shape and bytes in name order, the first float tensor
+  holding NaN or inf): one pass, so each tensor is copied to the host once."""
+  h, nonfinite = hashlib.sha256(), None
   for key, leaf in sorted(_flat(tree).items()):
     a = np.ascontiguousarray(np.asarray(leaf))
     h.update(f"{key}|{a.dtype}|{a.shape}|".encode())
     h.update(a.tobytes())
-  return h.hexdigest()
+    if nonfinite is None and np.issubdtype(a.dtype, np.floating) and not np.isfinite(a.astype(np.float32)).all():
+      nonfinite = key
+  return h.hexdigest(), nonfinite
+
+
+def content_hash(tree: Any) -> str:
+  return _scan(tree)[0]
 
 
 def _save(path: str, meta: dict, name: str, tree: Any) -> None:
@@ -95,12 +102,11 @@ def _verified(path: str, meta: dict, tree: Any) -> Any:
   if want is None:
     raise UserError(f"{path}: model.json has no content_sha256, so its tensors cannot be verified "
                     "(re-save it with this version of mpr)")
-  if content_hash(tree) != want:
+  digest, nonfinite = _scan(tree)
+  if digest != want:
     raise UserError(f"{path}: tensor contents do not match the hash in model.json (a damaged or altered checkpoint)")
-  for key, leaf in _flat(tree).items():
-    a = np.asarray(leaf)
-    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a.astype(np.float32)).all():
-      raise UserError(f"{path}: tensor {key} holds NaN or infinite values")
+  if nonfinite is not None:
+    raise UserError(f"{path}: tensor {nonfinite} holds NaN or infinite values")
   return tree
 
 
@@ -109,8 +115,7 @@ def _restore(path: str, name: str, expected: Any) -> Any:
   where = os.path.join(os.path.abspath(path), name)
   if not os.path.isdir(where):
     raise UserError(f"{path}: not a checkpoint (no {name}/ folder)")
-  # Closed on every path: orbax's threads, left open after a failed restore, print "Event loop is
-  # closed" tracebacks at exit under the one-line error.
+  # Closed on every path, so a failed restore leaves none of orbax's threads running.
   with _checkpointer() as ckptr:
     try:
       stored = _flat_meta(ckptr.metadata(where).item_metadata.tree)

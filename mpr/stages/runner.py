@@ -109,8 +109,11 @@ def _made_from(sdir: str) -> str | None:
   unfinished). Not of its metrics, which hold each host's own timings."""
   if not os.path.exists(os.path.join(sdir, "metrics.json")):
     return None
-  return hashlib.sha256(b"".join(open(os.path.join(sdir, f), "rb").read()
-                                 for f in ("config.json", "inputs.json"))).hexdigest()
+  h = hashlib.sha256()
+  for name in ("config.json", "inputs.json"):
+    with open(os.path.join(sdir, name), "rb") as f:
+      h.update(f.read())
+  return h.hexdigest()
 
 
 def _check_or_record(sdir: str, name: str, what: str, now: dict) -> None:
