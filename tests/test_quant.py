@@ -142,11 +142,11 @@ def test_flipped_bytes_in_tensor_data_are_refused(qwen, tmp_path, flips):
   for i in range(flips):   # bytes in the middle of the file: array data, not its headers
     data[len(data) // 2 + 7 * i] ^= 0x40
   open(biggest, "wb").write(bytes(data))
-  with pytest.raises(UserError, match="do not match the hash|corrupt checkpoint"):
+  with pytest.raises(UserError, match=r"corrupt checkpoint, params/.*/d/\w+ does not match its SHA-256"):
     checkpoint.load_model(str(tmp_path / "m"))
 
 
-def test_nan_weights_and_missing_hash_are_refused(qwen, tmp_path):
+def test_nan_weights_and_missing_file_hashes_are_refused(qwen, tmp_path):
   cfg, params, _ = qwen
   bad = jax.tree.map(jnp.asarray, params)     # a new tree: the fixture stays intact
   bad["final_norm"]["scale"] = bad["final_norm"]["scale"].at[0].set(jnp.nan)
@@ -155,7 +155,7 @@ def test_nan_weights_and_missing_hash_are_refused(qwen, tmp_path):
     checkpoint.load_model(str(tmp_path / "nan"))
   checkpoint.save_model(str(tmp_path / "old"), cfg, params)
   meta = json.loads((tmp_path / "old" / "model.json").read_text())
-  del meta["content_sha256"]
+  del meta["files_sha256"]
   (tmp_path / "old" / "model.json").write_text(json.dumps(meta))
-  with pytest.raises(UserError, match="no content_sha256"):
+  with pytest.raises(UserError, match="lists no file hashes for params/"):
     checkpoint.load_model(str(tmp_path / "old"))

@@ -7,15 +7,15 @@
 
 Every load checks the stored tree against what the config implies before reading a byte of data,
 so a missing, corrupt or mismatched checkpoint fails with one line naming the first bad tensor.
-model.json carries a SHA-256 of the tensors' contents, which every load recomputes: flipped bits that
-leave the files readable (and a model full of NaNs) are refused, not served. Loaded tensors must be
+model.json carries the SHA-256 of every file orbax wrote, which every load checks before orbax reads
+a byte: flipped bits that leave the files readable are refused, not served, and damaged files never
+reach orbax (whose background threads print tracebacks on unreadable data). Loaded tensors must be
 finite. Saves go to a temporary sibling folder renamed into place, so a kill never leaves half a
 checkpoint.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -51,21 +51,23 @@ def _checkpointer():
   return ocp.StandardCheckpointer()
 
 
-def _scan(tree: Any) -> tuple[str, Optional[str]]:
-  """(SHA-256 over every tensor's name, dtype, shape and bytes in name order, the first float tensor
-  holding NaN or inf): one pass, so each tensor is copied to the host once."""
-  h, nonfinite = hashlib.sha256(), None
+def _nonfinite(tree: Any) -> Optional[str]:
+  """The first float tensor holding NaN or inf, by name."""
   for key, leaf in sorted(_flat(tree).items()):
-    a = np.ascontiguousarray(np.asarray(leaf))
-    h.update(f"{key}|{a.dtype}|{a.shape}|".encode())
-    h.update(a.tobytes())
-    if nonfinite is None and np.issubdtype(a.dtype, np.floating) and not np.isfinite(a.astype(np.float32)).all():
-      nonfinite = key
-  return h.hexdigest(), nonfinite
+    a = np.asarray(leaf)
+    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a.astype(np.float32)).all():
+      return key
+  return None
 
 
-def content_hash(tree: Any) -> str:
-  return _scan(tree)[0]
+def _file_hashes(root: str, name: str) -> dict[str, str]:
+  """{"params/d/…": SHA-256} for every file under root/name."""
+  out = {}
+  for d, _, files in os.walk(os.path.join(root, name)):
+    for f in files:
+      full = os.path.join(d, f)
+      out[os.path.relpath(full, root)] = io.file_digest(full)
+  return dict(sorted(out.items()))
 
 
 def _save(path: str, meta: dict, name: str, tree: Any) -> None:
@@ -76,7 +78,7 @@ def _save(path: str, meta: dict, name: str, tree: Any) -> None:
   with _checkpointer() as ckptr:
     ckptr.save(os.path.join(tmp, name), _flat(tree))
     ckptr.wait_until_finished()
-  io.atomic_write_json(os.path.join(tmp, "model.json"), {**meta, "content_sha256": content_hash(tree)})
+  io.atomic_write_json(os.path.join(tmp, "model.json"), {**meta, "files_sha256": _file_hashes(tmp, name)})
   if os.path.exists(path):
     shutil.rmtree(path)
   os.replace(tmp, path)
@@ -96,25 +98,35 @@ def _flat_meta(flat: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
   return {k: (tuple(v.shape), str(np.dtype(v.dtype))) for k, v in flat.items()}
 
 
-def _verified(path: str, meta: dict, tree: Any) -> Any:
-  """`tree` if its contents hash to what model.json recorded and every float tensor is finite."""
-  want = meta.get("content_sha256")
-  if want is None:
-    raise UserError(f"{path}: model.json has no content_sha256, so its tensors cannot be verified "
-                    "(re-save it with this version of mpr)")
-  digest, nonfinite = _scan(tree)
-  if digest != want:
-    raise UserError(f"{path}: tensor contents do not match the hash in model.json (a damaged or altered checkpoint)")
-  if nonfinite is not None:
-    raise UserError(f"{path}: tensor {nonfinite} holds NaN or infinite values")
+def _check_files(path: str, meta: dict, name: str) -> None:
+  """Every file model.json lists under `name` is present with its recorded SHA-256."""
+  want = {k: v for k, v in (meta.get("files_sha256") or {}).items() if k.startswith(name + "/")}
+  if not want:
+    raise UserError(f"{path}: model.json lists no file hashes for {name}/, so its tensors cannot be "
+                    "verified (re-save it with this version of mpr)")
+  for rel, digest in want.items():
+    full = os.path.join(path, rel)
+    if not os.path.isfile(full):
+      raise UserError(f"{path}: corrupt checkpoint, {rel} is missing")
+    if io.file_digest(full) != digest:
+      raise UserError(f"{path}: corrupt checkpoint, {rel} does not match its SHA-256 in model.json "
+                      "(a damaged or altered file)")
+
+
+def _finite(path: str, tree: Any) -> Any:
+  bad = _nonfinite(tree)
+  if bad is not None:
+    raise UserError(f"{path}: tensor {bad} holds NaN or infinite values")
   return tree
 
 
-def _restore(path: str, name: str, expected: Any) -> Any:
-  """Restores `name` under path, checking tensor names, shapes and dtypes against `expected`."""
+def _restore(path: str, meta: dict, name: str, expected: Any) -> Any:
+  """Restores `name` under path after checking its files' hashes, and its tensor names, shapes and
+  dtypes against `expected`; the result must be finite."""
   where = os.path.join(os.path.abspath(path), name)
   if not os.path.isdir(where):
     raise UserError(f"{path}: not a checkpoint (no {name}/ folder)")
+  _check_files(path, meta, name)
   # Closed on every path, so a failed restore leaves none of orbax's threads running.
   with _checkpointer() as ckptr:
     try:
@@ -136,7 +148,7 @@ def _restore(path: str, name: str, expected: Any) -> Any:
     except Exception as e:
       raise UserError(f"{path}: corrupt checkpoint data ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
   leaves = [flat[k] for k in _flat(expected)]
-  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(expected), leaves)
+  return _finite(path, jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(expected), leaves))
 
 
 def _read_meta(path: str) -> dict:
@@ -165,7 +177,7 @@ def load_model(path: str) -> tuple[ModelConfig, dict]:
   dtype = jnp.dtype(meta.get("param_dtype", "float32"))
   expected = params_lib.unflatten({p: jax.ShapeDtypeStruct(s, dtype)
                                    for p, s in params_lib.expected_shapes(cfg).items()})
-  stored = _verified(path, meta, _restore(path, "params", expected))
+  stored = _restore(path, meta, "params", expected)
   return cfg, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), stored)
 
 
@@ -187,4 +199,4 @@ def load_variant(path: str):
   shapes = params_lib.unflatten({p: jax.ShapeDtypeStruct(s, np.float32)
                                  for p, s in params_lib.expected_shapes(cfg).items()})
   abstract = jax.eval_shape(lambda p: make_variant(cfg, p, prec, meta["quant_head"]).variables, shapes)
-  return Variant.serve(cfg, prec, _verified(path, meta, _restore(path, "variables", abstract)), meta["quant_head"])
+  return Variant.serve(cfg, prec, _restore(path, meta, "variables", abstract), meta["quant_head"])
