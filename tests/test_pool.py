@@ -6,6 +6,7 @@ episodes whatever its shape, and a dying worker must cost only the episodes it h
 from __future__ import annotations
 
 import os
+import random
 import signal
 import time
 
@@ -13,7 +14,7 @@ import pytest
 
 from mpr.envs import AlfworldEnv, GameSpec
 from mpr.envs.pool import EnvPool, Reset, WorkerFailure
-from mpr.envs.rollout import Decision, EpisodeView, Policy, expert_policy, rollout
+from mpr.envs.rollout import Decision, EpisodeView, Policy, expert_policy, rollout, waves
 from mpr.records import Episode
 
 EXPERT = "walkthrough"
@@ -110,7 +111,7 @@ def assert_only_worker0_failed(episodes: list[Episode], seen: dict[int, EpisodeV
 def test_rollout_matches_sequential_play(games, reference, num_workers, num_slots):
   finished: list[str] = []
   with EnvPool(num_workers, num_slots, expert=EXPERT) as pool:
-    episodes = rollout(pool, jobs_of(games), expert_policy, on_episode=lambda ep: finished.append(ep.game))
+    episodes = rollout(pool, jobs_of(games), expert_policy, on_episode=lambda i, ep: finished.append(ep.game))
   assert [ep.game for ep in episodes] == [g.game_id for g in games]
   assert sorted(finished) == sorted(g.game_id for g in games)
   for ep in episodes:
@@ -118,6 +119,37 @@ def test_rollout_matches_sequential_play(games, reference, num_workers, num_slot
     assert trace(ep) == reference[ep.game]
     assert [s.t for s in ep.steps] == list(range(len(ep.steps)))
     assert all(s.env_seconds > 0 for s in ep.steps) and ep.extra["reset_seconds"] > 0
+
+
+def test_batches_do_not_depend_on_worker_timing_and_resume_replays_whole_waves(games):
+  """A model's numerics depend on its batch shape, so which episodes share a policy call must be the
+  same whatever the workers' speed, and a resumed run must batch every episode as an uninterrupted one."""
+  jobs = [(g, 0) for g in games] + [(g, 1) for g in games[:4]]   # 10 jobs: waves of 8 and 2 on 2 slots
+  assert [list(w) for w in waves(len(jobs), 2)] == [list(range(8)), [8, 9]]
+
+  def play(num_workers, played=(), jitter=False):
+    calls, got = [], {}
+    rng = random.Random(0)
+
+    def policy(views):
+      if jitter:
+        time.sleep(rng.uniform(0, 0.05))      # lets the workers' outcomes arrive in other orders
+      calls.append([(v.index, v.t) for v in views])
+      return expert_policy(views)
+
+    with EnvPool(num_workers, 2, max_steps=4, expert=EXPERT) as pool:
+      episodes = rollout(pool, jobs, policy, played=played, on_episode=lambda i, e: got.setdefault(i, e))
+    return calls, episodes, got
+
+  calls, episodes, _ = play(2, jitter=True)
+  # Jobs 0-2 and 9 played earlier: both waves are replayed whole, on one worker, in the same batches.
+  again, _, got = play(1, played={0, 1, 2, 9})
+  assert again == calls and sorted(got) == list(range(10))
+  # The first wave all played: it is skipped, and the second is batched as before.
+  later, resumed, got = play(2, played=set(range(8)) | {9})
+  assert resumed[:8] == [None] * 8 and sorted(got) == [8, 9]
+  assert later == [c for c in calls if c[0][0] >= 8]
+  assert [trace(e) for e in resumed[8:]] == [trace(e) for e in episodes[8:]]
 
 
 def test_decision_info_goes_to_step_fields_and_extra(games):

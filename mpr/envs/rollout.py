@@ -1,14 +1,18 @@
 """The episode driver: plays a list of (game, seed) jobs on an EnvPool with a batched policy.
 
-Why this shape: a model policy is fastest on a batch, envs are fastest in parallel, and the two
-should overlap. So up to `pool.num_slots` episodes are in flight; each turn the driver collects
-whatever env results are ready, asks the policy for one action per waiting episode in a single
-call, and submits them, while the other slots keep stepping in the workers.
+Why this shape: a model policy is fastest on a batch, envs are fastest in parallel. So up to
+`pool.num_slots` episodes are in flight; each turn the driver submits one action per episode to
+the workers, which step them in parallel, and asks the policy for the next actions in one call.
 
-Results are deterministic: an episode depends only on its game and the policy's answers to its
-own views, never on which slot or worker played it or on timing, provided the policy itself
-depends only on each view. A worker crash or hang fails only the episodes it was hosting (with the
-pool's reason); the run goes on.
+Results are exactly repeatable. A model's numerics depend on its batch shape (a near-tie between
+two commands can flip when an episode shares its batch with others), so batches must not depend on
+timing: each turn waits for every episode in flight (lockstep), and which episodes share a call
+depends only on the jobs and how long each episode runs. Jobs are played in waves of
+WAVE × num_slots, each from empty slots, and a resumed run skips only waves whose every episode
+is already `played` and replays the others whole: every episode is batched as in an uninterrupted
+run. An episode depends on its game and the policy's answers, never on the slot or worker that
+played it. A worker crash or hang fails only the episodes it was hosting (with the pool's reason);
+the run goes on.
 
   episodes = rollout(pool, [(game, 0) for game in games], expert_policy, progress="expert")
 """
@@ -18,7 +22,7 @@ import collections
 import dataclasses
 import heapq
 import zlib
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Container, Optional, Sequence, Union
 
 import numpy as np
 from tqdm import tqdm
@@ -27,6 +31,8 @@ from mpr.envs.alfworld import StepResult
 from mpr.envs.games import GameSpec
 from mpr.envs.pool import EnvPool, Outcome, Reset, WorkerFailure
 from mpr.records import Episode, Step
+
+WAVE = 4   # jobs per slot in a wave: longer waves idle fewer slots at their end, shorter ones replay less on resume
 
 # Decision.info keys that are Step fields; every other key lands in Step.extra.
 _STEP_FIELDS = frozenset({"precision", "p_high", "tokens_prefilled", "tokens_decoded", "model_seconds"})
@@ -154,41 +160,51 @@ class _Bar:
       self._bar.close()
 
 
+def waves(num_jobs: int, num_slots: int) -> list[range]:
+  """The job indices of each wave, in order."""
+  size = WAVE * num_slots
+  return [range(i, min(i + size, num_jobs)) for i in range(0, num_jobs, size)]
+
+
 def rollout(pool: EnvPool, jobs: Sequence[tuple[GameSpec, int]], policy: Policy, *,
-            on_episode: Optional[Callable[[Episode], None]] = None,
-            progress: Union[bool, str] = False) -> list[Episode]:
+            played: Container[int] = (), on_episode: Optional[Callable[[int, Episode], None]] = None,
+            progress: Union[bool, str] = False) -> list[Optional[Episode]]:
   """Plays every job to the end; returns the Episodes in `jobs` order.
 
-  `on_episode` is called as each episode finishes (in completion order). `progress` shows a tqdm
-  bar when true (a string is its label).
+  `played` holds indices of jobs recorded by an earlier run: a wave of only such jobs is skipped
+  (its entries are None), any other wave is played whole. `on_episode(index, episode)` is called
+  as each episode finishes (in completion order). `progress` shows a tqdm bar when true (a string
+  is its label).
   """
   pool.drain()   # outcomes left by an earlier, aborted rollout belong to no one here
   episodes: list[Optional[Episode]] = [None] * len(jobs)
-  todo = collections.deque(range(len(jobs)))
-  free = list(range(pool.num_slots))          # a heap: low slots first spreads over the workers
-  running: dict[int, _Run] = {}
-  bar = _Bar(len(jobs), progress)
+  todo_waves = [w for w in waves(len(jobs), pool.num_slots) if not all(i in played for i in w)]
+  bar = _Bar(sum(len(w) for w in todo_waves), progress)
   try:
-    while todo or running:
-      while todo and free:
-        slot, index = heapq.heappop(free), todo.popleft()
-        running[slot] = _Run(index, jobs[index][0], jobs[index][1], slot)
-        pool.submit_reset(slot, jobs[index][0])
-      waiting = []
-      for slot, outcome in pool.collect():
-        run = running[slot]
-        episode = _advance(run, outcome)
-        if episode is None:
-          waiting.append(run)
-          continue
-        del running[slot]
-        heapq.heappush(free, slot)
-        episodes[run.index] = episode
-        if on_episode is not None:
-          on_episode(episode)
-        bar.update(episode)
-      if waiting:
-        _act(pool, policy, waiting)
+    for wave in todo_waves:
+      todo = collections.deque(wave)
+      free = list(range(pool.num_slots))        # a heap: low slots first spreads over the workers
+      running: dict[int, _Run] = {}
+      while todo or running:
+        while todo and free:
+          slot, index = heapq.heappop(free), todo.popleft()
+          running[slot] = _Run(index, jobs[index][0], jobs[index][1], slot)
+          pool.submit_reset(slot, jobs[index][0])
+        waiting = []
+        for slot, outcome in pool.collect(min_results=pool.num_pending):
+          run = running[slot]
+          episode = _advance(run, outcome)
+          if episode is None:
+            waiting.append(run)
+            continue
+          del running[slot]
+          heapq.heappush(free, slot)
+          episodes[run.index] = episode
+          if on_episode is not None:
+            on_episode(run.index, episode)
+          bar.update(episode)
+        if waiting:
+          _act(pool, policy, waiting)
   finally:
     bar.close()
   return episodes

@@ -32,19 +32,32 @@ def play_logged(pool: EnvPool, jobs: Sequence[tuple[GameSpec, int]], policy: Pol
                 progress: str) -> list[Episode]:
   """Every (game, seed) job played once by `policy`, through the episode log at `path`; in `jobs` order.
 
-  Episodes are appended (fsynced) as they finish and a re-run plays only the jobs missing from the
-  log, so a killed run resumes where it stopped; an episode depends only on its game, seed and the
-  policy, so the resumed result equals an uninterrupted one. On several hosts each plays its share
-  into its own log (`hosts.host_path`) and, after a barrier, every host reads all of them; episodes
-  logged by an earlier run with another number of hosts count as played.
+  Episodes are appended (fsynced) as they finish and a re-run plays only the waves of jobs with
+  episodes missing from the log (`rollout`), so a killed run resumes where it stopped with the
+  result of an uninterrupted one. A logged episode that a resumed wave plays again is not logged
+  twice; had it come out differently (another platform's numerics), a warning says so. On several
+  hosts each plays its share into its own log (`hosts.host_path`) and, after a barrier, every host
+  reads all of them; episodes logged by an earlier run with another number of hosts count as played.
   """
   logged = _logged(path)
-  mine = [(g, s) for g, s in hosts.share(jobs) if (g.game_id, s) not in logged]
+  mine = hosts.share(jobs)
+  played = {i for i, (g, s) in enumerate(mine) if (g.game_id, s) in logged}
   logging.info("%s: %d episodes, %d logged earlier, %d to play%s", progress, len(jobs),
-               sum((g.game_id, s) in logged for g, s in jobs), len(mine),
+               sum((g.game_id, s) in logged for g, s in jobs), len(mine) - len(played),
                f" on host {hosts.index()} of {hosts.count()}" if hosts.count() > 1 else "")
+  differ = []
+
+  def record(index: int, episode: Episode) -> None:
+    if index not in played:
+      log.append(episode.to_json())
+    elif [s["action"] for s in logged[(episode.game, episode.seed)]["steps"]] != [s.action for s in episode.steps]:
+      differ.append(episode.game)
+
   with io.JsonlLog(hosts.host_path(path)) as log:
-    rollout(pool, mine, policy, on_episode=lambda e: log.append(e.to_json()), progress=progress)
+    rollout(pool, mine, policy, played=played, on_episode=record, progress=progress)
+  if differ:
+    logging.warning("%s: %d logged episode(s) played again came out differently (first: %s); the log "
+                    "keeps the earlier ones", progress, len(differ), differ[0])
   hosts.sync(f"played {path}")
   logged = _logged(path)
   return [Episode.from_json(logged[(g.game_id, s)]) for g, s in jobs]
