@@ -10,6 +10,7 @@ Bad input (unknown config keys, bad values, missing data or checkpoints) prints 
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -137,6 +138,10 @@ def main(argv: list[str]) -> None:
       runner.run_stage(name, STAGES[name], config, _WORKDIR.value)
   except UserError as e:
     _fail(str(e))
+  except OSError as e:
+    if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+      raise
+    _fail(f"{e.filename}: {e.strerror}")   # e.g. a stage folder made read-only, an unreadable model
   except KeyboardInterrupt:
     _stop("launch.py: interrupted; what finished is kept, the same command resumes", 130)
 

@@ -67,6 +67,31 @@ def test_a_workdir_that_is_or_lies_under_a_file_is_one_line(tmp_path):
     _assert_one_line_error(_launch(["--config", CFG + ":num_games=1", "--workdir", str(workdir)]), needle)
 
 
+def _read_only(path, argv):
+  """argv run with `path` read-only: by permissions for a user, in a private mount namespace for root
+  (whom permissions do not stop)."""
+  if os.geteuid() != 0:
+    for d, _, _ in os.walk(path):
+      os.chmod(d, 0o555)
+    return argv
+  probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+  if probe.returncode != 0:
+    pytest.skip("root without mount namespaces: no way to make a folder read-only for root")
+  ro = 'mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" "$1" && shift && exec "$@"'
+  return ["unshare", "-m", "sh", "-c", ro, "sh", str(path), *argv]
+
+
+@pytest.mark.parametrize("which", ["fresh", "finished", "stage folder"])
+def test_a_read_only_workdir_is_one_line(tmp_path, alfworld_data, which):
+  args = ["--config", CFG + ":num_games=1", "--config.env.max_steps=2", "--workdir", str(tmp_path)]
+  if which != "fresh":
+    assert _launch(args).returncode == 0
+  ro = tmp_path / "expert_rollouts" if which == "stage folder" else tmp_path
+  p = subprocess.run(_read_only(ro, [sys.executable, os.path.join(ROOT, "launch.py"), *args]), cwd=ROOT,
+                     capture_output=True, text=True)
+  _assert_one_line_error(p, ".lock" if which == "stage folder" else "is not writable")
+
+
 def test_a_second_run_in_a_busy_workdir_fails_at_once(tmp_path, alfworld_data):
   sdir = tmp_path / "expert_rollouts"
   sdir.mkdir()
