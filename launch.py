@@ -19,7 +19,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from mpr import config_util, hosts
+from mpr import compile_cache, config_util, hosts
 from mpr.errors import UserError
 from mpr.stages import (bc, collect, evaluate, expert_rollouts, route_eval, router_grpo, router_sl, runner,
                         tokenizer)
@@ -123,6 +123,7 @@ def _quiet_third_parties() -> None:
 def main(argv: list[str]) -> None:
   del argv
   _quiet_third_parties()
+  compile_cache.enable()
   config = _CONFIG.value
   unknown = [s for s in config.stages if s not in STAGES]
   if unknown:

@@ -18,6 +18,8 @@ _SOURCE = {}
 
 
 def pytest_configure(config):
+  from mpr import compile_cache
+  compile_cache.enable()     # as launch.py does: tests and their launch.py runs share compiled programs
   path = os.environ.get("ALFWORLD_DATA", "")
   if path:
     if not os.path.isdir(os.path.join(path, "json_2.1.1", "valid_seen")):

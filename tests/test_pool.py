@@ -5,6 +5,8 @@ episodes whatever its shape, and a dying worker must cost only the episodes it h
 """
 from __future__ import annotations
 
+import json
+import logging
 import os
 import random
 import signal
@@ -16,6 +18,7 @@ from mpr.envs import AlfworldEnv, GameSpec
 from mpr.envs.pool import EnvPool, Reset, WorkerFailure
 from mpr.envs.rollout import Decision, EpisodeView, Policy, expert_policy, rollout, waves
 from mpr.records import Episode
+from mpr.stages.common import play_logged
 
 EXPERT = "walkthrough"
 Trace = tuple[list[str], list[str], bool]     # actions, observations before acting, won
@@ -221,3 +224,21 @@ def test_bad_game_is_a_failure_not_a_dead_pool(games, reference, tmp_path):
     assert not bad_ep.won and "No such file" in bad_ep.failure and bad_ep.steps == []
     assert trace(good_ep) == reference[games[1].game_id]
     assert pool.restarts == 0 and pool.pids == [pid]
+
+
+def test_a_resumed_log_replays_its_partly_logged_wave_and_logs_each_episode_once(games, tmp_path, caplog):
+  path = tmp_path / "episodes.jsonl"
+  jobs = jobs_of(games[:3])
+  with EnvPool(1, 2, max_steps=3, expert=EXPERT) as pool:
+    first = play_logged(pool, jobs, expert_policy, str(path), "expert")
+    logged = {r["game"]: r for r in map(json.loads, path.read_text().splitlines())}
+    altered = logged[games[0].game_id]
+    altered["steps"][0]["action"] = "look"                     # as if another platform had played it
+    # The third episode was lost in a kill.
+    path.write_text("".join(json.dumps(logged[g.game_id]) + "\n" for g in games[:2]))
+    with caplog.at_level(logging.WARNING):
+      again = play_logged(pool, jobs, expert_policy, str(path), "expert")
+  assert len(path.read_text().splitlines()) == 3
+  assert [trace(e) for e in again[1:]] == [trace(e) for e in first[1:]]
+  assert again[0].steps[0].action == "look"                  # the log keeps what it had
+  assert "1 logged episode(s) played again came out differently (first: " + altered["game"] in caplog.text
