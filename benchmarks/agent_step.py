@@ -5,8 +5,9 @@
 
 Plays the same valid_seen games with the shipped tiny policy (score mode) once with one episode
 in flight (1 worker, 1 slot: every step waits for the model, then for the env) and once with the
-pool (2 workers x 8 slots: model batches of waiting episodes while the others step). A warm-up run
-first compiles every shape, so the numbers are steady state. Reported per precision and setting:
+pool (2 workers x 8 slots, lockstep: the workers step the 8 episodes in parallel, then one model
+call acts for all of them). A warm-up run first compiles every shape, so the numbers are steady
+state. Reported per precision and setting:
   model ms/step   the variant's batched call time shared among its episodes (Step.model_seconds)
   env ms/step     the worker's time for the step (Step.env_seconds)
   steps/s         all steps / wall time of the run (resets included)
