@@ -1,0 +1,177 @@
+"""Differential check of FastEnv against the real TextWorld engine (AlfworldEnv), game by game.
+
+Per game it plays, on both engines side by side: the stored walkthrough; `walks` seeded random walks
+of 50 admissible commands; one walk that mixes in commands the game must refuse (random words,
+admissible commands with an object's number changed, padded with spaces); and optionally (--expert)
+the exploring expert's episode, driven by FastEnv's state, whose proposals must match too. Every step compares
+the observation, the admissible commands (same strings, same order), won and done, plus the goal
+text after reset; the first difference per game is reported.
+
+  python -m mpr.envs.fastworld.verify --split valid_seen [--num-games N] [--walks K] [--data-dir D]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import random
+import sys
+import time
+from typing import Optional, Sequence
+
+from mpr.envs.games import GameSpec
+
+WALK_STEPS = 50
+_WORDS = ("look", "go", "to", "take", "from", "open", "close", "apple", "1", "fridge", "xyzzy", "")
+
+
+@dataclasses.dataclass
+class Mismatch:
+  game_id: str
+  walk: str
+  step: int           # 0: after reset
+  field: str
+  real: object
+  fast: object
+
+
+def _invalid_command(rng: random.Random, admissible: Sequence[str]) -> str:
+  kind = rng.randrange(3)
+  if kind == 0 or not admissible:
+    return " ".join(rng.choice(_WORDS) for _ in range(rng.randint(1, 4)))
+  cmd = rng.choice(admissible)
+  if kind == 1:
+    return f"  {cmd} "
+  # The same command on another object: swap one "<name> <n>" for a neighbour's number.
+  words = cmd.split()
+  nums = [i for i, w in enumerate(words) if w.isdigit()]
+  if not nums:
+    return cmd + " 1"
+  i = rng.choice(nums)
+  words[i] = str(int(words[i]) + rng.choice((-1, 1, 7)))
+  return " ".join(words)
+
+
+def _compare(game: GameSpec, walk: str, step: int, real, fast, out: list) -> bool:
+  for field in ("observation", "admissible", "won", "done"):
+    r, f = getattr(real, field), getattr(fast, field)
+    if r != f:
+      out.append(Mismatch(game.game_id, walk, step, field, r, f))
+      return False
+  return True
+
+
+def _play(game: GameSpec, walk: str, real_env, fast_env, choose, out: list, walk_steps: int = WALK_STEPS) -> int:
+  """Plays one walk on both engines; returns the number of steps compared."""
+  rgoal, r = real_env.reset(game)
+  fgoal, f = fast_env.reset(game)
+  if rgoal != fgoal:
+    out.append(Mismatch(game.game_id, walk, 0, "goal", rgoal, fgoal))
+    return 1
+  if not _compare(game, walk, 0, r, f, out):
+    return 1
+  steps = 1
+  for i in range(1, walk_steps + 1):
+    action = choose(i, r)
+    if action is None:
+      break
+    r, f = real_env.step(action), fast_env.step(action)
+    steps += 1
+    if not _compare(game, f"{walk} @ {action!r}", i, r, f, out):
+      break
+  return steps
+
+
+def expert_walk(game: GameSpec, real_env, fast_env, out: list, walk_steps: int) -> int:
+  """The exploring expert's episode: the real engine's expert picks, FastEnv's expert must agree."""
+  from mpr.envs import experts
+  expert = experts.make("exploring")
+  _, r = real_env.reset(game)
+  _, f = fast_env.reset(game)
+  proposal = expert.reset(fast_env.state, game)
+  steps = 1
+  for i in range(1, walk_steps + 1):
+    if r.done:
+      break
+    if r.expert_action != proposal:
+      out.append(Mismatch(game.game_id, "expert", i, "expert_action", r.expert_action, proposal))
+      break
+    r, f = real_env.step(proposal), fast_env.step(proposal)
+    steps += 1
+    if not _compare(game, f"expert @ {proposal!r}", i, r, f, out):
+      break
+    proposal = expert.act(fast_env.state, proposal)
+  return steps
+
+
+def verify_games(games: Sequence[GameSpec], walks: int = 3, seed: int = 0, progress: bool = False,
+                 walk_steps: int = WALK_STEPS, mixed: bool = True, expert: bool = False) -> dict:
+  """Runs both engines on `games`; a JSON-able report with the first mismatch of each game.
+
+  Per game: the walkthrough, `walks` random walks and (with `mixed`) one mixed walk of
+  `walk_steps` steps each, and with `expert` the exploring expert's episode.
+  """
+  from mpr.envs.alfworld import AlfworldEnv
+  from mpr.envs.fastworld import FastEnv
+  real_env, fast_env = AlfworldEnv(max_steps=walk_steps), FastEnv(max_steps=walk_steps)
+  real_expert_env = AlfworldEnv(max_steps=walk_steps, expert="exploring") if expert else None
+  mismatches: list[Mismatch] = []
+  steps, start = 0, time.time()
+  it = games
+  if progress:
+    from tqdm import tqdm
+    it = tqdm(games, desc="fastworld verify", file=sys.stderr)
+  for game in it:
+    found: list[Mismatch] = []
+    plan = _walkthrough(game)
+    steps += _play(game, "walkthrough", real_env, fast_env,
+                   lambda i, r: plan[i - 1] if i <= len(plan) else None, found)
+    for w in range(walks + int(mixed)):
+      rng = random.Random(f"{seed}/{game.game_id}/{w}")
+      invalid = w == walks
+      def choose(i, r, rng=rng, invalid=invalid):
+        if invalid and rng.random() < 0.4:
+          return _invalid_command(rng, r.admissible)
+        return rng.choice(r.admissible) if r.admissible else "look"
+      if not found:
+        steps += _play(game, "mixed" if invalid else f"random{w}", real_env, fast_env, choose, found, walk_steps)
+    if expert and not found:
+      steps += expert_walk(game, real_expert_env, fast_env, found, walk_steps)
+    mismatches += found[:1]
+    if progress:
+      it.set_postfix(steps=steps, mismatched=len(mismatches), refresh=False)
+  return {"games": len(games), "steps_compared": steps, "mismatched_games": len(mismatches),
+          "seconds": round(time.time() - start, 1),
+          "mismatches": [dataclasses.asdict(m) for m in mismatches]}
+
+
+def _walkthrough(game: GameSpec) -> list[str]:
+  with open(game.path) as f:
+    return list(json.load(f).get("walkthrough") or [])
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  from mpr.envs.games import find_games
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--split", required=True)
+  p.add_argument("--num-games", type=int, default=None)
+  p.add_argument("--walks", type=int, default=3)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--data-dir", default=None)
+  p.add_argument("--expert", action="store_true", help="also play the exploring expert's episode")
+  p.add_argument("--task-stride", action="store_true", help="take games round-robin over task types")
+  args = p.parse_args(argv)
+  games = find_games(args.split, source="real" if args.data_dir else "auto", data_dir=args.data_dir)
+  if args.task_stride:
+    by_task: dict = {}
+    for g in games:
+      by_task.setdefault(g.task_type, []).append(g)
+    games = [g for group in zip(*by_task.values()) for g in group]
+  games = games[:args.num_games]
+  report = verify_games(games, walks=args.walks, seed=args.seed, progress=True, expert=args.expert)
+  print(json.dumps(report, indent=1, default=str))
+  return 0 if report["mismatched_games"] == 0 else 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())
