@@ -91,6 +91,19 @@ def test_checker_finds_no_difference_on_one_game_per_task(one_game_per_task):
   assert report["games"] == 6 and report["steps_compared"] >= 6 * 4
 
 
+def test_checker_log_resumes_and_shards(alfworld_data, tmp_path, capsys):
+  from mpr.envs.fastworld import verify
+  log = tmp_path / "shard1.jsonl"
+  args = ["--split", "valid_seen", "--data-dir", alfworld_data, "--num-games", "4", "--walks", "0",
+          "--shard", "1/2", "--log", str(log)]
+  assert verify.main(args) == 0
+  first = log.read_text()
+  assert len(first.splitlines()) == 2                    # games 1 and 3 of the first four
+  assert verify.main(args) == 0 and log.read_text() == first     # nothing played again
+  reports = [json.loads(r) for r in re.split(r"(?<=})\n(?={)", capsys.readouterr().out.strip())]
+  assert [(r["games"], r["mismatched_games"]) for r in reports] == [(2, 0), (2, 0)]
+
+
 def test_every_action_and_odd_text_matches_real_engine(synthetic_game):
   from mpr.envs.alfworld import AlfworldEnv
   from mpr.envs.fastworld import FastEnv

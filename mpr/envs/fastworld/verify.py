@@ -8,6 +8,7 @@ the observation, the admissible commands (same strings, same order), won and don
 text after reset; the first difference per game is reported.
 
   python -m mpr.envs.fastworld.verify --split valid_seen [--num-games N] [--walks K] [--data-dir D]
+      [--expert] [--shard I/N --log shard_I.jsonl]     # N processes at once, each resumable
 """
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ import json
 import random
 import sys
 import time
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
+from mpr import io
 from mpr.envs.games import GameSpec
 
 WALK_STEPS = 50
@@ -105,11 +107,13 @@ def expert_walk(game: GameSpec, real_env, fast_env, out: list, walk_steps: int) 
 
 
 def verify_games(games: Sequence[GameSpec], walks: int = 3, seed: int = 0, progress: bool = False,
-                 walk_steps: int = WALK_STEPS, mixed: bool = True, expert: bool = False) -> dict:
+                 walk_steps: int = WALK_STEPS, mixed: bool = True, expert: bool = False,
+                 on_game: Optional[Callable[[dict], None]] = None) -> dict:
   """Runs both engines on `games`; a JSON-able report with the first mismatch of each game.
 
   Per game: the walkthrough, `walks` random walks and (with `mixed`) one mixed walk of
-  `walk_steps` steps each, and with `expert` the exploring expert's episode.
+  `walk_steps` steps each, and with `expert` the exploring expert's episode. `on_game` gets each
+  game's record ({game, steps, mismatch}) as it is checked.
   """
   from mpr.envs.alfworld import AlfworldEnv
   from mpr.envs.fastworld import FastEnv
@@ -123,6 +127,7 @@ def verify_games(games: Sequence[GameSpec], walks: int = 3, seed: int = 0, progr
     it = tqdm(games, desc="fastworld verify", file=sys.stderr)
   for game in it:
     found: list[Mismatch] = []
+    before = steps
     plan = _walkthrough(game)
     steps += _play(game, "walkthrough", real_env, fast_env,
                    lambda i, r: plan[i - 1] if i <= len(plan) else None, found)
@@ -138,6 +143,9 @@ def verify_games(games: Sequence[GameSpec], walks: int = 3, seed: int = 0, progr
     if expert and not found:
       steps += expert_walk(game, real_expert_env, fast_env, found, walk_steps)
     mismatches += found[:1]
+    if on_game is not None:
+      on_game({"game": game.game_id, "steps": steps - before,
+               "mismatch": dataclasses.asdict(found[0]) if found else None})
     if progress:
       it.set_postfix(steps=steps, mismatched=len(mismatches), refresh=False)
   return {"games": len(games), "steps_compared": steps, "mismatched_games": len(mismatches),
@@ -160,6 +168,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p.add_argument("--data-dir", default=None)
   p.add_argument("--expert", action="store_true", help="also play the exploring expert's episode")
   p.add_argument("--task-stride", action="store_true", help="take games round-robin over task types")
+  p.add_argument("--shard", default="0/1", help="I/N: check every N-th game from the I-th (run N at once)")
+  p.add_argument("--log", default="", help="JSONL of per-game results: a rerun skips the games it holds")
   args = p.parse_args(argv)
   games = find_games(args.split, source="real" if args.data_dir else "auto", data_dir=args.data_dir)
   if args.task_stride:
@@ -167,10 +177,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for g in games:
       by_task.setdefault(g.task_type, []).append(g)
     games = [g for group in zip(*by_task.values()) for g in group]
-  games = games[:args.num_games]
-  report = verify_games(games, walks=args.walks, seed=args.seed, progress=True, expert=args.expert)
-  print(json.dumps(report, indent=1, default=str))
-  return 0 if report["mismatched_games"] == 0 else 1
+  i, n = (int(x) for x in args.shard.split("/"))
+  games = games[:args.num_games][i::n]
+  if not args.log:
+    report = verify_games(games, walks=args.walks, seed=args.seed, progress=True, expert=args.expert)
+    print(json.dumps(report, indent=1, default=str))
+    return 0 if report["mismatched_games"] == 0 else 1
+  # Resumable: every checked game is in the log, so a killed run (or one shard of many) goes on.
+  with io.JsonlLog(args.log) as log:
+    done = {r["game"] for r in log.records}
+    verify_games([g for g in games if g.game_id not in done], walks=args.walks, seed=args.seed,
+                 progress=True, expert=args.expert, on_game=log.append)
+    ids = {g.game_id for g in games}
+    records = [r for r in log.records if r["game"] in ids]
+  bad = [r for r in records if r["mismatch"]]
+  print(json.dumps({"games": len(records), "steps_compared": sum(r["steps"] for r in records),
+                    "mismatched_games": len(bad), "mismatches": [r["mismatch"] for r in bad]},
+                   indent=1, default=str))
+  return 0 if not bad else 1
 
 
 if __name__ == "__main__":
