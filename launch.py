@@ -142,7 +142,9 @@ def main(argv: list[str]) -> None:
   except OSError as e:
     if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
       raise
-    _fail(f"{e.filename}: {e.strerror}")   # e.g. a stage folder made read-only, an unreadable model
+    # e.g. a stage folder made read-only, an unreadable model
+    where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    _fail(f"{where}: {e.strerror}" if where else str(e))
   except KeyboardInterrupt:
     _stop("launch.py: interrupted; what finished is kept, the same command resumes", 130)
 

@@ -71,8 +71,10 @@ def _read_only(path, argv):
   """argv run with `path` read-only: by permissions for a user, in a private mount namespace for root
   (whom permissions do not stop)."""
   if os.geteuid() != 0:
-    for d, _, _ in os.walk(path):
+    for d, _, files in os.walk(path):
       os.chmod(d, 0o555)
+      for f in files:                  # appending to an existing file needs no write access to its folder
+        os.chmod(os.path.join(d, f), 0o444)
     return argv
   ro = 'mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" "$1" && shift && exec "$@"'
   wrap = lambda cmd: ["unshare", "-m", "sh", "-c", ro, "sh", str(path), *cmd]

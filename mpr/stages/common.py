@@ -35,14 +35,15 @@ def play_logged(pool: EnvPool, jobs: Sequence[tuple[GameSpec, int]], policy: Pol
   Episodes are appended (fsynced) as they finish and a re-run plays only the waves of jobs with
   episodes missing from the log (`rollout`), so a killed run resumes where it stopped with the
   result of an uninterrupted one. A logged episode that a resumed wave plays again is not logged
-  twice; had it come out differently (another platform's numerics), a warning says so. On several
+  twice; had its actions come out differently (another platform's numerics, a worker failure in
+  the earlier run), a warning says so. On several
   hosts each plays its share into its own log (`hosts.host_path`) and, after a barrier, every host
   reads all of them; episodes logged by an earlier run with another number of hosts count as played.
   """
   logged = _logged(path)
   mine = hosts.share(jobs)
   played = {i for i, (g, s) in enumerate(mine) if (g.game_id, s) in logged}
-  logging.info("%s: %d episodes, %d logged earlier, %d to play%s", progress, len(jobs),
+  logging.info("%s: %d episodes, %d logged earlier, %d missing%s", progress, len(jobs),
                sum((g.game_id, s) in logged for g, s in jobs), len(mine) - len(played),
                f" on host {hosts.index()} of {hosts.count()}" if hosts.count() > 1 else "")
   differ = []
@@ -56,8 +57,8 @@ def play_logged(pool: EnvPool, jobs: Sequence[tuple[GameSpec, int]], policy: Pol
   with io.JsonlLog(hosts.host_path(path)) as log:
     rollout(pool, mine, policy, played=played, on_episode=record, progress=progress)
   if differ:
-    logging.warning("%s: %d logged episode(s) played again came out differently (first: %s); the log "
-                    "keeps the earlier ones", progress, len(differ), differ[0])
+    logging.warning("%s: %d logged episode(s) played again took other actions than the log holds (first: "
+                    "%s); the log keeps the earlier ones", progress, len(differ), differ[0])
   hosts.sync(f"played {path}")
   logged = _logged(path)
   return [Episode.from_json(logged[(g.game_id, s)]) for g, s in jobs]

@@ -158,6 +158,16 @@ def _walkthrough(game: GameSpec) -> list[str]:
     return list(json.load(f).get("walkthrough") or [])
 
 
+def _shard(text: str) -> tuple[int, int]:
+  try:
+    i, n = (int(x) for x in text.split("/"))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not I/N") from None
+  if not 0 <= i < n:
+    raise argparse.ArgumentTypeError(f"{text!r}: I must be in 0..N-1")
+  return i, n
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   from mpr.envs.games import find_games
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -168,26 +178,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p.add_argument("--data-dir", default=None)
   p.add_argument("--expert", action="store_true", help="also play the exploring expert's episode")
   p.add_argument("--task-stride", action="store_true", help="take games round-robin over task types")
-  p.add_argument("--shard", default="0/1", help="I/N: check every N-th game from the I-th (run N at once)")
+  p.add_argument("--shard", default="0/1", type=_shard,
+                  help="I/N: check every N-th game from the I-th (N processes at once, each with its own --log)")
   p.add_argument("--log", default="", help="JSONL of per-game results: a rerun skips the games it holds")
   args = p.parse_args(argv)
   games = find_games(args.split, source="real" if args.data_dir else "auto", data_dir=args.data_dir)
-  if args.task_stride:
-    by_task: dict = {}
+  if args.task_stride:   # round robin over task types, every game kept
+    rank: dict = {}
+    keyed = []
     for g in games:
-      by_task.setdefault(g.task_type, []).append(g)
-    games = [g for group in zip(*by_task.values()) for g in group]
-  i, n = (int(x) for x in args.shard.split("/"))
+      keyed.append((rank.setdefault(g.task_type, 0), g.task_type, g))
+      rank[g.task_type] += 1
+    games = [g for *_, g in sorted(keyed, key=lambda k: k[:2])]
+  i, n = args.shard
   games = games[:args.num_games][i::n]
   if not args.log:
     report = verify_games(games, walks=args.walks, seed=args.seed, progress=True, expert=args.expert)
     print(json.dumps(report, indent=1, default=str))
     return 0 if report["mismatched_games"] == 0 else 1
   # Resumable: every checked game is in the log, so a killed run (or one shard of many) goes on.
+  settings = {"walks": args.walks, "seed": args.seed, "expert": args.expert}
   with io.JsonlLog(args.log) as log:
+    other = next((r["settings"] for r in log.records if r.get("settings") != settings), None)
+    if other is not None:
+      p.error(f"{args.log} holds games checked with {other}, not {settings}: use another --log")
     done = {r["game"] for r in log.records}
     verify_games([g for g in games if g.game_id not in done], walks=args.walks, seed=args.seed,
-                 progress=True, expert=args.expert, on_game=log.append)
+                 progress=True, expert=args.expert, on_game=lambda r: log.append({**r, "settings": settings}))
     ids = {g.game_id for g in games}
     records = [r for r in log.records if r["game"] in ids]
   bad = [r for r in records if r["mismatch"]]
