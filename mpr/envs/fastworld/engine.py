@@ -413,7 +413,6 @@ class _CompiledAction:
       order.setdefault((p, g), len(order))
     return sorted(kept, key=lambda e: (order[e[2], e[3]], not e[1]))
 
-
   def _possible(self, cond: "F", env: dict, top: set) -> bool:
     """False when a literal of the condition's conjunction is ruled out before the search starts."""
     lits = cond.kids if cond.kind == "and" else (cond,)
@@ -627,9 +626,7 @@ class _Episode:
     """The command text of a grounding; "" for a no-op, which the translator drops."""
     if not act.reported_effects(dict(zip(act.pvars, key))):
       return ""
-    mapping = {ph: obj for ph, obj in zip(act.placeholders, key)}
-    variables = {ph[0]: self.game.entities[obj] for ph, obj in mapping.items()}
-    text = self.render.derive(act.template, mapping, variables)
+    text = self.render.derive(act.template, *self._bindings(act, key))
     if "{" in text or "}" in text:
       text = text.format(**{i: e.name for i, e in self.game.entities.items()})
     return text
@@ -651,9 +648,12 @@ class _Episode:
       else:
         self.view.remove(p, g)
         self.view.add("not_" + p, g)
-    mapping = {ph: ground[v] for ph, (v, _) in zip(act.placeholders, act.params)}
-    variables = {ph[0]: self.game.entities[obj] for ph, obj in mapping.items()}
-    return self.render.derive(act.feedback, mapping, variables)
+    return self.render.derive(act.feedback, *self._bindings(act, key))
+
+  def _bindings(self, act: _CompiledAction, key: tuple) -> tuple[dict, dict]:
+    """(grammar placeholder → object id, placeholder name → Entity) for one grounding."""
+    mapping = dict(zip(act.placeholders, key))
+    return mapping, {ph[0]: self.game.entities[obj] for ph, obj in mapping.items()}
 
   def won(self) -> bool:
     return self.solver.holds(self.game.goal, {})

@@ -116,7 +116,7 @@ def verify_games(games: Sequence[GameSpec], walks: int = 3, seed: int = 0, progr
   game's record ({game, steps, mismatch}) as it is checked.
   """
   from mpr.envs.alfworld import AlfworldEnv
-  from mpr.envs.fastworld import FastEnv
+  from mpr.envs.fastworld import FastEnv, load_game
   real_env, fast_env = AlfworldEnv(max_steps=walk_steps), FastEnv(max_steps=walk_steps)
   real_expert_env = AlfworldEnv(max_steps=walk_steps, expert="exploring") if expert else None
   mismatches: list[Mismatch] = []
@@ -128,7 +128,7 @@ def verify_games(games: Sequence[GameSpec], walks: int = 3, seed: int = 0, progr
   for game in it:
     found: list[Mismatch] = []
     before = steps
-    plan = _walkthrough(game)
+    plan = load_game(game.path).walkthrough   # the game FastEnv compiles (and caches) anyway
     steps += _play(game, "walkthrough", real_env, fast_env,
                    lambda i, r: plan[i - 1] if i <= len(plan) else None, found)
     for w in range(walks + int(mixed)):
@@ -151,11 +151,6 @@ def verify_games(games: Sequence[GameSpec], walks: int = 3, seed: int = 0, progr
   return {"games": len(games), "steps_compared": steps, "mismatched_games": len(mismatches),
           "seconds": round(time.time() - start, 1),
           "mismatches": [dataclasses.asdict(m) for m in mismatches]}
-
-
-def _walkthrough(game: GameSpec) -> list[str]:
-  with open(game.path) as f:
-    return list(json.load(f).get("walkthrough") or [])
 
 
 def _shard(text: str) -> tuple[int, int]:
