@@ -52,10 +52,13 @@ def env_config(**overrides) -> ml_collections.ConfigDict:
   c.data_dir = ""             # '' = $ALFWORLD_DATA
   c.generated_dir = ""        # '' = ~/.cache/mpr/generated
   c.task_types = ()           # () = all six
+  c.engine = "fast"           # fast (in process, checked exact) | textworld (the real engine, in workers)
   c.max_steps = 50            # the ALFWorld convention of the paper
-  c.num_workers = 2           # env worker processes
-  c.num_slots = 8             # episodes in flight (≥ workers so device batches stay full)
-  c.step_timeout = 60.0       # seconds before a hung worker is restarted
+  # Episodes in flight: the model's batch (and the env's on TextWorld). 1 is fastest for the tiny
+  # policy on CPU (no padding; BENCHMARKS.md); raise it on accelerators and for TextWorld's workers.
+  c.num_slots = 1
+  c.num_workers = 2           # textworld: env worker processes
+  c.step_timeout = 60.0       # textworld: seconds before a hung worker is restarted
   c.update(overrides)
   return c
 
@@ -64,6 +67,7 @@ def env_config(**overrides) -> ml_collections.ConfigDict:
 # time out, or a pool with no workers.
 _ENV_RULES = (
     ("source", lambda v: v in ("auto", "real", "generated"), "auto, real or generated"),
+    ("engine", lambda v: v in ("fast", "textworld"), "fast or textworld"),
     ("max_steps", lambda v: v >= 1, ">= 1"),
     ("num_workers", lambda v: v >= 1, ">= 1"),
     ("num_slots", lambda v: v >= 1, ">= 1"),

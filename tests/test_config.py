@@ -45,7 +45,8 @@ def test_runlocal_keeps_an_explicit_num_games(name, section, local):
 
 @pytest.mark.parametrize("field, value", [("max_steps", 0), ("max_steps", -3), ("step_timeout", 0.0),
                                           ("step_timeout", -1.0), ("step_timeout", float("nan")),
-                                          ("num_workers", 0), ("num_slots", 0), ("source", "somewhere")])
+                                          ("num_workers", 0), ("num_slots", 0), ("source", "somewhere"),
+                                          ("engine", "gym")])
 def test_check_env_refuses_each_bad_value_in_one_line(field, value):
   with pytest.raises(UserError, match=f"env.{field}=") as e:
     check_env(env_config(**{field: value}))
@@ -55,6 +56,7 @@ def test_check_env_refuses_each_bad_value_in_one_line(field, value):
 def test_check_env_accepts_the_defaults_and_edges():
   check_env(env_config())
   check_env(env_config(max_steps=1, num_workers=1, num_slots=1, step_timeout=0.5, source="generated"))
+  check_env(env_config(engine="textworld"))
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "experiments/configs/*.py"))))

@@ -116,7 +116,7 @@ def test_every_action_and_odd_text_matches_real_engine(synthetic_game):
     r, f = real.step(action), fast.step(action)
     assert (f.observation, f.admissible, f.won, f.done) == (r.observation, r.admissible, r.won, r.done), action
     # The view facts, `not_` atoms included, drive later texts: they must match too.
-    assert _facts(fast.state["facts"]) == _facts(real._state["facts"]), action
+    assert _facts(fast.state["facts"]) == _facts(real.state["facts"]), action
     seen.setdefault(action, []).append(f)
   assert seen["examine apple 1"][-1].observation == "This is a hot and clean sliced apple 1."
   assert seen["use desklamp 1"][-1].observation == "You turn on the desklamp 1."   # never "off"
@@ -134,14 +134,14 @@ def test_exploring_expert_plays_fast_state_like_real(one_game_per_task):
   from mpr.envs.alfworld import AlfworldEnv
   from mpr.envs.fastworld import FastEnv
   from mpr.envs.fastworld.verify import expert_walk
-  real, fast = AlfworldEnv(max_steps=50, expert="exploring"), FastEnv(max_steps=50)
+  real, fast = AlfworldEnv(max_steps=50, expert="exploring"), FastEnv(max_steps=50, expert="exploring")
   for game in one_game_per_task:
     if game.task_type != "pick_two_obj_and_place":   # the task whose policy the project patches most
       continue
     mismatches = []
     steps = expert_walk(game, real, fast, mismatches, 50)
     assert mismatches == [] and steps > 3, game.game_id
-    assert fast.state["won"] == real._state["won"]
+    assert fast.state["won"] == real.state["won"]
 
 
 def test_demangled_names_number_from_the_end_of_sorted_ids():

@@ -40,7 +40,7 @@ def test_bad_config_is_one_line_exit_2(tmp_path, args, needle, alfworld_data):
 
 
 @pytest.mark.parametrize("field, value", [("max_steps", "0"), ("step_timeout", "0"), ("num_workers", "0"),
-                                          ("num_slots", "0")])
+                                          ("num_slots", "0"), ("engine", "gym")])
 def test_bad_env_value_is_one_line_exit_2_before_any_work(tmp_path, field, value):
   _assert_one_line_error(_launch(["--config", CFG, "--workdir", str(tmp_path), f"--config.env.{field}={value}"]),
                          f"env.{field}={value}")

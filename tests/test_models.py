@@ -187,6 +187,27 @@ def test_next_token_distributions_at_positions():
   assert np.abs(d[0, 1] - full[0, 5]).max() < 1e-4 and np.abs(d[1, 0] - full[1, 11]).max() < 1e-4
 
 
+def test_attention_window_reads_only_what_queries_can_see():
+  """A long cache with short histories: prefill, scoring and generation attend to a window of the
+  cache (kv_window) and give what attending to all of it gives."""
+  cfg, params, ref = _load("qwen3_untied")
+  v = make_variant(cfg, params, precision("f32"))
+  ids = [list(ref["input_ids"][0][:9]), list(ref["input_ids"][1][:5])]
+  assert engine.kv_window(v.init_cache(2, 1000), 9 + 16) == engine.KV_MIN
+  assert engine.kv_window(v.init_cache(2, 300), 290) == 300
+  last, cache, hidden = engine.prefill(v, v.init_cache(2, 1000), ids, return_hidden=True)
+  tokens, lens = engine.pad_batch(ids)
+  full, _ = v.model.apply(v.full_variables(v.variables), tokens, lens, v.init_cache(2, 1000))
+  np.testing.assert_allclose(hidden, full, atol=1e-5)
+  conts = [[5, 6], [7], [8, 9, 10]]
+  lp = engine.score(v, cache, last, [0, 1, 1], conts)
+  _, small, _ = engine.prefill(v, v.init_cache(2, 64), ids, return_hidden=True)
+  for a, b in zip(lp, engine.score(v, small, last, [0, 1, 1], conts)):   # a 64-slot cache: no window
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  gen = engine.generate(v, cache, last, max_new_tokens=4)
+  np.testing.assert_array_equal(gen.tokens, engine.generate(v, small, last, max_new_tokens=4).tokens)
+
+
 def test_jit_does_not_recompile_within_a_bucket():
   cfg, params, ref = _load("qwen3_tied")
   v = make_variant(cfg, params, precision("f32"))

@@ -1,4 +1,5 @@
-"""EnvPool and rollout on real ALFWorld games: determinism, and recovery from crashed or hung workers.
+"""Env pools and rollout on real ALFWorld games: determinism, both engines, and recovery from
+crashed or hung workers.
 
 Why these tests: the pool is what every stage's numbers come through, so it must give the same
 episodes whatever its shape, and a dying worker must cost only the episodes it hosted.
@@ -15,7 +16,8 @@ import time
 import pytest
 
 from mpr.envs import AlfworldEnv, GameSpec
-from mpr.envs.pool import EnvPool, Reset, WorkerFailure
+from mpr.config_util import env_config
+from mpr.envs.pool import EnvPool, LocalPool, Reset, WorkerFailure, open_pool
 from mpr.envs.rollout import Decision, EpisodeView, Policy, expert_policy, rollout, waves
 from mpr.records import Episode
 from mpr.stages.common import play_logged
@@ -242,3 +244,34 @@ def test_a_resumed_log_replays_its_partly_logged_wave_and_logs_each_episode_once
   assert [trace(e) for e in again[1:]] == [trace(e) for e in first[1:]]
   assert again[0].steps[0].action == "look"                  # the log keeps what it had
   assert "1 logged episode(s) played again took other actions than the log holds (first: " + altered["game"] in caplog.text
+
+
+@pytest.mark.parametrize("make", [lambda: LocalPool(3, expert=EXPERT),
+                                  lambda: EnvPool(2, 3, engine="fast", expert=EXPERT)],
+                         ids=["fast in process", "fast in workers"])
+def test_fast_engine_pools_play_the_textworld_episodes(games, reference, make):
+  with make() as pool:
+    episodes = rollout(pool, jobs_of(games), expert_policy)
+  assert [trace(ep) for ep in episodes] == [reference[g.game_id] for g in games]
+  assert all(ep.won and ep.failure is None for ep in episodes)
+
+
+def test_local_pool_fails_only_the_bad_episode(games, reference, tmp_path):
+  bad = GameSpec(str(tmp_path / "missing" / "game.tw-pddl"), "missing/trial", games[0].task_type, "valid_seen")
+  with LocalPool(2, expert=EXPERT) as pool:
+    bad_ep, good_ep = rollout(pool, [(bad, 0), (games[1], 0)], expert_policy)
+    assert not bad_ep.won and "No such file" in bad_ep.failure and "\n" not in bad_ep.failure
+    assert trace(good_ep) == reference[games[1].game_id]
+    pool.submit_step(0, "look")     # the failed slot holds no episode: a step there fails, in one line
+    (slot, outcome), = pool.collect()
+    assert slot == 0 and outcome.reason == "RuntimeError: step() before reset()"
+    with pytest.raises(RuntimeError, match="already has a request"):
+      pool.submit_reset(1, games[0])
+      pool.submit_reset(1, games[0])
+
+
+def test_open_pool_follows_the_engine():
+  with open_pool(env_config(num_slots=2)) as pool:
+    assert isinstance(pool, LocalPool) and pool.engine == "fast" and pool.num_slots == 2
+  with open_pool(env_config(engine="textworld", num_workers=1, num_slots=2), expert=EXPERT, max_steps=7) as pool:
+    assert isinstance(pool, EnvPool) and (pool.engine, pool.max_steps, pool.expert) == ("textworld", 7, EXPERT)

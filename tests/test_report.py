@@ -102,8 +102,8 @@ def test_pareto_series_sorted_by_high_ratio():
 
 
 def test_plot_caption():
-  cap = report.plot_caption("tiny policy", "bf16", "int2", "valid_seen", 140, 0)
-  assert cap == "tiny policy · high bf16 / low int2 · valid_seen · 140 episodes/point · seed 0"
+  cap = report.plot_caption("tiny policy", "bf16", "int2", "valid_seen", 140, 0, "fast")
+  assert cap == "tiny policy · high bf16 / low int2 · valid_seen · 140 episodes/point · seed 0 · fast engine"
 
 
 def _svg_text(path):
@@ -111,8 +111,8 @@ def _svg_text(path):
 
 
 def test_plot_and_report_files(tmp_path):
-  cap = report.plot_caption("tiny policy", "bf16", "int2", "valid_seen", 134, 0)
-  paths = report.write_report(_points(), str(tmp_path / "out"), caption=cap)
+  cap = report.plot_caption("tiny policy", "bf16", "int2", "valid_seen", 134, 0, "textworld")
+  paths = report.write_report(_points(), str(tmp_path / "out"), caption=cap, setting={"engine": "textworld"})
   assert sorted(os.listdir(tmp_path / "out")) == ["pareto.png", "pareto.svg", "results.json", "table1.md",
                                                   "table2.md"]
   assert paths["pareto.svg"] == str(tmp_path / "out" / "pareto.svg")
@@ -124,7 +124,7 @@ def test_plot_and_report_files(tmp_path):
   assert {"high only", "low only", "KL-ST + GRPO", "high-precision calls (% of steps)"} <= set(text)
   with open(paths["results.json"]) as f:
     results = json.load(f)
-  assert len(results["points"]) == len(_points())
+  assert len(results["points"]) == len(_points()) and results["setting"] == {"engine": "textworld"}
   assert results["vs_random"]["KL-ST"][1]["gap"] == pytest.approx(0.05)
   assert set(results["vs_random"]) == {"KL-ST", "GRPO only", "KL-ST + GRPO"}
   with open(paths["table1.md"]) as f:

@@ -15,7 +15,7 @@ released games' conventions, so alfworld's demangler names things "cabinet 3" an
 like the real ones.
 
 Every game is checked before it is kept: fast-downward (the planner textworld's PddlEnv replans
-with) plans it, the plan is replayed in `mpr.envs.alfworld.AlfworldEnv` on the game file itself and
+with) plans it, the plan is replayed on the game file itself (on FastEnv, exact to TextWorld) and
 must win, and it is stored as the game's walkthrough. Games whose plan fails or exceeds
 MAX_PLAN_STEPS are resampled. The planner gets the task's sub-problem: the target (and lamp) objects,
 the receptacles they start in, the tool, and the goal receptacles that could save a walk. Its search
@@ -409,9 +409,9 @@ def _planner():
 
 
 @functools.lru_cache(maxsize=None)
-def _player():
-  from mpr.envs.alfworld import AlfworldEnv
-  return AlfworldEnv(max_steps=MAX_PLAN_STEPS + 1)
+def _player(engine: str):
+  from mpr.envs.engines import make_env
+  return make_env(engine, max_steps=MAX_PLAN_STEPS + 1)
 
 
 def plan(problem: str) -> list[str]:
@@ -437,18 +437,21 @@ def display_names(receptacles: Sequence[Receptacle], items: Sequence[Item]) -> d
 _temp_serial = itertools.count()
 
 
-def replay_wins(game: dict, task_type: str) -> bool:
-  """Plays the game's walkthrough on its file in AlfworldEnv: every step admissible, a win at the end only."""
+def replay_wins(game: dict, task_type: str, engine: str = "fast") -> bool:
+  """Plays the game's walkthrough on its file: every step admissible, a win at the end only.
+
+  On FastEnv by default (checked exact to TextWorld, and free of TextWorld's seconds-long load)."""
   with tempfile.TemporaryDirectory(prefix="mpr-generate-") as tmp:
-    # A fresh path per game: AlfworldEnv skips reloading a path it has loaded.
+    # A fresh path per game: both engines keep what they loaded by path.
     path = os.path.join(tmp, f"game{next(_temp_serial)}.tw-pddl")
     with open(path, "w") as f:
       json.dump(game, f)
-    _, res = _player().reset(GameSpec(path, "generated", task_type, "generated"))
+    player = _player(engine)
+    _, res = player.reset(GameSpec(path, "generated", task_type, "generated"))
     for command in game["walkthrough"]:
       if res.won or command not in res.admissible:
         return False
-      res = _player().step(command)
+      res = player.step(command)
     return res.won
 
 
@@ -482,7 +485,7 @@ def _attempt(rng: np.random.Generator, split: str, task_type: str, trial: str) -
   names = display_names(receptacles, items)
   walkthrough = [" ".join(names.get(w, w) for w in step.split(" "))
                  for step in plan(sub_problem)]
-  # Stored before the replay: without one, AlfworldEnv's reset would plan the full game itself.
+  # Stored before the replay: without one, TextWorld's reset would plan the full game itself.
   game["walkthrough"] = walkthrough
   if not walkthrough or len(walkthrough) > MAX_PLAN_STEPS or not replay_wins(game, task_type):
     return None

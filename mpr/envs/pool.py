@@ -1,9 +1,11 @@
-"""A pool of ALFWorld environments stepped in worker processes, with an async submit/collect API.
+"""Pools of ALFWorld environments with one submit/collect API: worker processes or in process.
 
-Why: a reset costs 0.3-3 s (2 s on average over valid_seen) and a step ~50 ms of pure-Python engine
-work, so one process cannot keep a batched model busy. The pool hosts `num_slots` envs (one per episode in flight) on `num_workers`
-processes; the caller submits requests without blocking, computes on the device meanwhile, and
-collects whatever replies are ready.
+Why workers: on TextWorld a reset costs 0.3-3 s (2 s on average over valid_seen) and a step ~50 ms
+of pure-Python engine work, so one process cannot keep a batched model busy. `EnvPool` hosts
+`num_slots` envs (one per episode in flight) on `num_workers` processes; the caller submits
+requests without blocking, computes on the device meanwhile, and collects whatever replies are
+ready. FastEnv steps in ~0.2 ms, less than a pipe's round trip, so `LocalPool` serves the same API
+in the caller's process. `open_pool(config.env)` builds the one the config's engine wants.
 
 Workers are started with "forkserver" (never fork): the parent runs JAX, whose threads do not
 survive a fork. A worker that dies (SIGKILL, a segfault in the planner) is seen at once through its
@@ -27,7 +29,8 @@ import signal
 import time
 from typing import Any, Optional, Union
 
-from mpr.envs.alfworld import AlfworldEnv, StepResult
+from mpr.envs.alfworld import EpisodeEnv, StepResult
+from mpr.envs.engines import check_engine, make_env
 from mpr.envs.games import GameSpec
 
 _CONTEXT = "forkserver"
@@ -64,13 +67,13 @@ def _one_line(exc: BaseException) -> str:
   return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
-def _serve(envs: dict[int, AlfworldEnv], max_steps: int, expert: Optional[str],
+def _serve(envs: dict[int, EpisodeEnv], engine: str, max_steps: int, expert: Optional[str],
            slot: int, kind: str, arg: Any) -> Outcome:
   start = time.perf_counter()
   try:
     env = envs.get(slot)
     if env is None:
-      env = envs[slot] = AlfworldEnv(max_steps=max_steps, expert=expert)
+      env = envs[slot] = make_env(engine, max_steps=max_steps, expert=expert)
       # Building an env (first one: importing textworld) is a one-off, not the game's cost.
       start = time.perf_counter()
     if kind == "reset":
@@ -83,10 +86,10 @@ def _serve(envs: dict[int, AlfworldEnv], max_steps: int, expert: Optional[str],
     return WorkerFailure(_one_line(e), time.perf_counter() - start)
 
 
-def _worker_main(conn: mpc.Connection, max_steps: int, expert: Optional[str]) -> None:
+def _worker_main(conn: mpc.Connection, engine: str, max_steps: int, expert: Optional[str]) -> None:
   # Ctrl-C reaches the whole process group; the parent decides when workers stop.
   signal.signal(signal.SIGINT, signal.SIG_IGN)
-  envs: dict[int, AlfworldEnv] = {}
+  envs: dict[int, EpisodeEnv] = {}
   while True:
     try:
       msg = conn.recv()
@@ -95,7 +98,7 @@ def _worker_main(conn: mpc.Connection, max_steps: int, expert: Optional[str]) ->
     if msg is None:
       return
     slot, kind, arg = msg
-    conn.send((slot, _serve(envs, max_steps, expert, slot, kind, arg)))
+    conn.send((slot, _serve(envs, engine, max_steps, expert, slot, kind, arg)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -118,20 +121,29 @@ class _Worker:
   replied: bool = False
 
 
+def _check_args(num_slots: int, engine: str, expert: Optional[str]) -> None:
+  # Here, not as a failure of every episode later.
+  if num_slots < 1:
+    raise ValueError(f"need num_slots >= 1, got {num_slots}")
+  check_engine(engine)
+  if expert is not None:
+    from mpr.envs import experts
+    experts.check_name(expert)
+
+
 class EnvPool:
-  """`num_slots` AlfworldEnv slots on `num_workers` processes; slot s lives on worker s % num_workers.
+  """`num_slots` env slots on `num_workers` processes; slot s lives on worker s % num_workers.
 
   At most one request per slot is in flight. Results come back from `collect` as (slot, Outcome).
   """
 
-  def __init__(self, num_workers: int, num_slots: int, *, max_steps: int = 50,
+  def __init__(self, num_workers: int, num_slots: int, *, engine: str = "textworld", max_steps: int = 50,
                expert: Optional[str] = None, step_timeout: float = 60.0,
                reset_timeout: float = 120.0):
-    if num_workers < 1 or num_slots < 1:
-      raise ValueError(f"need num_workers >= 1 and num_slots >= 1, got {num_workers}, {num_slots}")
-    if expert is not None:
-      from mpr.envs import experts
-      experts.check_name(expert)   # here, not as a failure of every episode in the workers
+    if num_workers < 1:
+      raise ValueError(f"need num_workers >= 1, got {num_workers}")
+    _check_args(num_slots, engine, expert)
+    self.engine = engine
     self.num_workers = num_workers
     self.num_slots = num_slots
     self.max_steps = max_steps
@@ -260,7 +272,7 @@ class EnvPool:
 
   def _start_worker(self) -> _Worker:
     parent, child = self._ctx.Pipe(duplex=True)
-    proc = self._ctx.Process(target=_worker_main, args=(child, self.max_steps, self.expert),
+    proc = self._ctx.Process(target=_worker_main, args=(child, self.engine, self.max_steps, self.expert),
                              name="mpr-env-worker", daemon=True)
     proc.start()
     child.close()
@@ -341,3 +353,81 @@ class EnvPool:
 
   def _next_deadline(self) -> float:
     return min(self._deadline(w) for w in self._workers if w.queue)
+
+
+class LocalPool:
+  """EnvPool's API over `num_slots` envs in this process: each request is served when submitted.
+
+  For the fast engine, whose steps cost less than a worker's pipe round trip. An env error fails
+  only its episode (a `WorkerFailure` with the error's first line), as in EnvPool; there are no
+  workers to crash or restart, and no timeouts (a step cannot be interrupted in process).
+  """
+
+  def __init__(self, num_slots: int, *, engine: str = "fast", max_steps: int = 50,
+               expert: Optional[str] = None):
+    _check_args(num_slots, engine, expert)
+    self.engine, self.num_slots, self.max_steps, self.expert = engine, num_slots, max_steps, expert
+    self.restarts = 0
+    self._envs: dict[int, EpisodeEnv] = {}
+    self._ready: collections.deque[tuple[int, Outcome]] = collections.deque()
+    self._pending: set[int] = set()
+    self._closed = False
+
+  @property
+  def num_pending(self) -> int:
+    return len(self._pending)
+
+  def submit_reset(self, slot: int, game: GameSpec) -> None:
+    self._serve(slot, "reset", game)
+
+  def submit_step(self, slot: int, action: str) -> None:
+    # After an env error the slot's env is gone, and a step fails: "step() before reset()".
+    self._serve(slot, "step", action)
+
+  def collect(self, min_results: int = 1, timeout: Optional[float] = None) -> list[tuple[int, Outcome]]:
+    """Every outcome not yet collected (all requests are already served)."""
+    if self._closed:
+      raise RuntimeError("LocalPool is closed")
+    out = list(self._ready)
+    self._ready.clear()
+    self._pending.clear()
+    return out
+
+  def drain(self) -> None:
+    self.collect()
+
+  def close(self) -> None:
+    self._closed = True
+    self._envs.clear()
+
+  def __enter__(self) -> "LocalPool":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def _check_free(self, slot: int) -> None:
+    if self._closed:
+      raise RuntimeError("LocalPool is closed")
+    if not 0 <= slot < self.num_slots:
+      raise ValueError(f"slot {slot} out of range [0, {self.num_slots})")
+    if slot in self._pending:
+      raise RuntimeError(f"slot {slot} already has a request in flight")
+
+  def _serve(self, slot: int, kind: str, arg: Any) -> None:
+    self._check_free(slot)
+    self._pending.add(slot)
+    self._ready.append((slot, _serve(self._envs, self.engine, self.max_steps, self.expert, slot, kind, arg)))
+
+
+Pool = Union[EnvPool, LocalPool]
+
+
+def open_pool(env, *, expert: Optional[str] = None, max_steps: Optional[int] = None) -> Pool:
+  """The pool `env` (a config's `env` section) asks for: in process for the fast engine, worker
+  processes for TextWorld. `max_steps` overrides env.max_steps (e.g. for demonstrations)."""
+  max_steps = env.max_steps if max_steps is None else max_steps
+  if env.engine == "fast":
+    return LocalPool(env.num_slots, engine="fast", max_steps=max_steps, expert=expert)
+  return EnvPool(env.num_workers, env.num_slots, engine=env.engine, max_steps=max_steps, expert=expert,
+                 step_timeout=env.step_timeout)

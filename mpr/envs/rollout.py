@@ -1,4 +1,4 @@
-"""The episode driver: plays a list of (game, seed) jobs on an EnvPool with a batched policy.
+"""The episode driver: plays a list of (game, seed) jobs on an env pool with a batched policy.
 
 Why this shape: a model policy is fastest on a batch, envs are fastest in parallel. So up to
 `pool.num_slots` episodes are in flight; each turn the driver submits one action per episode to
@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from mpr.envs.alfworld import StepResult
 from mpr.envs.games import GameSpec
-from mpr.envs.pool import EnvPool, Outcome, Reset, WorkerFailure
+from mpr.envs.pool import Outcome, Pool, Reset, WorkerFailure
 from mpr.records import Episode, Step
 
 WAVE = 4   # jobs per slot in a wave: longer waves idle fewer slots at their end, shorter ones replay less on resume
@@ -71,7 +71,7 @@ def expert_policy(views: list[EpisodeView]) -> list[Decision]:
   """Plays the expert's action: for evaluating experts on a pool built with `expert=`."""
   for v in views:
     if v.expert_action is None:
-      raise ValueError(f"no expert action for {v.game.game_id} at t={v.t}: build the EnvPool with expert=...")
+      raise ValueError(f"no expert action for {v.game.game_id} at t={v.t}: build the pool with expert=...")
   return [Decision(v.expert_action) for v in views]
 
 
@@ -128,7 +128,7 @@ def _advance(run: _Run, outcome: Outcome) -> Optional[Episode]:
   return run.episode(None if run.last.won else "step_cap")
 
 
-def _act(pool: EnvPool, policy: Policy, runs: list[_Run]) -> None:
+def _act(pool: Pool, policy: Policy, runs: list[_Run]) -> None:
   runs = sorted(runs, key=lambda r: r.index)   # a stable batch order, whatever the arrival order
   decisions = list(policy([r.view() for r in runs]))
   if len(decisions) != len(runs):
@@ -166,7 +166,7 @@ def waves(num_jobs: int, num_slots: int) -> list[range]:
   return [range(i, min(i + size, num_jobs)) for i in range(0, num_jobs, size)]
 
 
-def rollout(pool: EnvPool, jobs: Sequence[tuple[GameSpec, int]], policy: Policy, *,
+def rollout(pool: Pool, jobs: Sequence[tuple[GameSpec, int]], policy: Policy, *,
             played: Container[int] = (), on_episode: Optional[Callable[[int, Episode], None]] = None,
             progress: Union[bool, str] = False) -> list[Optional[Episode]]:
   """Plays every job to the end; returns the Episodes in `jobs` order.

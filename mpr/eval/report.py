@@ -10,7 +10,7 @@ high-only (router and embedding overhead included), `speedup_est` the compute es
 per-tier step latency; either may be None where it was not measured. Rates are fractions in the
 data and percentages in the tables.
 
-  paths = write_report(points, outdir, caption=plot_caption("tiny policy", "bf16", "int2", "valid_seen", 140, 0))
+  paths = write_report(points, outdir, caption=plot_caption("tiny policy", "bf16", "int2", "valid_seen", 140, 0, "fast"))
   # results.json, table1.md, table2.md, pareto.png and pareto.svg (success vs high-precision calls)
 """
 from __future__ import annotations
@@ -220,9 +220,9 @@ _RC = {"font.size": 7, "axes.labelsize": 7, "xtick.labelsize": 6.5, "ytick.label
 _FORMATS = {".png": {"format": "png", "dpi": 300}, ".svg": {"format": "svg", "metadata": {"Date": None}}}
 
 
-def plot_caption(model: str, high: str, low: str, split: str, episodes: int, seed: int) -> str:
+def plot_caption(model: str, high: str, low: str, split: str, episodes: int, seed: int, engine: str) -> str:
   """The figure's subtitle: what was run, in the words a paper caption would use."""
-  return f"{model} · high {high} / low {low} · {split} · {episodes} episodes/point · seed {seed}"
+  return f"{model} · high {high} / low {low} · {split} · {episodes} episodes/point · seed {seed} · {engine} engine"
 
 
 def pareto_series(points: Sequence[dict]) -> list[dict]:
@@ -283,7 +283,7 @@ def pareto_plot(points: Sequence[dict], *paths: str, caption: Optional[str] = No
     ax.legend(*zip(*handles), loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, frameon=False,
               handlelength=2.2)
     if caption:
-      fig.suptitle(caption, fontsize=6.5, wrap=True)
+      fig.suptitle(caption, fontsize=6.5)
     for path in paths:
       with atomic_open(path, "wb") as f:
         fig.savefig(f, **_FORMATS[os.path.splitext(path)[1].lower()])
@@ -292,15 +292,18 @@ def pareto_plot(points: Sequence[dict], *paths: str, caption: Optional[str] = No
 # --- everything ----------------------------------------------------------------------------------
 
 def write_report(points: Sequence[dict], outdir: str, budget: float = 0.30,
-                 ratios: Sequence[float] = (0.1, 0.2, 0.3), caption: Optional[str] = None) -> dict[str, str]:
+                 ratios: Sequence[float] = (0.1, 0.2, 0.3), caption: Optional[str] = None,
+                 setting: Optional[dict] = None) -> dict[str, str]:
   """Writes results.json, table1.md, table2.md, pareto.png and pareto.svg under outdir; returns their paths.
 
-  caption: the figure's subtitle (plot_caption: model, tiers, split, episodes, seed); none if not given.
+  caption: the figure's subtitle (plot_caption: model, tiers, split, episodes, seed, engine); none if
+  not given. setting: what the points were played with (e.g. the engine), stored in results.json.
   """
   points = _check(points)
   methods = [m for m in _by_method(points) if m not in BASELINES]
   has_random = any(p["method"] == "random" for p in points)
   results = {
+      **({"setting": setting} if setting else {}),
       "points": points,
       "pareto_high_ratio": pareto_front(points, "high_ratio", per_method=False),
       "pareto_speedup": pareto_front(points, "speedup", per_method=False),

@@ -48,12 +48,13 @@ class Decoder(nn.Module):
       self.lm_head = Linear(cfg.vocab_size, self.quant if self.quant_head else None, self.dtype)
 
   def __call__(self, tokens: jax.Array, chunk_lens: jax.Array, cache: Cache,
-               tree: Optional[tuple[jax.Array, jax.Array]] = None) -> tuple[jax.Array, Cache]:
+               tree: Optional[tuple[jax.Array, jax.Array]] = None,
+               kv_len: Optional[int] = None) -> tuple[jax.Array, Cache]:
     """tokens [B, T] → (final-norm hidden states [B, T, H], updated cache).
 
     `tree` = (visibility [B, T, T], depth [B, T]) makes the chunk a token tree over each row's
     cached history (continuations scored side by side, see Attention); the cache is returned
-    unchanged.
+    unchanged. `kv_len` (static) bounds the cache slots attention reads (see Attention).
     """
     offsets = cache["lengths"]
     if tree is None:
@@ -65,7 +66,7 @@ class Decoder(nn.Module):
     x = self.embed(tokens)
     ks, vs = [], []
     for block, kc, vc in zip(self.blocks, cache["k"], cache["v"]):
-      x, kc, vc = block(x, positions, offsets, kc, vc, inv_freq, visible)
+      x, kc, vc = block(x, positions, offsets, kc, vc, inv_freq, visible, kv_len)
       ks.append(kc)
       vs.append(vc)
     if tree is not None:

@@ -22,10 +22,16 @@ import numpy as np
 from mpr.models.variants import Variant
 
 MIN_BUCKET = 8
+COARSE = 128      # bucket() steps by this above it
+KV_MIN = 128      # the shortest attention window over the cache
 
 
 def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
-  """The padded size for n: the next power of two (at least `minimum`)."""
+  """The padded size for n: the next power of two (at least `minimum`) up to COARSE, then the next
+  multiple of COARSE, which bounds padding at long lengths (a 700-token rebuild pads to 704, not 1024)
+  while keeping the compiled shapes few."""
+  if n > COARSE:
+    return -(-int(n) // COARSE) * COARSE
   return max(minimum, 1 << max(0, int(n - 1).bit_length()))
 
 
@@ -39,16 +45,25 @@ def pad_batch(seqs: Sequence[Sequence[int]], length: Optional[int] = None, pad: 
   return out, lens
 
 
-def _check_room(cache, lens) -> None:
-  room = cache["k"][0].shape[1] - np.asarray(cache["lengths"])
+def _check_room(cache, lens) -> np.ndarray:
+  """The rows' cached lengths, after checking that `lens` more tokens fit each row."""
+  lengths = np.asarray(cache["lengths"])
+  room = cache["k"][0].shape[1] - lengths
   if np.any(np.asarray(lens) > room):
     raise ValueError(f"KV cache overflow: appending {np.asarray(lens).tolist()} tokens with room "
                      f"{room.tolist()}; use a longer cache (trim the history)")
+  return lengths
 
 
-@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(2,))
-def _prefill(variant: Variant, variables, cache, tokens, lens):
-  hidden, cache = variant.model.apply(variant.full_variables(variables), tokens, lens, cache)
+def kv_window(cache, needed: int) -> int:
+  """How many leading cache slots attention reads when no query sees past slot `needed`: a power
+  of two (at least KV_MIN) so few programs are compiled, capped at the cache's length."""
+  return min(cache["k"][0].shape[1], bucket(needed, KV_MIN))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5), donate_argnums=(2,))
+def _prefill(variant: Variant, variables, cache, tokens, lens, kv_len: int):
+  hidden, cache = variant.model.apply(variant.full_variables(variables), tokens, lens, cache, kv_len=kv_len)
   last = jnp.take_along_axis(hidden, jnp.maximum(lens - 1, 0)[:, None, None], axis=1)[:, 0]
   return hidden, last, cache
 
@@ -59,8 +74,9 @@ def prefill(variant: Variant, cache, seqs: Sequence[Sequence[int]], return_hidde
   Returns (hidden state of each row's last new token [B, H], cache[, all hidden states [B, T, H]]).
   """
   tokens, lens = pad_batch(seqs)
-  _check_room(cache, lens)
-  hidden, last, cache = _prefill(variant, variant.variables, cache, tokens, lens)
+  lengths = _check_room(cache, lens)
+  kv_len = kv_window(cache, int((lengths + tokens.shape[1]).max()))
+  hidden, last, cache = _prefill(variant, variant.variables, cache, tokens, lens, kv_len)
   return (last, cache, hidden) if return_hidden else (last, cache)
 
 
@@ -74,9 +90,9 @@ class Generation:
   cache: dict               # holds the context plus all generated tokens but the last
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6), donate_argnums=(2,))
+@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6, 8), donate_argnums=(2,))
 def _generate(variant: Variant, variables, cache, last_hidden, max_new: int, eos_ids: tuple,
-              temperature: float, rng):
+              temperature: float, rng, kv_len: int):
   variables = variant.full_variables(variables)
   b = last_hidden.shape[0]
   eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
@@ -98,7 +114,7 @@ def _generate(variant: Variant, variables, cache, last_hidden, max_new: int, eos
     lps = lps.at[:, i].set(jnp.where(done, 0.0, lp))
     now_done = done | jnp.isin(tok, eos) | (i + 1 >= max_new)
     # Feed the new token only for rows still running: finished rows append nothing.
-    h, cache = variant.model.apply(variables, tok[:, None], (~now_done).astype(jnp.int32), cache)
+    h, cache = variant.model.apply(variables, tok[:, None], (~now_done).astype(jnp.int32), cache, kv_len=kv_len)
     return i + 1, cache, h[:, 0], toks, lps, now_done | done, key
 
   def cond(state):
@@ -113,10 +129,11 @@ def _generate(variant: Variant, variables, cache, last_hidden, max_new: int, eos
 def generate(variant: Variant, cache, last_hidden, *, max_new_tokens: int, eos_ids: Sequence[int] = (),
              temperature: float = 0.0, rng: Optional[jax.Array] = None) -> Generation:
   """Greedy (temperature 0) or sampled decoding from each row's cached context."""
-  _check_room(cache, np.full(last_hidden.shape[0], max_new_tokens))
+  lengths = _check_room(cache, np.full(last_hidden.shape[0], max_new_tokens))
   rng = jax.random.key(0) if rng is None else rng
+  kv_len = kv_window(cache, int(lengths.max()) + int(max_new_tokens))
   toks, lps, cache = _generate(variant, variant.variables, cache, last_hidden, int(max_new_tokens),
-                               tuple(int(e) for e in eos_ids), float(temperature), rng)
+                               tuple(int(e) for e in eos_ids), float(temperature), rng, kv_len)
   toks, lps = np.asarray(toks), np.asarray(lps)
   lengths = np.full(toks.shape[0], toks.shape[1], np.int32)
   for row in range(toks.shape[0]):
@@ -148,11 +165,11 @@ def truncate_cache(cache, lengths) -> dict:
 
 # --- scoring ------------------------------------------------------------------------------------
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def _score(variant: Variant, variables, cache, last_hidden, tokens, visible, depth, prev):
+@functools.partial(jax.jit, static_argnums=(0, 8))
+def _score(variant: Variant, variables, cache, last_hidden, tokens, visible, depth, prev, kv_len: int):
   variables = variant.full_variables(variables)
   hidden, _ = variant.model.apply(variables, tokens, jnp.zeros(tokens.shape[:1], jnp.int32), cache,
-                                  (visible, depth))
+                                  (visible, depth), kv_len=kv_len)
   # A token is predicted by its parent's hidden state, or by the history's last one at the root.
   h = jnp.concatenate([last_hidden[:, None], hidden], axis=1)
   h = jnp.take_along_axis(h, prev[..., None], axis=1)
@@ -200,7 +217,8 @@ def score(variant: Variant, cache, last_hidden, row_of: Sequence[int],
         depth[r, i] = depth[r, par] + 1
         prev[r, i] = par + 1
         visible[r, i] |= visible[r, par]
-  out = np.asarray(_score(variant, variant.variables, cache, last_hidden, tokens, visible, depth, prev))
+  kv_len = kv_window(cache, int(np.asarray(cache["lengths"]).max()))
+  out = np.asarray(_score(variant, variant.variables, cache, last_hidden, tokens, visible, depth, prev, kv_len))
   return [out[r, path] for r, path in paths]
 
 

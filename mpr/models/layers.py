@@ -94,7 +94,7 @@ class Attention(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, positions, offsets, k_cache, v_cache, inv_freq, tree=None):
+  def __call__(self, x, positions, offsets, k_cache, v_cache, inv_freq, tree=None, kv_len=None):
     """x [B,T,H]; positions [B,T]; offsets [B] = tokens already cached per row.
 
     Query i of row b sees cache slots j <= offsets[b] + i: its history and the chunk up to itself.
@@ -104,6 +104,10 @@ class Attention(nn.Module):
     With `tree` = visibility [B,T,T] the chunk is a token tree continuing each row's history
     (candidate actions sharing prefixes, scored in one pass): query i sees the cached history and
     the chunk tokens j with tree[b, i, j] (its ancestors and itself); the cache is left as it was.
+
+    `kv_len` (static), when given, is how many leading cache slots any query may see (the caller's
+    bound on offsets + T, or on offsets with a tree): attention reads only those, so a short
+    history does not pay for the cache's full length.
     """
     cfg = self.cfg
     b, t, _ = x.shape
@@ -118,15 +122,15 @@ class Attention(nn.Module):
     q = apply_rope(q, positions, inv_freq)
     kk = apply_rope(kk, positions, inv_freq)
     q = q.reshape(b, t, k, n // k, d)
-    s = k_cache.shape[1]
+    s = k_cache.shape[1] if kv_len is None else min(kv_len, k_cache.shape[1])
     if tree is None:
       k_cache = write_cache(k_cache, kk, offsets)
       v_cache = write_cache(v_cache, v, offsets)
-      keys, values = k_cache, v_cache
+      keys, values = k_cache[:, :s], v_cache[:, :s]
       visible = jnp.arange(s)[None, None, :] <= (offsets[:, None] + jnp.arange(t)[None, :])[..., None]
     else:
-      keys = jnp.concatenate([k_cache, kk.astype(k_cache.dtype)], axis=1)     # [history ; chunk]
-      values = jnp.concatenate([v_cache, v.astype(v_cache.dtype)], axis=1)
+      keys = jnp.concatenate([k_cache[:, :s], kk.astype(k_cache.dtype)], axis=1)     # [history ; chunk]
+      values = jnp.concatenate([v_cache[:, :s], v.astype(v_cache.dtype)], axis=1)
       history = jnp.broadcast_to(jnp.arange(s)[None, None, :] < offsets[:, None, None], (b, t, s))
       visible = jnp.concatenate([history, tree], axis=-1)
     logits = jnp.einsum("btkgd,bskd->bkgts", q, keys.astype(q.dtype),
@@ -156,11 +160,11 @@ class Block(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, positions, offsets, k_cache, v_cache, inv_freq, tree=None):
+  def __call__(self, x, positions, offsets, k_cache, v_cache, inv_freq, tree=None, kv_len=None):
     eps = self.cfg.rms_norm_eps
     h, k_cache, v_cache = Attention(self.cfg, self.quant, self.dtype, name="attn")(
         RMSNorm(eps, self.dtype, name="attn_norm")(x), positions, offsets, k_cache, v_cache, inv_freq,
-        tree)
+        tree, kv_len)
     x = x + h
     x = x + Mlp(self.cfg, self.quant, self.dtype, name="mlp")(RMSNorm(eps, self.dtype, name="mlp_norm")(x))
     return x, k_cache, v_cache

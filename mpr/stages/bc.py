@@ -18,7 +18,7 @@ import numpy as np
 
 from mpr import hosts, io
 from mpr.agent import agent as agent_lib, demos, models, prompt
-from mpr.envs.pool import EnvPool
+from mpr.envs.pool import open_pool
 from mpr.errors import UserError
 from mpr.eval import summary as summary_lib
 from mpr.models import checkpoint, tiny
@@ -44,8 +44,7 @@ def _dagger_rollouts(config, cfg, params, tok, r: int, rdir: str) -> list[Episod
   pick = np.sort(np.random.default_rng([config.seed, r]).choice(len(games), min(dc.games, len(games)), replace=False))
   games = [games[i] for i in pick]
   variant = make_variant(cfg, params, precision(dc.precision))
-  with EnvPool(env.num_workers, env.num_slots, max_steps=dc.max_steps, expert=config.expert.name,
-               step_timeout=env.step_timeout) as pool:
+  with open_pool(env, max_steps=dc.max_steps, expert=config.expert.name) as pool:
     agent = agent_lib.from_config(config.agent, tok, {dc.precision: variant}, rows=pool.num_slots,
                                   route=agent_lib.fixed(dc.precision), seed=config.seed)
     return play_logged(pool, [(g, config.seed) for g in games], agent,

@@ -22,7 +22,7 @@ import numpy as np
 
 from mpr import io
 from mpr.agent import agent as agent_lib, models
-from mpr.envs.pool import EnvPool
+from mpr.envs.pool import open_pool
 from mpr.errors import UserError
 from mpr.eval import summary as summary_lib
 from mpr.models.quant import precision
@@ -91,7 +91,7 @@ def run(config, sdir: str) -> dict:
   metrics: dict = {}
   lines = ["| split | games | success % | steps | d mean | d p50 | d p80 | d p95 | low entropy | low margin |",
            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-  with EnvPool(env.num_workers, env.num_slots, max_steps=env.max_steps, step_timeout=env.step_timeout) as pool:
+  with open_pool(env) as pool:
     for split, num in ((cc.split, cc.games), (cc.val_split, cc.val_games)):
       games = split_games(config, split, num)
       agent = agent_lib.from_config(config.agent, policy.tok, variants, rows=pool.num_slots, route=route,

@@ -8,7 +8,7 @@ from typing import Sequence
 
 from mpr import hosts, io
 from mpr.envs.games import GameSpec, describe, find_games, select_games
-from mpr.envs.pool import EnvPool
+from mpr.envs.pool import Pool
 from mpr.envs.rollout import Policy, rollout
 from mpr.records import Episode
 
@@ -28,7 +28,7 @@ def split_games(config, split: str, num_games: int = 0) -> list[GameSpec]:
   return chosen
 
 
-def play_logged(pool: EnvPool, jobs: Sequence[tuple[GameSpec, int]], policy: Policy, path: str,
+def play_logged(pool: Pool, jobs: Sequence[tuple[GameSpec, int]], policy: Policy, path: str,
                 progress: str) -> list[Episode]:
   """Every (game, seed) job played once by `policy`, through the episode log at `path`; in `jobs` order.
 

@@ -7,7 +7,8 @@ the others are compared with. Writes results.json, summary.md (the comparison ta
 table per precision by task type) and prints the comparison.
 
 Cost columns come from the step records: model ms/step is the variant's batched call time shared
-among the episodes in the batch; env ms/step is the worker's time for the step.
+among the episodes in the batch; env ms/step is the engine's time for the step (`env.engine`,
+recorded in results.json and the table's title).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import os
 
 from mpr import io
 from mpr.agent import agent as agent_lib, models
-from mpr.envs.pool import EnvPool
+from mpr.envs.pool import open_pool
 from mpr.eval import summary as summary_lib
 from mpr.models.quant import precision
 from mpr.stages.common import play_logged, split_games
@@ -47,7 +48,7 @@ def run(config, sdir: str) -> dict:
   policy = models.load(config.model)
   games = split_games(config, ec.split, ec.num_games)
   results: dict = {}
-  with EnvPool(env.num_workers, env.num_slots, max_steps=env.max_steps, step_timeout=env.step_timeout) as pool:
+  with open_pool(env) as pool:
     for name in ec.precisions:
       variants = policy.variants([name])
       agent = agent_lib.from_config(config.agent, policy.tok, variants, rows=pool.num_slots,
@@ -55,8 +56,8 @@ def run(config, sdir: str) -> dict:
       episodes = play_logged(pool, [(g, config.seed) for g in games], agent,
                              os.path.join(sdir, f"episodes_{ec.split}_{name}.jsonl"), progress=f"{name} on {ec.split}")
       results[name] = {"summary": summary_lib.summarize(episodes), "costs": summary_lib.step_costs(episodes),
-                       "weight_bytes": variants[name].weight_bytes}
-  title = f"{os.path.basename(policy.source.rstrip('/'))} on {ec.split} ({len(games)} games)"
+                       "weight_bytes": variants[name].weight_bytes, "engine": env.engine}
+  title = f"{os.path.basename(policy.source.rstrip('/'))} on {ec.split} ({len(games)} games, {env.engine} engine)"
   table = comparison_table(results, ec.precisions[0], title)
   per = "\n".join(summary_lib.markdown_table(r["summary"], f"{name}") for name, r in results.items())
   io.atomic_write_text(os.path.join(sdir, "summary.md"), table + "\n" + per)

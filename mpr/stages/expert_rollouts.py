@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 from mpr import io
-from mpr.envs.pool import EnvPool
+from mpr.envs.pool import open_pool
 from mpr.envs.rollout import expert_policy
 from mpr.eval import summary as summary_lib
 from mpr.stages.common import play_logged, split_games
@@ -23,8 +23,7 @@ CONFIG_KEYS = ("seed", "env", "expert")
 def run(config, sdir: str) -> dict:
   env = config.env
   metrics, tables = {}, []
-  with EnvPool(env.num_workers, env.num_slots, max_steps=env.max_steps, expert=config.expert.name,
-               step_timeout=env.step_timeout) as pool:
+  with open_pool(env, expert=config.expert.name) as pool:
     for split in config.expert.splits:
       games = split_games(config, split, config.expert.num_games)
       episodes = play_logged(pool, [(g, config.seed) for g in games], expert_policy,

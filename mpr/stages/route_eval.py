@@ -32,7 +32,7 @@ import numpy as np
 
 from mpr import io
 from mpr.agent import agent as agent_lib, models
-from mpr.envs.pool import EnvPool
+from mpr.envs.pool import open_pool
 from mpr.errors import UserError
 from mpr.eval import report, summary as summary_lib
 from mpr.records import Episode
@@ -110,7 +110,7 @@ def run(config, sdir: str) -> dict:
       taus[f"τ=q{1 - q:.2f}"] = tau
 
   points: list[dict] = []
-  with EnvPool(env.num_workers, env.num_slots, max_steps=env.max_steps, step_timeout=env.step_timeout) as pool:
+  with open_pool(env) as pool:
     def play(method: str, param, route) -> dict:
       agent = agent_lib.from_config(config.agent, policy.tok, variants, rows=pool.num_slots, route=route,
                                     seed=config.seed)
@@ -145,10 +145,11 @@ def run(config, sdir: str) -> dict:
     p["speedup"] = base["model_s_per_episode"] / max(p["model_s_per_episode"], 1e-12)
     p["speedup_est"] = c_hi / max(p["high_ratio"] * c_hi + (1 - p["high_ratio"]) * c_lo, 1e-12)
   model = "tiny policy" if policy.source == models.SHIPPED_TINY else os.path.basename(policy.source.rstrip("/"))
-  caption = report.plot_caption(model, hi, lo, ec.split, len(games), config.seed)
-  paths = report.write_report(points, sdir, budget=float(ec.budget), caption=caption)
+  caption = report.plot_caption(model, hi, lo, ec.split, len(games), config.seed, env.engine)
+  paths = report.write_report(points, sdir, budget=float(ec.budget), caption=caption,
+                              setting={"engine": env.engine, "split": ec.split, "games": len(games)})
   table1 = open(paths["table1.md"]).read()
-  title = f"### {model}: {hi} / {lo} routing on {ec.split} ({len(games)} games)\n\n"
+  title = f"### {model}: {hi} / {lo} routing on {ec.split} ({len(games)} games, {env.engine} engine)\n\n"
   io.atomic_write_text(os.path.join(sdir, "summary.md"), title + table1 + "\n" + open(paths["table2.md"]).read())
   print(title + table1)
   return {"split": ec.split, "games": len(games), "points": points, "thresholds": {

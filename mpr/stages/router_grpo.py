@@ -34,7 +34,7 @@ import optax
 
 from mpr import hosts, io
 from mpr.agent import agent as agent_lib, models
-from mpr.envs.pool import EnvPool
+from mpr.envs.pool import open_pool
 from mpr.errors import UserError
 from mpr.records import Episode
 from mpr.router import data, grpo
@@ -165,8 +165,7 @@ def run(config, sdir: str, scratch: bool = False) -> dict:
   iter_path = os.path.join(sdir, "iterations.jsonl")
   history = {r["iteration"]: r for r in (io.read_jsonl(iter_path) if os.path.exists(iter_path) else [])}
   try:
-    with EnvPool(config.env.num_workers, config.env.num_slots, max_steps=config.env.max_steps,
-                 step_timeout=config.env.step_timeout) as pool, \
+    with open_pool(config.env) as pool, \
          MetricWriter(os.path.join(sdir, "tb")) as writer, \
          (io.JsonlLog(iter_path) if hosts.is_primary() else contextlib.nullcontext()) as log:  # one writer
       for it in range(start, gc.iterations):

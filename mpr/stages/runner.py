@@ -4,6 +4,7 @@
   DIR/<stage>/inputs.json    digests of what else it reads: model files, game source, earlier stages
   DIR/<stage>/log.txt        everything the stage logged (log.host<i>.txt from host i > 0 of a multi-host run)
   DIR/<stage>/metrics.json   written atomically when the stage finishes: its presence means done
+                             (with the env engine its episodes were played on, for stages that play)
   DIR/<stage>/summary.md     the stage's human-readable result (written by the stage)
   DIR/<stage>/.lock          held while a run is in the folder: a second run fails at once with one line
 
@@ -147,6 +148,8 @@ def _run_once(name: str, module: ModuleType, config: ml_collections.ConfigDict, 
     except UserError:
       _forget_if_nothing_done(sdir)
       raise
+    if "env" in module.CONFIG_KEYS:     # the engine every episode of the stage was played on
+      metrics = {**metrics, "engine": config.env.engine}
     io.atomic_write_json(metrics_path, metrics)
   return metrics
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from mpr import io
-from mpr.envs.pool import EnvPool
+from mpr.envs.pool import open_pool
 from mpr.envs.rollout import expert_policy, rollout
 from mpr.models import bpe
 from mpr.models.tokenizer import Tokenizer
@@ -29,8 +29,7 @@ def episode_texts(episode) -> list[str]:
 def run(config, sdir: str) -> dict:
   env, tc = config.env, config.tokenizer
   games = split_games(config, tc.split, tc.num_games)
-  with EnvPool(env.num_workers, env.num_slots, max_steps=env.max_steps, expert="walkthrough",
-               step_timeout=env.step_timeout) as pool:
+  with open_pool(env, expert="walkthrough") as pool:
     episodes = rollout(pool, [(g, config.seed) for g in games], expert_policy,
                        progress=f"walkthroughs of {tc.split} for the tokenizer")
   texts = [t for e in episodes for t in episode_texts(e)]

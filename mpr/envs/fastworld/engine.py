@@ -31,7 +31,7 @@ import json
 from collections import defaultdict
 from typing import Iterator, Optional
 
-from mpr.envs.alfworld import StepResult, split_intro
+from mpr.envs.alfworld import EpisodeEnv
 from mpr.envs.fastworld import pddl, textgen
 from mpr.envs.games import GameSpec
 from mpr.errors import UserError
@@ -452,7 +452,7 @@ def _static_symbols(symbols, game: Game) -> bool:
   return True
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=256)
 def load_game(path: str) -> Game:
   """The compiled game; cached per path (games are read-only)."""
   return Game(path)
@@ -680,50 +680,27 @@ class FastState:
             for p in sorted(self._episode.view.by_pred) for args in sorted(self._episode.view.by_pred[p])]
 
 
-class FastEnv:
-  """One ALFWorld game at a time on FastEnv's engine; the interface of AlfworldEnv without experts."""
+class FastEnv(EpisodeEnv):
+  """One ALFWorld game at a time on FastEnv's engine: AlfworldEnv's interface, experts included."""
 
-  def __init__(self, max_steps: int = 50):
-    self.max_steps = max_steps
-    self.game: Optional[GameSpec] = None
-    self.state: Optional[FastState] = None
+  def __init__(self, max_steps: int = 50, expert: Optional[str] = None):
+    super().__init__(max_steps, expert)
     self._episode: Optional[_Episode] = None
-    self._steps = 0
 
-  def reset(self, game: GameSpec) -> tuple[str, StepResult]:
+  def _start(self, game: GameSpec) -> FastState:
     compiled = load_game(game.path)
-    self.game = game
     self._episode = _Episode(compiled)
     if compiled.initial is None:
       intro = self._episode.render.derive(textgen.parse_symbols("#intro#"), {}, {})
       compiled.initial = (intro, self._episode.admissible(), self._episode.won())
     intro, self._episode.commands, won = compiled.initial
-    self._steps = 0
-    goal, obs = split_intro(intro)
-    self.state = FastState(self._episode, intro, sorted(self._episode.commands), won)
-    return goal, self._result(obs)
+    return FastState(self._episode, intro, sorted(self._episode.commands), won)
 
-  def step(self, action: str) -> StepResult:
-    if self._episode is None:
-      raise RuntimeError("step() before reset()")
+  def _advance(self, action: str) -> FastState:
     ep = self._episode
     hit = ep.commands.get(action.strip())
     if hit is None:
-      feedback = NOTHING_HAPPENS
-      won = self.state["won"]
-    else:
-      feedback = ep.apply(*hit)
-      ep.commands = ep.admissible()
-      won = ep.won()
-    self._steps += 1
-    self.state = FastState(ep, feedback, sorted(ep.commands), won)
-    return self._result(feedback.strip())
-
-  @property
-  def walkthrough(self) -> list[str]:
-    return list(self._episode.game.walkthrough)
-
-  def _result(self, obs: str) -> StepResult:
-    won = bool(self.state["won"])
-    return StepResult(observation=obs, admissible=tuple(self.state["admissible_commands"]), won=won,
-                      done=won or self._steps >= self.max_steps, steps=self._steps)
+      return FastState(ep, NOTHING_HAPPENS, self.state["admissible_commands"], self.state["won"])
+    feedback = ep.apply(*hit)
+    ep.commands = ep.admissible()
+    return FastState(ep, feedback, sorted(ep.commands), ep.won())

@@ -3,7 +3,7 @@
 Per game it plays, on both engines side by side: the stored walkthrough; `walks` seeded random walks
 of 50 admissible commands; one walk that mixes in commands the game must refuse (random words,
 admissible commands with an object's number changed, padded with spaces); and optionally (--expert)
-the exploring expert's episode, driven by FastEnv's state, whose proposals must match too. Every step compares
+the exploring expert's episode, with an expert stepped on each engine's own state, whose proposals must match too. Every step compares
 the observation, the admissible commands (same strings, same order), won and done, plus the goal
 text after reset; the first difference per game is reported.
 
@@ -85,24 +85,22 @@ def _play(game: GameSpec, walk: str, real_env, fast_env, choose, out: list, walk
 
 
 def expert_walk(game: GameSpec, real_env, fast_env, out: list, walk_steps: int) -> int:
-  """The exploring expert's episode: the real engine's expert picks, FastEnv's expert must agree."""
-  from mpr.envs import experts
-  expert = experts.make("exploring")
+  """The exploring expert's episode on both engines (each env steps its own expert on its own
+  state): the real engine's expert picks, FastEnv's must agree."""
   _, r = real_env.reset(game)
   _, f = fast_env.reset(game)
-  proposal = expert.reset(fast_env.state, game)
   steps = 1
   for i in range(1, walk_steps + 1):
     if r.done:
       break
-    if r.expert_action != proposal:
-      out.append(Mismatch(game.game_id, "expert", i, "expert_action", r.expert_action, proposal))
+    if r.expert_action != f.expert_action:
+      out.append(Mismatch(game.game_id, "expert", i, "expert_action", r.expert_action, f.expert_action))
       break
-    r, f = real_env.step(proposal), fast_env.step(proposal)
+    action = r.expert_action
+    r, f = real_env.step(action), fast_env.step(action)
     steps += 1
-    if not _compare(game, f"expert @ {proposal!r}", i, r, f, out):
+    if not _compare(game, f"expert @ {action!r}", i, r, f, out):
       break
-    proposal = expert.act(fast_env.state, proposal)
   return steps
 
 
@@ -119,6 +117,7 @@ def verify_games(games: Sequence[GameSpec], walks: int = 3, seed: int = 0, progr
   from mpr.envs.fastworld import FastEnv, load_game
   real_env, fast_env = AlfworldEnv(max_steps=walk_steps), FastEnv(max_steps=walk_steps)
   real_expert_env = AlfworldEnv(max_steps=walk_steps, expert="exploring") if expert else None
+  fast_expert_env = FastEnv(max_steps=walk_steps, expert="exploring") if expert else None
   mismatches: list[Mismatch] = []
   steps, start = 0, time.time()
   it = games
@@ -141,7 +140,7 @@ def verify_games(games: Sequence[GameSpec], walks: int = 3, seed: int = 0, progr
       if not found:
         steps += _play(game, "mixed" if invalid else f"random{w}", real_env, fast_env, choose, found, walk_steps)
     if expert and not found:
-      steps += expert_walk(game, real_expert_env, fast_env, found, walk_steps)
+      steps += expert_walk(game, real_expert_env, fast_expert_env, found, walk_steps)
     mismatches += found[:1]
     if on_game is not None:
       on_game({"game": game.game_id, "steps": steps - before,
