@@ -43,7 +43,7 @@ def test_bad_config_is_one_line_exit_2(tmp_path, args, needle, alfworld_data):
                                           ("num_slots", "0"), ("engine", "gym")])
 def test_bad_env_value_is_one_line_exit_2_before_any_work(tmp_path, field, value):
   _assert_one_line_error(_launch(["--config", CFG, "--workdir", str(tmp_path), f"--config.env.{field}={value}"]),
-                         f"env.{field}={value}")
+                         f"env.{field}={value if value.isdigit() else repr(value)}")
   assert not os.listdir(tmp_path)      # no stage folder (or config.json) to refuse a corrected re-run
 
 
@@ -150,8 +150,10 @@ def _kill_after(args, workdir, log, n):
 
 def test_ctrl_c_is_one_line_exit_130_and_leaves_a_resumable_log(tmp_path, alfworld_data):
   log = tmp_path / "expert_rollouts" / "episodes_valid_seen.jsonl"
+  # On TextWorld (seconds a game) the signal surely lands mid-run; FastEnv could finish first.
   proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), "--config", CFG + ":num_games=10",
-                           "--config.env.num_slots=2", "--workdir", str(tmp_path)], cwd=ROOT, text=True,
+                           "--config.env.num_slots=2", "--config.env.engine=textworld", "--workdir", str(tmp_path)],
+                          cwd=ROOT, text=True,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
   deadline = time.time() + 240
   while time.time() < deadline and not (log.exists() and log.read_text().count("\n") >= 1):
@@ -170,7 +172,8 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_a_resumable_log(tmp_path, alfwor
 
 
 def test_kill_and_resume_gives_identical_numbers(tmp_path, alfworld_data):
-  args = ["--config", CFG + ":num_games=10", "--config.env.source=real", "--config.env.num_slots=2"]
+  args = ["--config", CFG + ":num_games=10", "--config.env.source=real", "--config.env.num_slots=2",
+          "--config.env.engine=textworld"]     # slow enough for the kill to land mid-run
   ref = tmp_path / "ref"
   p = _launch([*args, "--workdir", str(ref)])
   assert p.returncode == 0, p.stderr[-3000:]
@@ -206,7 +209,7 @@ def test_eval_kill_and_resume_gives_identical_episodes(tmp_path, alfworld_data):
   """The agent eval stage: killed mid-run, resumed, the same episodes step by step (actions and their
   probabilities) and success as an unbroken run: exact, although bf16's numerics depend on batch shapes."""
   args = ["--config", EVAL + ":num_games=3,precisions=bf16+int4", "--config.env.max_steps=8",
-          "--config.env.num_slots=2"]
+          "--config.env.num_slots=2", "--config.env.engine=textworld"]     # slow enough for the kill to land mid-run
   ref, run = tmp_path / "ref", tmp_path / "run"
   p = _launch([*args, "--workdir", str(ref)])
   assert p.returncode == 0, p.stderr[-3000:]

@@ -4,6 +4,8 @@
   ...:runlocal                                   a quick subset (the README's main command)
   ...:split=valid_unseen,precisions=bf16+int4    any split; '+'-separated precisions
   ...:tier=hf,path=/ckpt/Qwen3-8B,format=chat-qwen3   another model tier (mpr.agent.models)
+  ...:engine=textworld                           on the real engine: the same episodes as on FastEnv
+                                                 (compare with `python -m mpr.eval.crosscheck A/eval B/eval`)
 
 The first precision is the reference of the comparison table.
 """
@@ -16,11 +18,11 @@ from mpr.config_util import env_config, parse_arg, runlocal_default
 
 def get_config(arg=None):
   arg = parse_arg(arg, split="valid_seen", num_games=0, precisions="bf16+int8+int4+int3+int2",
-                  tier="mpr", path="", format="compact", mode="score", runlocal=False)
+                  tier="mpr", path="", format="compact", mode="score", runlocal=False, engine="fast")
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.stages = ("eval",)
-  c.env = env_config()
+  c.env = env_config(engine=arg.engine)
   c.model = model_config(tier=arg.tier, path=arg.path)
   c.agent = agent_config(format=arg.format, mode=arg.mode)
   c.eval = ml_collections.ConfigDict()

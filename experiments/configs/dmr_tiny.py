@@ -3,6 +3,7 @@
   python launch.py --config experiments/configs/dmr_tiny.py --workdir workdirs/dmr_tiny
   ...:runlocal                       the reduced pipeline of the README's main command
   ...:low=int3,high=bf16             the two tiers (default bf16 / int2: the tiny policy's harshest tier)
+  ...:engine=textworld               every episode on the real engine (the same episodes as on FastEnv)
 
 Stages: collect (both tiers score every step of train / valid_train episodes; z_t from the low
 tier) → router_sl (KL-ST) → router_grpo (from the KL-ST router; `router_grpo_scratch`: from a
@@ -27,7 +28,7 @@ from mpr.stages.route_eval import eval_config
 
 def get_config(arg=None):
   arg = parse_arg(arg, high="bf16", low="int2", split="valid_seen", num_games=0, runlocal=False,
-                  tier="mpr", path="", format="compact")
+                  tier="mpr", path="", format="compact", engine="fast")
   c = ml_collections.ConfigDict()
   c.seed = 0
   # runlocal (`make demo`) shows the pipeline and its baselines working within 20 minutes on 2 cores, also on
@@ -36,7 +37,7 @@ def get_config(arg=None):
   # no GRPO-from-scratch ablation. It is a demonstration, not a measurement (that is the full run).
   c.stages = ("collect", "router_sl", "router_grpo", *(() if arg.runlocal else ("router_grpo_scratch",)),
               "route_eval")
-  c.env = env_config(max_steps=30 if arg.runlocal else 50)
+  c.env = env_config(max_steps=30 if arg.runlocal else 50, engine=arg.engine)
   c.model = model_config(tier=arg.tier, path=arg.path)
   c.agent = agent_config(format=arg.format)
   c.tiers = tiers_config(arg.high, arg.low)
