@@ -6,14 +6,14 @@
 Plays the same valid_seen games with the shipped tiny policy (score mode, greedy) in several
 settings, one run: TextWorld in 2 worker processes with 8 episodes in flight (the pool before the
 fast engine), and FastEnv in process with 1, 8 and 64 episodes in flight (lockstep: one model call
-acts for every waiting episode). A warm-up run first compiles every shape, so the numbers are
-steady state. Per precision and setting:
+acts for every waiting episode). A warm-up run of the same games first compiles (or loads from
+the persistent compilation cache, as launch.py does) every shape, so the numbers are steady state. Per precision and setting:
   steps/s         all steps / wall time of the run (resets included)
   model ms/step   the variant's batched call time shared among its episodes (Step.model_seconds)
   env ms/step     the engine's time for the step (Step.env_seconds)
   host ms/step    the rest of the wall time per step: prompts, tokenising, the driver
 Then (`--point-games`, 0 to skip) one evaluation point as `eval` plays it with the default env
-config: bf16 on that many valid_seen games, 50 steps, timed end to end after a warm-up.
+config: bf16 on that many valid_seen games, 50 steps, timed end to end after a warm-up run of them.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import json
 import statistics
 import time
 
+from mpr import compile_cache
 from mpr.agent import agent as agent_lib, models
 from mpr.config_util import env_config
 from mpr.envs.games import find_games, select_games
@@ -43,7 +44,7 @@ def _run(policy, name, variants, games, engine, slots, max_steps):
     def agent():
       return agent_lib.from_config(agent_lib.agent_config(), policy.tok, variants, rows=slots,
                                    route=agent_lib.fixed(name))
-    rollout(pool, [(g, 0) for g in games[:max(slots, 4)]], agent())          # warm-up: compile every shape
+    rollout(pool, [(g, 0) for g in games], agent())          # warm-up: compile (or load) every shape
     t0 = time.perf_counter()
     episodes = rollout(pool, [(g, 0) for g in games], agent())
     wall = time.perf_counter() - t0
@@ -75,6 +76,7 @@ def main() -> None:
   ap.add_argument("--point-games", type=int, default=140)
   ap.add_argument("--out", default="")
   args = ap.parse_args()
+  compile_cache.enable()     # as launch.py does: programs compiled by earlier runs are loaded
   policy = models.load(models.model_config())
   games = select_games(find_games("valid_seen"), args.games)
   results = {}
