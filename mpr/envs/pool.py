@@ -367,7 +367,6 @@ class LocalPool:
                expert: Optional[str] = None):
     _check_args(num_slots, engine, expert)
     self.engine, self.num_slots, self.max_steps, self.expert = engine, num_slots, max_steps, expert
-    self.restarts = 0
     self._envs: dict[int, EpisodeEnv] = {}
     self._ready: collections.deque[tuple[int, Outcome]] = collections.deque()
     self._pending: set[int] = set()
