@@ -1,8 +1,9 @@
 """The episode driver: plays a list of (game, seed) jobs on an env pool with a batched policy.
 
-Why this shape: a model policy is fastest on a batch, envs are fastest in parallel. So up to
-`pool.num_slots` episodes are in flight; each turn the driver submits one action per episode to
-the workers, which step them in parallel, and asks the policy for the next actions in one call.
+Why this shape: on an accelerator a model policy is fastest on a batch, and TextWorld envs are
+fastest in parallel. So up to `pool.num_slots` episodes are in flight; each turn the driver submits
+one action per episode to the pool (TextWorld's workers step them in parallel, FastEnv steps them in
+process), and asks the policy for the next actions in one call.
 
 Results are exactly repeatable. A model's numerics depend on its batch shape (a near-tie between
 two commands can flip when an episode shares its batch with others), so batches must not depend on
