@@ -12,6 +12,7 @@ wrappers), without gym's registration layer, so a worker process can load any ga
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 import re
 from typing import Optional
@@ -41,7 +42,7 @@ def split_intro(feedback: str) -> tuple[str, str]:
   return m.group(1), text[:m.start()].strip()
 
 
-class EpisodeEnv:
+class EpisodeEnv(abc.ABC):
   """What both engines share: the episode's step count and cap, its results, and an optional expert.
 
   `expert`, when given (an `mpr.envs.experts` name), is stepped alongside the game and its next
@@ -60,11 +61,13 @@ class EpisodeEnv:
     self._steps = 0
     self.game: Optional[GameSpec] = None
 
+  @abc.abstractmethod
   def _start(self, game: GameSpec):
-    raise NotImplementedError
+    """Loads and resets `game`; returns the engine's state."""
 
+  @abc.abstractmethod
   def _advance(self, action: str):
-    raise NotImplementedError
+    """Plays `action`; returns the engine's state after it."""
 
   def reset(self, game: GameSpec) -> tuple[str, StepResult]:
     """Starts `game`; returns (goal, first StepResult with the initial observation)."""

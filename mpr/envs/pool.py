@@ -121,6 +121,14 @@ class _Worker:
   replied: bool = False
 
 
+def _check_slot(slot: int, num_slots: int, pending: set[int]) -> None:
+  """A request for `slot` is allowed: the slot exists and has no request in flight."""
+  if not 0 <= slot < num_slots:
+    raise ValueError(f"slot {slot} out of range [0, {num_slots})")
+  if slot in pending:
+    raise RuntimeError(f"slot {slot} already has a request in flight")
+
+
 def _check_args(num_slots: int, engine: str, expert: Optional[str]) -> None:
   # Here, not as a failure of every episode later.
   if num_slots < 1:
@@ -252,10 +260,7 @@ class EnvPool:
 
   def _check_free(self, slot: int) -> None:
     self._check_open()
-    if not 0 <= slot < self.num_slots:
-      raise ValueError(f"slot {slot} out of range [0, {self.num_slots})")
-    if slot in self._pending:
-      raise RuntimeError(f"slot {slot} already has a request in flight")
+    _check_slot(slot, self.num_slots, self._pending)
 
   def _send(self, slot: int, kind: str, arg: Any) -> None:
     w = self._workers[self.worker_of(slot)]
@@ -408,10 +413,7 @@ class LocalPool:
   def _check_free(self, slot: int) -> None:
     if self._closed:
       raise RuntimeError("LocalPool is closed")
-    if not 0 <= slot < self.num_slots:
-      raise ValueError(f"slot {slot} out of range [0, {self.num_slots})")
-    if slot in self._pending:
-      raise RuntimeError(f"slot {slot} already has a request in flight")
+    _check_slot(slot, self.num_slots, self._pending)
 
   def _serve(self, slot: int, kind: str, arg: Any) -> None:
     self._check_free(slot)

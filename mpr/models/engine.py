@@ -28,7 +28,7 @@ KV_MIN = 128      # the shortest attention window over the cache
 
 def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
   """The padded size for n: the next power of two (at least `minimum`) up to COARSE, then the next
-  multiple of COARSE, which bounds padding at long lengths (a 700-token rebuild pads to 704, not 1024)
+  multiple of COARSE, which bounds padding at long lengths (a 700-token rebuild pads to 768, not 1024)
   while keeping the compiled shapes few."""
   if n > COARSE:
     return -(-int(n) // COARSE) * COARSE
@@ -56,8 +56,8 @@ def _check_room(cache, lens) -> np.ndarray:
 
 
 def kv_window(cache, needed: int) -> int:
-  """How many leading cache slots attention reads when no query sees past slot `needed`: a power
-  of two (at least KV_MIN) so few programs are compiled, capped at the cache's length."""
+  """How many leading cache slots attention reads when no query sees past slot `needed`: its
+  bucket() (at least KV_MIN) so few programs are compiled, capped at the cache's length."""
   return min(cache["k"][0].shape[1], bucket(needed, KV_MIN))
 
 
