@@ -130,6 +130,44 @@ def test_every_action_and_odd_text_matches_real_engine(synthetic_game):
   assert ("not_ison", ("desklamp 1",)) in _facts(fast.state["facts"])
 
 
+def test_cached_reference_is_textworld(synthetic_game):
+  """The checker's caches change TextWorld's cost, not its texts: every action of the hand-made
+  game (facts included) plays the same on TextWorld with and without them."""
+  import textworld.envs.pddl.textgen as textgen
+  from mpr.envs.alfworld import AlfworldEnv
+  from mpr.envs.fastworld.verify import cached_reference
+
+  def play():
+    env = AlfworldEnv(max_steps=80, expert="walkthrough")
+    goal, r = env.reset(synthetic_game)
+    out = [(goal, r.observation, r.admissible)]
+    for action in _SCRIPT:
+      r = env.step(action)
+      out.append((r.observation, r.admissible, r.won, r.done, _facts(env.state["facts"])))
+    return out
+
+  plain_copy = textgen.copy_context
+  with cached_reference():
+    assert textgen.copy_context is not plain_copy
+    cached = play()
+  assert textgen.copy_context is plain_copy                     # the block leaves TextWorld as it was
+  assert cached == play()
+
+
+@pytest.mark.parametrize("expression", ["o.name", "r.name or r.id", "o.indefinite + ' ' + o.name "])
+def test_cached_reference_takes_plain_reads(expression):
+  from mpr.envs.fastworld.verify import check_read_only
+  check_read_only(expression)
+
+
+@pytest.mark.parametrize("expression", ["o.synonyms.append('x')", "setattr(o, 'name', 'x')",
+                                        "__import__('os')", "o.name if o else r", "o.name; x"])
+def test_cached_reference_refuses_expressions_that_could_write(expression):
+  from mpr.envs.fastworld.verify import check_read_only
+  with pytest.raises(UserError, match="not a plain read"):
+    check_read_only(expression)
+
+
 def test_exploring_expert_plays_fast_state_like_real(one_game_per_task):
   from mpr.envs.alfworld import AlfworldEnv
   from mpr.envs.fastworld import FastEnv
