@@ -213,7 +213,10 @@ def test_switching_precision_catches_up_each_cache(policy, variants, valid_seen)
     d = agent([view])[0]
     row = agent.rows[1]
     want = _reference_probs(variants[d.info["precision"]], tok, row.history.tokens(), adm)
-    np.testing.assert_allclose(d.info["action_probs"], want, atol=2e-4)
+    # int4 computes in bf16, where the one-pass catch-up (prefill_score) and the reference's two
+    # passes round differently (~1e-3); a wrong catch-up moves the distribution far more.
+    atol = 2e-4 if d.info["precision"] == "f32" else 5e-3
+    np.testing.assert_allclose(d.info["action_probs"], want, atol=atol, err_msg=f"step {t}")
   assert row.history.version >= 1
 
 

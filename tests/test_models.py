@@ -178,6 +178,33 @@ def test_score_equals_full_forward_logprobs():
   assert list(np.asarray(cache["lengths"])) == [3, 7]   # scoring leaves the cache alone
 
 
+def test_prefill_score_is_prefill_then_score():
+  """One pass that prefills new context and scores continuations after it gives what the two calls
+  give: log-probs (full forward as reference), last hidden states, and a cache that then decodes
+  the same; rows of different lengths, one row without continuations, a row already cached."""
+  cfg, params, ref = _load("llama3_scaled")
+  ids = ref["input_ids"]
+  v = make_variant(cfg, params, precision("f32"))
+  _, cache = engine.prefill(v, v.init_cache(2, 32), [ids[0, :2], ids[1, :4]])
+  new = [ids[0, 2:3], ids[1, 4:7]]
+  row_of, conts = [1, 1, 1], [ids[1, 7:12], ids[1, 7:9], [3, 4]]
+  last, cache2, lp, hidden = engine.prefill_score(v, cache, new, row_of, conts, return_hidden=True)
+  full = jax.nn.log_softmax(ref["logits"], -1)
+  np.testing.assert_allclose(lp[0], [full[1, 6 + j, ids[1, 7 + j]] for j in range(5)], atol=1e-4)
+  np.testing.assert_allclose(lp[1], lp[0][:2], atol=1e-6)
+  assert list(np.asarray(cache2["lengths"])) == [3, 7]     # the context went in, the tree did not
+  _, cache = engine.prefill(v, v.init_cache(2, 32), [ids[0, :2], ids[1, :4]])
+  last_ref, cache_ref, hidden_ref = engine.prefill(v, cache, new, return_hidden=True)
+  np.testing.assert_allclose(last, last_ref, atol=1e-5)
+  np.testing.assert_allclose(hidden[1, :3], hidden_ref[1, :3], atol=1e-5)
+  for a, b in zip(lp, engine.score(v, cache_ref, last_ref, row_of, conts)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  gen, gen_ref = (engine.generate(v, c, last_ref, max_new_tokens=4) for c in (cache2, cache_ref))
+  np.testing.assert_array_equal(gen.tokens, gen_ref.tokens)
+  with pytest.raises(ValueError, match="needs new context"):
+    engine.prefill_score(v, gen.cache, [[], ids[1, 7:8]], [0], [[3]])
+
+
 def test_next_token_distributions_at_positions():
   cfg, params, ref = _load("qwen3_untied")
   v = make_variant(cfg, params, precision("f32"))

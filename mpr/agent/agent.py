@@ -10,7 +10,8 @@ each, and runs every variant once on its rows: prefill of the tokens that varian
 cached, then either
   score     rank the admissible commands by log-probability (summed, or averaged per token with
             `length_norm`) → a distribution over actions; greedy or sampled at `temperature`. All
-            candidates of the batch are scored in one pass (a prefix tree per row, engine.score).
+            candidates of the batch are scored in one pass (a prefix tree per row), which is the
+            prefill's pass too when the variant has not caught up yet (engine.prefill_score).
   generate  decode until the format's stop token, parse the command, map it to an admissible one
             (exact, else the closest by string similarity: recorded as `mapped`).
 
@@ -173,10 +174,13 @@ class Agent:
     h = next(iter(last.values()))
     return self._place(jnp.stack([last.get(r, jnp.zeros_like(h)) for r in order]))
 
-  def _prefill(self, name: str, slots: list[int], embed: bool):
-    """Catches `name` up on `slots`: prefills the context tokens its cache rows lack.
+  def _prefill(self, name: str, share: list[int], views, rows, embed: bool, score: bool):
+    """Catches `name` up on episodes `share`: prefills the context tokens their cache rows lack,
+    and with `score` scores their admissible commands in the same pass (engine.prefill_score).
 
-    → ({slot: last hidden [H]}, {slot: tokens prefilled}, {slot: z [D]} when `embed`)."""
+    → ({slot: last hidden [H]}, {slot: tokens prefilled}, {slot: z [D]} when `embed`,
+       per episode of `share` (log-scores, tokens scored) when `score`)."""
+    slots = [views[i].slot for i in share]
     idx, at = self._sub_rows(slots)
     cache = self._gather(name, idx)
     lengths = np.asarray(cache["lengths"]).copy()
@@ -189,7 +193,14 @@ class Agent:
       seqs[i] = row.history.tokens()[done:]
       row.cached[name] = (row.history.version, row.history.length)
     cache = engine.truncate_cache(cache, self._place(jnp.asarray(lengths)))
-    last, cache, hidden = engine.prefill(self.variants[name], cache, seqs, return_hidden=True)
+    scored = None
+    if score:
+      row_of, conts = self._candidates(share, at, views, rows)
+      last, cache, lps, hidden = engine.prefill_score(self.variants[name], cache, seqs, row_of, conts,
+                                                      return_hidden=True)
+      scored = self._totals(share, views, lps)
+    else:
+      last, cache, hidden = engine.prefill(self.variants[name], cache, seqs, return_hidden=True)
     self.caches[name] = cache if idx is None else _put_rows(self.caches[name], jnp.asarray(idx), cache)
     z = {}
     if embed:
@@ -198,7 +209,7 @@ class Agent:
       fresh[at] = [min(self.rows[s].history.fresh, len(seqs[i])) for s, i in zip(slots, at)]
       pooled = np.asarray(_pool_tail(hidden, jnp.asarray(lens), jnp.asarray(fresh)))
       z = {s: pooled[i] for s, i in zip(slots, at)}
-    return {s: last[i] for s, i in zip(slots, at)}, {s: len(seqs[i]) for s, i in zip(slots, at)}, z
+    return ({s: last[i] for s, i in zip(slots, at)}, {s: len(seqs[i]) for s, i in zip(slots, at)}, z, scored)
 
   # --- the policy ------------------------------------------------------------------------------
 
@@ -219,16 +230,24 @@ class Agent:
       seconds[share] += (time.perf_counter() - t0) / len(share)
       return out
 
-    def ready(name: str, share: list[int]):
+    def ready(name: str, share: list[int], score: bool = False):
+      """Catches `name` up on `share`; with `score`, also their (log-scores, tokens scored), in
+      the same pass when none of them was caught up yet (one forward instead of two)."""
       todo = [i for i in share if slots[i] not in last.setdefault(name, {})]
-      if not todo:
-        return
-      lasts, counts, z = timed(todo, lambda: self._prefill(name, [slots[i] for i in todo], name == route.embed))
-      last[name].update(lasts)
-      for i in todo:
-        prefilled[i] += counts[slots[i]]
-        if z:
-          rows[i].z.append(z[slots[i]])
+      together = score and todo == share
+      if todo:
+        lasts, counts, z, scored = timed(todo, lambda: self._prefill(name, todo, views, rows,
+                                                                     name == route.embed, together))
+        last[name].update(lasts)
+        for i in todo:
+          prefilled[i] += counts[slots[i]]
+          if z:
+            rows[i].z.append(z[slots[i]])
+        if together:
+          return scored
+      if score:
+        return timed(share, lambda: self._logits(name, share, last[name], views, rows))
+      return None
 
     everyone = list(range(n))
     scored: dict[str, list] = {}                    # variant -> per episode (log-scores, tokens scored)
@@ -237,8 +256,7 @@ class Agent:
       ready(route.embed, everyone)
       probe.z = [np.stack(r.z) for r in rows]
     for name in route.probe:
-      ready(name, everyone)
-      scored[name] = timed(everyone, lambda: self._logits(name, everyone, last[name], views, rows))
+      scored[name] = ready(name, everyone, score=True)
       probe.logits[name] = [lg for lg, _ in scored[name]]
     t0 = time.perf_counter()
     names, p_high = route.choose(views, probe)
@@ -251,13 +269,12 @@ class Agent:
     picks: list = [None] * n
     for name in dict.fromkeys(names):
       group = [i for i, m in enumerate(names) if m == name]
-      ready(name, group)
       if self.mode == "generate":
+        ready(name, group)
         for i, pick in zip(group, timed(group, lambda: self._generate(name, group, last[name], views))):
           picks[i] = pick
         continue
-      got = [scored[name][i] for i in group] if name in scored else timed(
-          group, lambda: self._logits(name, group, last[name], views, rows))
+      got = [scored[name][i] for i in group] if name in scored else ready(name, group, score=True)
       for i, (lg, k) in zip(group, got):
         picks[i] = self._pick(name, views[i], lg, k)
     decisions = []
@@ -276,19 +293,18 @@ class Agent:
       decisions.append(Decision(action, info))
     return decisions
 
-  def _logits(self, name, share, last, views, rows) -> list[tuple[np.ndarray, int]]:
-    """Per episode of `share`: (each admissible command's log-score, tokens scored).
-
-    The log-score is the command's summed token log-probability, or its per-token mean with
-    `length_norm`."""
-    slots = [views[i].slot for i in share]
-    idx, at = self._sub_rows(slots)
+  def _candidates(self, share, at, views, rows) -> tuple[list[int], list[list[int]]]:
+    """(cache row, tokens) of every admissible command of the episodes `share` (rows `at`)."""
     row_of, conts = [], []
     for i, r in zip(share, at):
       for a in views[i].admissible:
         row_of.append(r)
         conts.append(rows[i].history.action_tokens(a))
-    lps = engine.score(self.variants[name], self._gather(name, idx), self._stack(last, slots, idx), row_of, conts)
+    return row_of, conts
+
+  def _totals(self, share, views, lps) -> list[tuple[np.ndarray, int]]:
+    """Per episode of `share`: (each admissible command's log-score, tokens scored). The log-score
+    is the command's summed token log-probability, or its per-token mean with `length_norm`."""
     out, k = [], 0
     for i in share:
       seq = lps[k:k + len(views[i].admissible)]
@@ -296,6 +312,14 @@ class Agent:
       out.append((np.array([lp.mean() if self.length_norm else lp.sum() for lp in seq], np.float64),
                   int(sum(len(lp) for lp in seq))))
     return out
+
+  def _logits(self, name, share, last, views, rows) -> list[tuple[np.ndarray, int]]:
+    """`_totals` of the episodes `share`, whose rows `name` has caught up on already."""
+    slots = [views[i].slot for i in share]
+    idx, at = self._sub_rows(slots)
+    row_of, conts = self._candidates(share, at, views, rows)
+    lps = engine.score(self.variants[name], self._gather(name, idx), self._stack(last, slots, idx), row_of, conts)
+    return self._totals(share, views, lps)
 
   def _pick(self, name: str, view: EpisodeView, totals: np.ndarray, tokens_scored: int) -> tuple[str, dict]:
     if not np.isfinite(totals).all():   # argmax would silently take the first command

@@ -49,12 +49,14 @@ class Decoder(nn.Module):
 
   def __call__(self, tokens: jax.Array, chunk_lens: jax.Array, cache: Cache,
                tree: Optional[tuple[jax.Array, jax.Array]] = None,
-               kv_len: Optional[int] = None) -> tuple[jax.Array, Cache]:
+               kv_len: Optional[int] = None, commit: bool = True) -> tuple[jax.Array, Cache]:
     """tokens [B, T] → (final-norm hidden states [B, T, H], updated cache).
 
-    `tree` = (visibility [B, T, T], depth [B, T]) makes the chunk a token tree over each row's
-    cached history (continuations scored side by side, see Attention); the cache is returned
-    unchanged. `kv_len` (static) bounds the cache slots attention reads (see Attention).
+    `tree` = (visibility [B, T, T], position offsets [B, T]) gives the chunk's tokens their own
+    visibility over each other (see Attention): continuations scored side by side as a token tree,
+    after `chunk_lens` causal context tokens. `commit` (static) False returns the cache unchanged;
+    otherwise the rows' lengths advance by `chunk_lens`. `kv_len` (static) bounds the cache slots
+    attention reads (see Attention).
     """
     offsets = cache["lengths"]
     if tree is None:
@@ -66,10 +68,10 @@ class Decoder(nn.Module):
     x = self.embed(tokens)
     ks, vs = [], []
     for block, kc, vc in zip(self.blocks, cache["k"], cache["v"]):
-      x, kc, vc = block(x, positions, offsets, kc, vc, inv_freq, visible, kv_len)
+      x, kc, vc = block(x, positions, offsets, kc, vc, inv_freq, visible, kv_len, commit)
       ks.append(kc)
       vs.append(vc)
-    if tree is not None:
+    if not commit:
       return self.final_norm(x), cache
     new_cache = {"k": ks, "v": vs, "lengths": offsets + chunk_lens.astype(jnp.int32)}
     return self.final_norm(x), new_cache

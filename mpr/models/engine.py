@@ -8,6 +8,7 @@ row has its own length (see decoder.py), so no left padding or recomputation is 
   last, cache = prefill(variant, cache, [prompt_ids_0, prompt_ids_1])        # last hidden per row
   out = generate(variant, cache, last, max_new_tokens=16, eos_ids=tok.eos_ids)
   lp = score(variant, cache, last, row_of=[0, 0, 1], continuations=[[5, 6], [7], [8, 9, 10]])
+  last, cache, lp = prefill_score(variant, cache, [new_ids_0, new_ids_1], row_of, continuations)  # both, one pass
 """
 from __future__ import annotations
 
@@ -165,31 +166,31 @@ def truncate_cache(cache, lengths) -> dict:
 
 # --- scoring ------------------------------------------------------------------------------------
 
-@functools.partial(jax.jit, static_argnums=(0, 8))
-def _score(variant: Variant, variables, cache, last_hidden, tokens, visible, depth, prev, kv_len: int):
+def _tree_pass(variant: Variant, variables, cache, last_hidden, tokens, visible, depth, prev, lens,
+               kv_len: int, commit: bool):
   variables = variant.full_variables(variables)
-  hidden, _ = variant.model.apply(variables, tokens, jnp.zeros(tokens.shape[:1], jnp.int32), cache,
-                                  (visible, depth), kv_len=kv_len)
+  hidden, cache = variant.model.apply(variables, tokens, lens, cache, (visible, depth), kv_len=kv_len,
+                                      commit=commit)
   # A token is predicted by its parent's hidden state, or by the history's last one at the root.
   h = jnp.concatenate([last_hidden[:, None], hidden], axis=1)
   h = jnp.take_along_axis(h, prev[..., None], axis=1)
   logp = jax.nn.log_softmax(variant.model.apply(variables, h, method="logits"), axis=-1)
-  return jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]                # [B, T]
+  last = jnp.take_along_axis(hidden, jnp.maximum(lens - 1, 0)[:, None, None], axis=1)[:, 0]
+  return jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0], hidden, last, cache   # logp [B, T]
 
 
-def score(variant: Variant, cache, last_hidden, row_of: Sequence[int],
-          continuations: Sequence[Sequence[int]]) -> list[np.ndarray]:
-  """Per-token log-probabilities of each continuation given its row's cached context.
+_score = jax.jit(functools.partial(_tree_pass, commit=False), static_argnums=(0, 9))
+_prefill_score = jax.jit(functools.partial(_tree_pass, commit=True), static_argnums=(0, 9), donate_argnums=(2,))
 
-  row_of[m] names the cache row continuation m extends. A row's continuations are merged into a
-  prefix tree ("go to cabinet 1", "go to cabinet 2", ... share "go to cabinet") packed into one
-  chunk, where each token attends to the row's history and its own ancestors: scoring 50 candidate
-  actions costs one forward pass over their distinct prefixes and never copies the cache, which
-  is not modified.
-  """
+
+def _pack(b: int, contexts: Sequence[Sequence[int]], row_of: Sequence[int],
+          continuations: Sequence[Sequence[int]]):
+  """One chunk per row: its context tokens (causal), then its continuations merged into a prefix
+  tree ("go to cabinet 1", "go to cabinet 2", ... share "go to cabinet") whose tokens see the
+  context and their own ancestors. → (tokens, visible, depth, prev, context lens, paths), where
+  paths[m] = (row, chunk index of each token of continuation m)."""
   if any(len(c) == 0 for c in continuations):
     raise ValueError("empty continuation")
-  b = last_hidden.shape[0]
   nodes: list[dict] = [{} for _ in range(b)]        # per row: (parent node, token) -> node
   parent: list[list[int]] = [[] for _ in range(b)]
   toks: list[list[int]] = [[] for _ in range(b)]
@@ -205,21 +206,67 @@ def score(variant: Variant, cache, last_hidden, row_of: Sequence[int],
       node = nodes[r][key]
       path.append(node)
     paths.append((r, path))
-  t = bucket(max(len(x) for x in toks))
+  lens = np.array([len(c) for c in contexts], np.int32)
+  t = bucket(max(int(n) + len(x) for n, x in zip(lens, toks)))
   tokens = np.zeros((b, t), np.int32)
-  depth = np.zeros((b, t), np.int32)
+  depth = np.zeros((b, t), np.int32)                # position after the row's cached history
   prev = np.zeros((b, t), np.int32)                 # index into [last_hidden ; chunk hidden]
   visible = np.broadcast_to(np.eye(t, dtype=bool), (b, t, t)).copy()   # padding sees itself only
   for r in range(b):
+    n = int(lens[r])
+    tokens[r, :n] = contexts[r]
+    depth[r, :n] = np.arange(n)
+    visible[r, :n, :n] = np.tri(n, dtype=bool)
     for i, (tok, par) in enumerate(zip(toks[r], parent[r])):   # parents precede their children
-      tokens[r, i] = tok
+      j = n + i
+      tokens[r, j] = tok
+      visible[r, j, :n] = True
       if par >= 0:
-        depth[r, i] = depth[r, par] + 1
-        prev[r, i] = par + 1
-        visible[r, i] |= visible[r, par]
+        depth[r, j] = depth[r, n + par] + 1
+        prev[r, j] = n + par + 1
+        visible[r, j] |= visible[r, n + par]
+      else:                                          # a root: predicted by the context's last token
+        depth[r, j], prev[r, j] = n, n
+  return tokens, visible, depth, prev, lens, [(r, [n + int(lens[r]) for n in path]) for r, path in paths]
+
+
+def score(variant: Variant, cache, last_hidden, row_of: Sequence[int],
+          continuations: Sequence[Sequence[int]]) -> list[np.ndarray]:
+  """Per-token log-probabilities of each continuation given its row's cached context.
+
+  row_of[m] names the cache row continuation m extends. A row's continuations are merged into a
+  prefix tree packed into one chunk, where each token attends to the row's history and its own
+  ancestors: scoring 50 candidate actions costs one forward pass over their distinct prefixes and
+  never copies the cache, which is not modified.
+  """
+  b = last_hidden.shape[0]
+  tokens, visible, depth, prev, lens, paths = _pack(b, [[]] * b, row_of, continuations)
   kv_len = kv_window(cache, int(np.asarray(cache["lengths"]).max()))
-  out = np.asarray(_score(variant, variant.variables, cache, last_hidden, tokens, visible, depth, prev, kv_len))
+  out, *_ = _score(variant, variant.variables, cache, last_hidden, tokens, visible, depth, prev, lens, kv_len)
+  out = np.asarray(out)
   return [out[r, path] for r, path in paths]
+
+
+def prefill_score(variant: Variant, cache, seqs: Sequence[Sequence[int]], row_of: Sequence[int],
+                  continuations: Sequence[Sequence[int]], return_hidden: bool = False):
+  """`prefill(seqs)` then `score(row_of, continuations)` in one forward pass: each row's chunk is its
+  new context tokens followed by its continuations' prefix tree. Only the context enters the cache.
+
+  Returns (last hidden [B, H], cache, per-continuation log-probs[, hidden [B, T, H], whose first
+  len(seqs[b]) positions of row b are the context's]). Rows with continuations need context tokens.
+  """
+  b = len(seqs)
+  if any(len(seqs[r]) == 0 for r in row_of):
+    raise ValueError("a row scored by prefill_score needs new context tokens")
+  tokens, visible, depth, prev, lens, paths = _pack(b, seqs, row_of, continuations)
+  lengths = _check_room(cache, lens)
+  kv_len = kv_window(cache, int(lengths.max()))
+  h0 = jnp.zeros((b, variant.cfg.hidden_size), variant.prec.jnp_dtype)   # never read: roots follow context
+  out, hidden, last, cache = _prefill_score(variant, variant.variables, cache, h0, tokens, visible, depth,
+                                            prev, lens, kv_len)
+  out = np.asarray(out)
+  lps = [out[r, path] for r, path in paths]
+  return (last, cache, lps, hidden) if return_hidden else (last, cache, lps)
 
 
 # --- distributions --------------------------------------------------------------------------------

@@ -94,16 +94,19 @@ class Attention(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, positions, offsets, k_cache, v_cache, inv_freq, tree=None, kv_len=None):
+  def __call__(self, x, positions, offsets, k_cache, v_cache, inv_freq, tree=None, kv_len=None,
+               commit=True):
     """x [B,T,H]; positions [B,T]; offsets [B] = tokens already cached per row.
 
     Query i of row b sees cache slots j <= offsets[b] + i: its history and the chunk up to itself.
     Padding tokens at the end of a row's chunk are written too but never seen, because the
     caller advances that row's length only by its real tokens and overwrites them next time.
 
-    With `tree` = visibility [B,T,T] the chunk is a token tree continuing each row's history
-    (candidate actions sharing prefixes, scored in one pass): query i sees the cached history and
-    the chunk tokens j with tree[b, i, j] (its ancestors and itself); the cache is left as it was.
+    With `tree` = visibility [B,T,T] query i sees the cached history and the chunk tokens j with
+    tree[b, i, j]: a token tree continuing each row's history (candidate actions sharing prefixes,
+    scored in one pass: each sees its ancestors and itself), possibly after a causal run of new
+    context tokens that every tree token sees. The chunk is written to the cache only if `commit`
+    (the caller then advances the rows' lengths over the context tokens alone).
 
     `kv_len` (static), when given, is how many leading cache slots any query may see (the caller's
     bound on offsets + T, or on offsets with a tree): attention reads only those, so a short
@@ -133,6 +136,9 @@ class Attention(nn.Module):
       values = jnp.concatenate([v_cache[:, :s], v.astype(v_cache.dtype)], axis=1)
       history = jnp.broadcast_to(jnp.arange(s)[None, None, :] < offsets[:, None, None], (b, t, s))
       visible = jnp.concatenate([history, tree], axis=-1)
+      if commit:
+        k_cache = write_cache(k_cache, kk, offsets)
+        v_cache = write_cache(v_cache, v, offsets)
     logits = jnp.einsum("btkgd,bskd->bkgts", q, keys.astype(q.dtype),
                         preferred_element_type=jnp.float32) * (d ** -0.5)
     logits = jnp.where(visible[:, None, None], logits, _NEG)               # [B, K, G, T, S]
@@ -160,11 +166,11 @@ class Block(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, positions, offsets, k_cache, v_cache, inv_freq, tree=None, kv_len=None):
+  def __call__(self, x, positions, offsets, k_cache, v_cache, inv_freq, tree=None, kv_len=None, commit=True):
     eps = self.cfg.rms_norm_eps
     h, k_cache, v_cache = Attention(self.cfg, self.quant, self.dtype, name="attn")(
         RMSNorm(eps, self.dtype, name="attn_norm")(x), positions, offsets, k_cache, v_cache, inv_freq,
-        tree, kv_len)
+        tree, kv_len, commit)
     x = x + h
     x = x + Mlp(self.cfg, self.quant, self.dtype, name="mlp")(RMSNorm(eps, self.dtype, name="mlp_norm")(x))
     return x, k_cache, v_cache
