@@ -68,7 +68,8 @@ def cached_reference():
   - the textgen and logic parsers are memoized by (text, rule): parsing is a function of the text,
     and each call gets its own deep copy of the result, as a fresh parse would be;
   - `fast_downward.pddl2sas` is memoized by (domain, problem, optimize), which set all its
-    translator options on every call; each call gets its own deep copy of the task;
+    translator options on every call, for the game being played; each call gets its own deep copy
+    of the task;
   - textgen's `copy_context` copies the variables and mapping dicts but shares their values
     (entity records, placeholders, variables). textgen only updates those dicts, and the only
     code a game runs on the values is its grammar's {...} expressions, each checked on parse to be
@@ -97,6 +98,8 @@ def cached_reference():
   def pddl2sas(domain, problem, verbose=False, optimize=False):
     key = (domain, problem, optimize)
     if key not in translations:
+      if any(k[:2] != key[:2] for k in translations):   # a new game: only its resets will ask again
+        translations.clear()
       translations[key] = saved["pddl2sas"](domain, problem, verbose=verbose, optimize=optimize)
     task, sas = translations[key]
     return copy.deepcopy(task), sas
