@@ -150,8 +150,9 @@ def _kill_after(args, workdir, log, n):
 
 def test_ctrl_c_is_one_line_exit_130_and_leaves_a_resumable_log(tmp_path, alfworld_data):
   log = tmp_path / "expert_rollouts" / "episodes_valid_seen.jsonl"
-  # On TextWorld (seconds a game) the signal surely lands mid-run; FastEnv could finish first.
-  proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), "--config", CFG + ":num_games=10",
+  # On TextWorld (seconds a game) and with 40 games the signal lands mid-run even on loaded cores
+  # (10 games once finished first there); FastEnv could finish first anyway.
+  proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), "--config", CFG + ":num_games=40",
                            "--config.env.num_slots=2", "--config.env.engine=textworld", "--workdir", str(tmp_path)],
                           cwd=ROOT, text=True,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
