@@ -179,7 +179,8 @@ def _tree_pass(variant: Variant, variables, cache, last_hidden, tokens, visible,
   return jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0], hidden, last, cache   # logp [B, T]
 
 
-_score = jax.jit(functools.partial(_tree_pass, commit=False), static_argnums=(0, 9))
+# Scoring alone returns only the log-probs, so XLA drops the hidden states it would otherwise copy out.
+_score = jax.jit(lambda *args: _tree_pass(*args, commit=False)[0], static_argnums=(0, 9))
 _prefill_score = jax.jit(functools.partial(_tree_pass, commit=True), static_argnums=(0, 9), donate_argnums=(2,))
 
 
@@ -242,8 +243,8 @@ def score(variant: Variant, cache, last_hidden, row_of: Sequence[int],
   b = last_hidden.shape[0]
   tokens, visible, depth, prev, lens, paths = _pack(b, [[]] * b, row_of, continuations)
   kv_len = kv_window(cache, int(np.asarray(cache["lengths"]).max()))
-  out, *_ = _score(variant, variant.variables, cache, last_hidden, tokens, visible, depth, prev, lens, kv_len)
-  out = np.asarray(out)
+  out = np.asarray(_score(variant, variant.variables, cache, last_hidden, tokens, visible, depth, prev, lens,
+                          kv_len))
   return [out[r, path] for r, path in paths]
 
 
