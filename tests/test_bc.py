@@ -60,6 +60,20 @@ def test_resume_after_interruption_is_exact(tmp_path, setup, monkeypatch):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
+def test_a_step_budget_wraps_epochs_and_stops_on_time(tmp_path, setup, monkeypatch):
+  cfg, ex, tc = setup
+  per_epoch = lm.batches_per_epoch(ex, tc)
+  real_step, seen = lm._train_step, []
+  monkeypatch.setattr(lm, "_train_step", lambda *a: seen.append(a[4].copy()) or real_step(*a))
+  tc = lm.train_config(**{**tc.to_dict(), "steps": per_epoch + 2})
+  _, final = lm.train(cfg, tiny.init_params(cfg, 0), ex, [], tc, str(tmp_path))
+  assert final["steps"] == len(seen) == per_epoch + 2
+  # The steps past the first epoch are the second epoch's first batches.
+  second = lm.epoch_batches(ex, tc, epoch=1)
+  for got, want in zip(seen[per_epoch:], second):
+    np.testing.assert_array_equal(got, want[0])
+
+
 def test_batches_cover_every_example_once_per_epoch(setup):
   _, ex, tc = setup
   batches = lm.epoch_batches(ex, tc, epoch=0)
@@ -86,12 +100,13 @@ def test_bc_stage_end_to_end_on_a_few_real_games(tmp_path, alfworld_data):
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   args = [sys.executable, os.path.join(root, "launch.py"), "--workdir", str(tmp_path),
           "--config", os.path.join(root, "experiments/configs/bc_tiny.py") + ":num_games=4,rounds=1,dagger_games=2",
-          "--config.bc.train.epochs=1", "--config.bc.dagger.train.epochs=1", "--config.bc.dagger.max_steps=4",
+          "--config.bc.train.epochs=1", "--config.bc.dagger.train.steps=2", "--config.bc.dagger.max_steps=4",
           "--config.env.num_slots=2"]
   p = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=900)
   assert p.returncode == 0, p.stderr[-3000:]
   metrics = json.load(open(tmp_path / "bc" / "metrics.json"))
   assert [r["round"] for r in metrics["rounds"]] == [0, 1] and metrics["rounds"][1]["dagger_examples"] > 0
+  assert metrics["rounds"][1]["steps"] == 2     # the DAgger round trains its step budget, not epochs
   assert len((tmp_path / "bc" / "round_1" / "episodes.jsonl").read_text().splitlines()) == 2
   policy = models.load(models.model_config(path=str(tmp_path / "bc" / "policy")))
   assert policy.tok.vocab_size == policy.cfg.vocab_size

@@ -3,10 +3,11 @@
   python launch.py --config experiments/configs/bc_tiny.py --workdir workdirs/bc_tiny
   cp -r workdirs/bc_tiny/bc/policy/. mpr/assets/tiny/policy/      # what the repository ships
 
-Stages: expert_rollouts (the exploring expert on `expert.num_games` evenly spaced train games and
-on valid_train, for validation), then bc (round 0 = cloning, then DAgger rounds on fresh train
-games). The shipped policy was made by exactly this config on 2 CPU cores (see BENCHMARKS.md for
-the wall time); on a GPU raise train.batch_tokens and the game counts freely.
+Stages: expert_rollouts (the exploring expert on every train game, or `num_games` evenly spaced
+ones, and on valid_train, for validation), then bc (round 0 = cloning, then DAgger rounds on fresh
+train games, each training a fixed number of steps on the growing aggregate). The shipped policy was
+made by exactly this config on 2 CPU cores (see BENCHMARKS.md for the rounds and wall times); on a
+GPU raise train.batch_tokens, the step counts and the game counts freely.
 """
 import ml_collections
 
@@ -16,7 +17,7 @@ from mpr.train.lm import train_config
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, num_games=1200, rounds=2, dagger_games=250)
+  arg = parse_arg(arg, num_games=0, rounds=4, dagger_games=800)
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.stages = ("expert_rollouts", "bc")
@@ -30,11 +31,13 @@ def get_config(arg=None):
   c.bc.demos = ""                             # '' = this workdir's expert_rollouts/
   c.bc.split = "train"
   c.bc.val_split = "valid_train"
-  c.bc.train = train_config(epochs=6, lr=2e-3, warmup_steps=30, batch_tokens=8192, ckpt_every=50)
+  c.bc.model = ml_collections.ConfigDict()   # overrides of mpr.models.config.tiny (num_layers, hidden_size, ...)
+  c.bc.train = train_config(epochs=4, lr=2e-3, warmup_steps=30, batch_tokens=8192, ckpt_every=50)
   c.bc.dagger = ml_collections.ConfigDict()
   c.bc.dagger.rounds = arg.rounds
   c.bc.dagger.games = arg.dagger_games        # fresh train games per round, played by the policy
-  c.bc.dagger.max_steps = 30                  # a lost policy's long loops add little but cost much
+  c.bc.dagger.max_steps = 40                  # long enough to label the loops a lost policy falls into
   c.bc.dagger.precision = "f32"
-  c.bc.dagger.train = ml_collections.ConfigDict({"epochs": 2, "lr": 1e-3, "warmup_steps": 10})
+  # A fixed step budget per round (not epochs of an aggregate that grows every round).
+  c.bc.dagger.train = ml_collections.ConfigDict({"steps": 400, "lr": 1e-3, "warmup_steps": 10})
   return c

@@ -8,11 +8,13 @@ The tokenizer is made by `experiments/configs/tokenizer_tiny.py` (see its docstr
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
 import jax.numpy as jnp
 
+from mpr.errors import UserError
 from mpr.models import config as config_lib
 from mpr.models.decoder import Decoder, init_cache
 from mpr.models.tokenizer import Tokenizer
@@ -25,6 +27,10 @@ def tokenizer(folder: str = ASSETS) -> Tokenizer:
 
 
 def model_config(tok: Tokenizer, **overrides) -> config_lib.ModelConfig:
+  unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(config_lib.ModelConfig)} - {"vocab_size"})
+  if unknown or "vocab_size" in overrides:
+    raise UserError(f"unknown or fixed model fields {unknown or ['vocab_size']}: the tiny model takes "
+                    "ModelConfig fields (num_layers, hidden_size, ...) and its tokenizer's vocabulary")
   return config_lib.tiny(vocab_size=tok.vocab_size, **overrides)
 
 

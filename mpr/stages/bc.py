@@ -56,7 +56,7 @@ def run(config, sdir: str) -> dict:
   if ac.format != "compact":
     raise UserError(f"bc trains the tiny policy, whose format is compact (agent.format={ac.format!r})")
   tok = tiny.tokenizer()
-  cfg = tiny.model_config(tok)
+  cfg = tiny.model_config(tok, **bc.model.to_dict())
   source = bc.demos or os.path.join(os.path.dirname(sdir), "expert_rollouts")
   to_examples = lambda eps: demos.examples(eps, tok, prompt.COMPACT, ac.budget, ac.max_action_tokens)
   train_ex = to_examples(_episodes(os.path.join(source, f"episodes_{bc.split}.jsonl")))
@@ -76,7 +76,9 @@ def run(config, sdir: str) -> dict:
       cfg, params = checkpoint.load_model(model_dir)
       row.update(io.read_json(os.path.join(rdir, "train.json")))
     else:
-      tc = bc.train if r == 0 else lm.train_config(**{**bc.train.to_dict(), **bc.dagger.train.to_dict()})
+      # Each round its own batch order: with a step cap, each round trains on another sample.
+      tc = bc.train if r == 0 else lm.train_config(**{**bc.train.to_dict(), **bc.dagger.train.to_dict(),
+                                                      "seed": bc.train.seed + r})
       params, result = lm.train(cfg, params, train_ex + dagger_ex, val_ex, tc, rdir, label=f"bc round {r}")
       io.atomic_write_json(os.path.join(rdir, "train.json"), result)   # before the model: it marks done
       if hosts.is_primary():   # folders are written by one host (every host holds the same params)

@@ -38,6 +38,7 @@ from mpr.train.metrics import MetricWriter
 def train_config(**overrides) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.epochs = 4
+  c.steps = 0               # > 0: train exactly this many steps instead (epochs wrap around as needed)
   c.lr = 1e-3
   c.warmup_steps = 100
   c.end_lr_ratio = 0.1
@@ -135,12 +136,12 @@ def evaluate(cfg: ModelConfig, params, examples: Sequence[Example], tc) -> dict[
 
 def train(cfg: ModelConfig, params, train_examples: Sequence[Example], val_examples: Sequence[Example],
           tc, workdir: str, label: str = "train") -> tuple[dict, dict]:
-  """Trains `params` for tc.epochs; resumes from workdir/ckpt. Returns (params, final metrics)."""
+  """Trains `params` for tc.epochs (or tc.steps); resumes from workdir/ckpt. Returns (params, final metrics)."""
   if not train_examples:
     raise UserError("no training examples (empty demonstration set)")
   model = Decoder(cfg)
   per_epoch = batches_per_epoch(train_examples, tc)
-  total = per_epoch * tc.epochs
+  total = tc.steps or per_epoch * tc.epochs
   opt = make_optimizer(tc, total)
   state = {"params": params, "opt_state": opt.init(params), "step": np.zeros((), np.int64)}
   mgr, latest, state = checkpoints.restore_latest(os.path.join(workdir, "ckpt"), state,
@@ -153,9 +154,9 @@ def train(cfg: ModelConfig, params, train_examples: Sequence[Example], val_examp
   bar = tqdm(total=total, initial=step, desc=label, unit="step", dynamic_ncols=True)
   try:
     with MetricWriter(os.path.join(workdir, "tb")) as writer:
-      for epoch in range(step // per_epoch, tc.epochs):
+      for epoch in range(step // per_epoch, -(-total // per_epoch)):
         batches = epoch_batches(train_examples, tc, epoch)
-        for toks, mask, lens in batches[step - epoch * per_epoch:]:
+        for toks, mask, lens in batches[step - epoch * per_epoch:total - epoch * per_epoch]:
           params, opt_state, loss, gnorm = _train_step(model, opt, params, opt_state, toks, mask, lens)
           step += 1
           bar.update(1)
