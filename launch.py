@@ -21,8 +21,8 @@ from ml_collections import config_flags
 
 from mpr import compile_cache, config_util, hosts
 from mpr.errors import UserError
-from mpr.stages import (bc, collect, evaluate, expert_rollouts, route_eval, router_grpo, router_sl, runner,
-                        tokenizer)
+from mpr.stages import (bc, collect, evaluate, expert_rollouts, oracle, route_eval, router_grpo, router_sl,
+                        runner, tokenizer)
 
 # The registry: a stage name in a config maps to exactly one module (no getattr on strings).
 STAGES = {
@@ -30,6 +30,7 @@ STAGES = {
     "collect": collect,
     "eval": evaluate,
     "expert_rollouts": expert_rollouts,
+    "oracle": oracle,
     "route_eval": route_eval,
     "router_grpo": router_grpo,
     "router_grpo_scratch": router_grpo.SCRATCH,

@@ -17,11 +17,26 @@ from mpr.models.variants import make_variant
 FIX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
 
+def _fixture(name):
+  cfg, params = load_hf(os.path.join(FIX, name))
+  ids = np.load(os.path.join(FIX, name, "ref.npz"))["input_ids"]
+  return cfg, params, jnp.asarray(ids)
+
+
 @pytest.fixture(scope="module")
 def qwen():
-  cfg, params = load_hf(os.path.join(FIX, "qwen3_untied"))
-  ids = np.load(os.path.join(FIX, "qwen3_untied", "ref.npz"))["input_ids"]
-  return cfg, params, jnp.asarray(ids)
+  return _fixture("qwen3_untied")
+
+
+@pytest.fixture(scope="module")
+def qwen_tied():
+  return _fixture("qwen3_tied")
+
+
+def _kl(ref_logits, variant, ids):
+  ref = jax.nn.log_softmax(ref_logits, -1)
+  lp = jax.nn.log_softmax(_logits(variant, ids), -1)
+  return float((jnp.exp(ref) * (ref - lp)).sum(-1).mean())
 
 
 def _logits(variant, ids):
@@ -29,16 +44,21 @@ def _logits(variant, ids):
   return variant.logits(h)
 
 
-@pytest.mark.parametrize("name", ["int8", "w8a8", "int4", "int3", "int2"])
-def test_frozen_variant_equals_on_the_fly_quantization(qwen, name):
-  cfg, params, ids = qwen
+@pytest.mark.parametrize("name,tied", [
+    *((n, False) for n in ["int8", "w8a8", "int4", "int3", "int2", "w4a4", "int4-g16", "int3-mse",
+                           "int4-clip0.8-head", "int4-emb", "w4a8-g16-mse-head-emb"]),
+    *((n, True) for n in ["int4-head", "int4-emb", "int2-g16-head-emb"])])
+def test_frozen_variant_equals_on_the_fly_quantization(qwen, qwen_tied, name, tied):
+  """SERVE (frozen integer weights and scales) equals TRAIN (quantizing the float weights) bit for bit."""
+  cfg, params, ids = qwen_tied if tied else qwen
   prec = precision(name)
   served = _logits(make_variant(cfg, params, prec), ids)
   model = Decoder(cfg, Quant(prec, "train"), prec.jnp_dtype)
 
   @jax.jit
   def on_the_fly(p):
-    h, _ = model.apply({"params": p}, ids, jnp.full((2,), 12), init_cache(cfg, 2, 16, prec.jnp_dtype))
+    h, _ = model.apply({"params": p}, ids, jnp.full((ids.shape[0],), ids.shape[1]),
+                       init_cache(cfg, ids.shape[0], 16, prec.jnp_dtype))
     return model.apply({"params": p}, h, method=Decoder.logits)
 
   np.testing.assert_array_equal(np.asarray(served), np.asarray(on_the_fly(params)))
@@ -71,6 +91,48 @@ def test_error_grows_as_bits_shrink(qwen):
   assert kls == sorted(kls) and kls[0] < 1e-3 < kls[-1], kls
 
 
+_EMB = ("int8-emb", "int4-emb", "int3-emb", "int2-emb")
+_HEAD = ("int8-head", "int4-head", "int3-head", "int2-head")
+
+
+@pytest.mark.parametrize("family,tied", [(("w8a8", "w4a8", "w4a4"), False), (_EMB, False), (_EMB, True),
+                                         (_HEAD, False), (_HEAD, True),
+                                         (("int8-g16-head-emb", "int4-g16-head-emb", "int2-g16-head-emb"), False)])
+def test_error_grows_as_bits_shrink_with_every_option(qwen, qwen_tied, family, tied):
+  cfg, params, ids = qwen_tied if tied else qwen
+  ref = _logits(make_variant(cfg, params, precision("f32")), ids)
+  kls = [_kl(ref, make_variant(cfg, params, precision(n)), ids) for n in family]
+  assert kls == sorted(kls) and kls[-1] > 2 * kls[0], dict(zip(family, kls))
+  # Quantizing the table or the head adds error to the same weights' per-channel int4.
+  if family in (_EMB, _HEAD):
+    base = _kl(ref, make_variant(cfg, params, precision("int4")), ids)
+    assert kls[1] > base, (family[1], kls[1], base)
+
+
+def test_head_and_table_are_stored_low_bit(qwen, qwen_tied):
+  cfg, params, _ = qwen
+  mem = {n: make_variant(cfg, params, precision(n)) for n in ["int4", "int4-head", "int4-head-emb", "int2-head-emb"]}
+  v = mem["int4-head-emb"]
+  assert "lm_head" not in v.variables["params"] and "embed" not in v.variables["params"]
+  assert v.variables["aqt"]["embed"]["qvalue"].dtype == jnp.int4
+  assert mem["int2-head-emb"].variables["aqt"]["embed"]["qvalue"].dtype == jnp.int2
+  table = cfg.vocab_size * cfg.hidden_size
+  sizes = {n: m.weight_bytes for n, m in mem.items()}
+  # bf16 → 4 bits saves 12 of 16 bits a weight, less the scales: one per output channel (AQT keeps
+  # them in the compute dtype, bf16) or per table row (f32).
+  assert sizes["int4"] - sizes["int4-head"] == table * 12 // 8 - 2 * cfg.vocab_size
+  assert sizes["int4-head"] - sizes["int4-head-emb"] == table * 12 // 8 - 4 * cfg.vocab_size
+  cfg, params, _ = qwen_tied     # one table serves both ends: `emb` shrinks it, `head` adds a frozen copy
+  tied = {n: make_variant(cfg, params, precision(n)).weight_bytes for n in ["int4", "int4-emb", "int4-head"]}
+  assert tied["int4-emb"] < tied["int4"] < tied["int4-head"]
+
+
+def test_groups_must_tile_the_model(qwen):
+  cfg, params, _ = qwen
+  with pytest.raises(UserError, match="group size 24 does not divide"):
+    make_variant(cfg, params, precision("int4-g24"))
+
+
 def test_calibration_and_group_options(qwen):
   cfg, params, ids = qwen
   ref = jax.nn.log_softmax(_logits(make_variant(cfg, params, precision("f32")), ids), -1)
@@ -90,6 +152,19 @@ def test_unknown_precision_and_calibration():
     precision("int5")
   with pytest.raises(UserError, match="unknown calibration"):
     precision("int4", calibration="gptq")
+  for bad, match in [("int4-g0", "unknown option 'g0'"), ("int4-clip1.5", "unknown option"),
+                     ("int4-fast", "unknown option 'fast'"), ("bf16-emb", "bf16 has float weights")]:
+    with pytest.raises(UserError, match=match):
+      precision(bad)
+
+
+def test_precision_names_are_canonical():
+  p = precision("int3-emb-mse-g32-head")
+  assert p.name == "int3-g32-mse-head-emb" and precision(p.name) == p
+  assert (p.weight_bits, p.group_size, p.calibration, p.quant_head, p.quant_embed) == (3, 32, "mse", True, True)
+  assert precision("w4a8").act_bits == 8 and precision("w4a4").act_bits == 4
+  assert precision("int4", group_size=64).name == "int4-g64"
+  assert precision("int2-clip0.9").clip_scale == 0.9
 
 
 def test_checkpoint_round_trips(qwen, tmp_path):
@@ -99,11 +174,12 @@ def test_checkpoint_round_trips(qwen, tmp_path):
   assert cfg2 == cfg
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params2)):
     np.testing.assert_array_equal(a, b)
-  v = make_variant(cfg, params, precision("int4"))
-  checkpoint.save_variant(str(tmp_path / "v"), v)
-  v2 = checkpoint.load_variant(str(tmp_path / "v"))
-  assert v2.weight_bytes == v.weight_bytes
-  np.testing.assert_array_equal(np.asarray(_logits(v, ids)), np.asarray(_logits(v2, ids)))
+  for name in ["int4", "w4a8-g16-mse-head-emb"]:
+    v = make_variant(cfg, params, precision(name))
+    checkpoint.save_variant(str(tmp_path / name), v)
+    v2 = checkpoint.load_variant(str(tmp_path / name))
+    assert v2.prec == v.prec and v2.weight_bytes == v.weight_bytes
+    np.testing.assert_array_equal(np.asarray(_logits(v, ids)), np.asarray(_logits(v2, ids)))
 
 
 def test_bad_checkpoints_fail_in_one_line(qwen, tmp_path):
@@ -159,3 +235,22 @@ def test_nan_weights_and_missing_file_hashes_are_refused(qwen, tmp_path):
   (tmp_path / "old" / "model.json").write_text(json.dumps(meta))
   with pytest.raises(UserError, match="lists no file hashes for params/"):
     checkpoint.load_model(str(tmp_path / "old"))
+
+
+def test_token_fidelity_compares_variants_on_the_same_tokens():
+  from mpr.agent import demos, models, prompt
+  from mpr.eval.fidelity import token_fidelity
+  from mpr.records import Episode, Step
+  policy = models.load(models.model_config())
+  rooms = ["fridge 1", "cabinet 2", "countertop 1", "sinkbasin 1"]
+  episodes = [Episode(f"g{i}", "pick_and_place_simple", 0, "put a apple in fridge",
+                      [Step(t=t, observation=f"You arrive at {rooms[(i + t) % 4]}.", admissible=[f"go to {r}" for r in rooms],
+                            action=f"go to {rooms[(i + t + 1) % 4]}") for t in range(6)], won=True) for i in range(5)]
+  examples = demos.examples(episodes, policy.tok, prompt.COMPACT, budget=512, reserve=24)
+  variants = policy.variants(["f32", "bf16", "int4", "int2"])
+  fid = token_fidelity(variants["f32"], variants, examples, batch_tokens=1024)
+  marked = sum(int(x.loss[1:].sum()) for x in examples)
+  assert all(f["tokens"] == marked for f in fid.values())
+  assert fid["f32"]["kl"] == 0.0 and fid["f32"]["argmax_agreement"] == 1.0
+  assert fid["bf16"]["kl"] < fid["int4"]["kl"] < fid["int2"]["kl"]
+  assert fid["int2"]["argmax_agreement"] <= fid["int4"]["argmax_agreement"] <= 1.0

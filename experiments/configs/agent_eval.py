@@ -3,6 +3,7 @@
   python launch.py --config experiments/configs/agent_eval.py --workdir workdirs/eval_tiny
   ...:runlocal                                   a quick subset (the README's main command)
   ...:split=valid_unseen,precisions=bf16+int4    any split; '+'-separated precisions
+  ...:precisions=bf16+int4-g32-emb+w4a8          with options (mpr.models.quant: groups, mse, head, emb)
   ...:tier=hf,path=/ckpt/Qwen3-8B,format=chat-qwen3   another model tier (mpr.agent.models)
   ...:engine=textworld                           on the real engine: the same episodes as on FastEnv
                                                  (compare with `python -m mpr.eval.crosscheck A/eval B/eval`)
@@ -29,4 +30,5 @@ def get_config(arg=None):
   c.eval.split = arg.split
   c.eval.num_games = runlocal_default(arg, "num_games", 36)     # 0 = every game of the split
   c.eval.precisions = tuple(arg.precisions.split("+"))
+  c.eval.fidelity = True        # per-token KL / argmax agreement of each quantized precision vs the first
   return c

@@ -420,11 +420,16 @@ def agent_config(**overrides):
   return c
 
 
+def prompt_format(ac):
+  """The prompt format the `agent` config section asks for."""
+  from mpr.agent import prompt
+  return prompt.make(ac.format) if ac.format == "compact" else prompt.make(
+      ac.format, think=ac.think, list_admissible=ac.list_admissible, examples=tuple(ac.examples))
+
+
 def from_config(ac, tok: Tokenizer, variants: Mapping[str, Variant], *, rows: int, route: Route,
                 seed: int = 0, record_z: bool = False) -> Agent:
-  from mpr.agent import prompt
-  fmt = prompt.make(ac.format) if ac.format == "compact" else prompt.make(
-      ac.format, think=ac.think, list_admissible=ac.list_admissible, examples=tuple(ac.examples))
+  fmt = prompt_format(ac)
   devices = jax.local_devices()
   if ac.devices:
     if ac.devices > len(devices):

@@ -182,8 +182,7 @@ def load_model(path: str) -> tuple[ModelConfig, dict]:
 
 
 def save_variant(path: str, variant) -> None:
-  meta = {"kind": "variant", "config": config_to_json(variant.cfg),
-          "precision": dataclasses.asdict(variant.prec), "quant_head": variant.model.quant_head}
+  meta = {"kind": "variant", "config": config_to_json(variant.cfg), "precision": dataclasses.asdict(variant.prec)}
   _save(path, meta, "variables", variant.variables)
 
 
@@ -193,10 +192,14 @@ def load_variant(path: str):
   if meta.get("kind") != "variant":
     raise UserError(f"{path}: holds a {meta.get('kind')!r} checkpoint, expected a frozen variant")
   cfg = config_from_json(meta["config"])
-  prec = Precision(**meta["precision"])
-  precision(prec.name)  # validates the name
+  try:
+    prec = Precision(**meta["precision"])
+  except TypeError as e:
+    raise UserError(f"{path}: model.json has an unreadable precision ({e})") from None
+  if precision(prec.name) != prec:   # validates the name, and that the fields are the name's
+    raise UserError(f"{path}: precision fields do not match its name {prec.name!r}")
   # The expected tree: what make_variant would build, as shapes only (no float weights needed).
   shapes = params_lib.unflatten({p: jax.ShapeDtypeStruct(s, np.float32)
                                  for p, s in params_lib.expected_shapes(cfg).items()})
-  abstract = jax.eval_shape(lambda p: make_variant(cfg, p, prec, meta["quant_head"]).variables, shapes)
-  return Variant.serve(cfg, prec, _restore(path, meta, "variables", abstract), meta["quant_head"])
+  abstract = jax.eval_shape(lambda p: make_variant(cfg, p, prec).variables, shapes)
+  return Variant.serve(cfg, prec, _restore(path, meta, "variables", abstract))

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from mpr.models.config import ModelConfig
-from mpr.models.layers import Block, Linear, RMSNorm, rope_inv_freq
+from mpr.models.layers import Block, Embedding, Linear, RMSNorm, rope_inv_freq
 
 Cache = dict[str, Any]   # {"k": [L] of [B,S,K,D], "v": same, "lengths": [B] int32}
 
@@ -37,15 +37,24 @@ class Decoder(nn.Module):
   cfg: ModelConfig
   quant: Optional[Any] = None       # an mpr.models.quant variant's injector, None for float
   dtype: Any = jnp.float32          # activation/compute dtype (bf16 for serving)
-  quant_head: bool = False          # quantize the LM head too (it usually stays high precision)
 
   def setup(self):
-    cfg = self.cfg
-    self.embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=self.dtype, param_dtype=jnp.float32)
-    self.blocks = [Block(cfg, self.quant, self.dtype, name=f"layer_{i}") for i in range(cfg.num_layers)]
+    cfg, quant = self.cfg, self.quant
+    prec = quant.prec if quant is not None else None
+    self.embed = Embedding(cfg.vocab_size, cfg.hidden_size, quant if prec and prec.quant_embed else None, self.dtype)
+    self.blocks = [Block(cfg, quant, self.dtype, name=f"layer_{i}") for i in range(cfg.num_layers)]
     self.final_norm = RMSNorm(cfg.rms_norm_eps, self.dtype)
+    head_quant = quant if prec and prec.quant_head else None
     if not cfg.tie_embeddings:
-      self.lm_head = Linear(cfg.vocab_size, self.quant if self.quant_head else None, self.dtype)
+      self.lm_head = Linear(cfg.vocab_size, head_quant, self.dtype)
+    elif self._tied_head_quantized():
+      # A float table quantized for the head alone: the head's matmul goes through the injected
+      # dot_general (a low-bit table already quantizes both of its uses).
+      self.tied_head = head_quant.dot_general_cls()()
+
+  def _tied_head_quantized(self) -> bool:
+    prec = self.quant.prec if self.quant is not None else None
+    return bool(self.cfg.tie_embeddings and prec and prec.quant_head and not prec.quant_embed)
 
   def __call__(self, tokens: jax.Array, chunk_lens: jax.Array, cache: Cache,
                tree: Optional[tuple[jax.Array, jax.Array]] = None,
@@ -78,6 +87,10 @@ class Decoder(nn.Module):
 
   def logits(self, hidden: jax.Array) -> jax.Array:
     """[..., H] → f32 logits [..., V]."""
+    if self._tied_head_quantized():
+      table = self.embed.embedding.astype(self.dtype)
+      contract = (((hidden.ndim - 1,), (0,)), ((), ()))
+      return self.tied_head(hidden.astype(self.dtype), table.T, contract, None).astype(jnp.float32)
     if self.cfg.tie_embeddings:
       return self.embed.attend(hidden).astype(jnp.float32)
     return self.lm_head(hidden).astype(jnp.float32)

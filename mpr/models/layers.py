@@ -7,6 +7,8 @@ Axis letters used in shapes and einsums:
 Quantization never appears here as bit widths: every projection is a `Linear` whose dot_general is
 injected (`quant.dot_general_cls()`), the AQT pattern; `quant=None` is plain float. A projection's
 bias (Qwen2's q, k, v) is never quantized: it is added after the dot_general, in the compute dtype.
+The token table (`Embedding`) is the one weight read by a gather: when its precision asks for it, it
+is stored at the weight bits through `quant.quantize_table`, in the same train/convert/serve modes.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mpr.models.config import ModelConfig
+from mpr.models.quant import dequantize_table, quantize_table
 
 Dtype = Any
 _NEG = -1e30   # masked attention logit: finite, so fully masked (padding) rows stay NaN-free
@@ -74,6 +77,52 @@ class Linear(nn.Module):
     dg_cls = self.quant.dot_general_cls() if self.quant is not None else None
     return nn.Dense(self.features, use_bias=self.bias, dtype=self.dtype, param_dtype=jnp.float32,
                     dot_general_cls=dg_cls, name="proj")(x)
+
+
+class Embedding(nn.Module):
+  """The token table (nn.Embed's parameter and numerics), optionally stored low-bit.
+
+  With a `quant` (given only when its precision has quant_embed): TRAIN quantizes the float table on
+  the fly, CONVERT also writes the integer values and scales to the 'aqt' collection, SERVE reads
+  only those (the float table is then a placeholder). Lookups dequantize just the rows they gather.
+  """
+  num_embeddings: int
+  features: int
+  quant: Optional[Any] = None
+  dtype: Dtype = jnp.float32
+
+  def setup(self):
+    self.embedding = self.param("embedding", nn.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0),
+                                (self.num_embeddings, self.features), jnp.float32)
+    if self.quant is not None and self.quant.mode != "train":
+      prec = self.quant.prec
+      groups = self.features // (prec.group_size or self.features)
+      shape = (self.num_embeddings, groups, self.features // groups)
+      self.qvalue = self.variable("aqt", "qvalue", lambda: jnp.zeros(shape, prec.storage_dtype))
+      self.scale = self.variable("aqt", "scale", lambda: jnp.zeros((*shape[:2], 1), jnp.float32))
+
+  def _quantized(self) -> tuple[jax.Array, jax.Array]:
+    if self.quant.mode == "serve":
+      return self.qvalue.value, self.scale.value
+    q, scale = quantize_table(self.embedding, self.quant.prec)
+    if self.quant.mode == "convert":
+      self.qvalue.value, self.scale.value = q.astype(self.quant.prec.storage_dtype), scale
+    return q, scale
+
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    if self.quant is None:
+      return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
+    q, scale = self._quantized()
+    return dequantize_table(q[tokens], scale[tokens], self.dtype)
+
+  def table(self) -> jax.Array:
+    """[V, H] in the compute dtype, as served (what a tied LM head multiplies by)."""
+    if self.quant is None:
+      return self.embedding.astype(self.dtype)
+    return dequantize_table(*self._quantized(), self.dtype)
+
+  def attend(self, x: jax.Array) -> jax.Array:
+    return jnp.dot(x.astype(self.dtype), self.table().T)
 
 
 def write_cache(cache: jax.Array, chunk: jax.Array, offsets: jax.Array) -> jax.Array:

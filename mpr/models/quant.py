@@ -1,6 +1,7 @@
 """Precision variants of one float weight set, through AQT's injected dot_general.
 
   prec = precision("int4")                  # a named Precision (bits, granularity, calibration)
+  prec = precision("w4a8-g32-mse-head")     # the same, with options in its name
   frozen = freeze(cfg, params, prec)        # CONVERT: stored low-bit weights + scales ('aqt' tree)
   model, variables = serving(cfg, params_or_none, frozen, prec)   # SERVE reads only those
 
@@ -12,13 +13,22 @@ Named variants (weights; activations stay in `dtype` unless act_bits is set):
   f32   reference float32, no quantization (parity tests)
   bf16  the high-precision tier: bf16 compute, float weights
   int8  W8A16 per-channel          w8a8  int8 weights and activations, int32 accumulation
-  int4  W4A16 per-channel          int3  W3A16 (stored in int4 containers)
+  int4  W4A16 per-channel          w4a8  int4 weights, int8 activations   w4a4  both int4
+  int3  W3A16 (stored in int4 containers)
   int2  W2A16 (stored as int2)
+Options, appended with '-' (any order; the name is rewritten in canonical order):
+  g<N>      group-wise scales: one per N inputs of each output channel (per-channel without it)
+  mse       per channel (or group), the clipping ratio with the best SNR (AQT's auto calibration)
+  clip<x>   clip every channel at x × its absmax
+  head      quantize the LM head (a tied table: its head matmul)
+  emb       store the token embedding table at the weight bits (per row; a tied table serves both)
+Activations (a8, a4) are quantized per token, dynamically, from their absmax.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from typing import Any, Optional
 
 import jax
@@ -32,11 +42,13 @@ from mpr.errors import UserError
 class Precision:
   name: str
   weight_bits: Optional[int] = None   # None: float weights
-  act_bits: Optional[int] = None      # 8: W8A8, the int8×int8→int32 dot
+  act_bits: Optional[int] = None      # 8 or 4: activations quantized per token, integer dot
   group_size: Optional[int] = None    # None: one scale per output channel; k: per k-long group of inputs
   calibration: str = "absmax"         # absmax | clip (absmax × clip_scale) | mse (SNR-optimal clip search)
   clip_scale: float = 1.0
   dtype: str = "bfloat16"             # compute/activation dtype
+  quant_head: bool = False            # the LM head's weights too (it usually stays high precision)
+  quant_embed: bool = False           # the token embedding table too
 
   @property
   def quantized(self) -> bool:
@@ -47,35 +59,70 @@ class Precision:
     """Bits each stored weight really occupies (XLA has int8, int4 and int2 containers)."""
     if self.weight_bits is None:
       return 16 if self.dtype == "bfloat16" else 32
-    return {8: 8, 4: 4, 3: 4, 2: 2}[self.weight_bits]
+    return _CONTAINER_BITS[self.weight_bits]
+
+  @property
+  def storage_dtype(self):
+    return {8: jnp.int8, 4: jnp.int4, 2: jnp.int2}[self.storage_bits]
 
   @property
   def jnp_dtype(self):
     return jnp.dtype(self.dtype)
 
 
+_CONTAINER_BITS = {8: 8, 4: 4, 3: 4, 2: 2}
 PRECISIONS = {
     "f32": Precision("f32", dtype="float32"),
     "bf16": Precision("bf16"),
     "int8": Precision("int8", weight_bits=8),
     "w8a8": Precision("w8a8", weight_bits=8, act_bits=8),
     "int4": Precision("int4", weight_bits=4),
+    "w4a8": Precision("w4a8", weight_bits=4, act_bits=8),
+    "w4a4": Precision("w4a4", weight_bits=4, act_bits=4),
     "int3": Precision("int3", weight_bits=3),
     "int2": Precision("int2", weight_bits=2),
 }
 _CALIBRATIONS = ("absmax", "clip", "mse")
+_OPTION = re.compile(r"g(?P<group>[1-9]\d*)|(?P<mse>mse)|clip(?P<clip>0?\.\d+|1(\.0*)?)|(?P<head>head)|(?P<emb>emb)")
+
+
+def _canonical(p: Precision) -> str:
+  base = next((n for n, q in PRECISIONS.items()
+               if (q.weight_bits, q.act_bits, q.dtype) == (p.weight_bits, p.act_bits, p.dtype)), None)
+  if base is None:
+    raise UserError(f"unsupported bit widths: weights {p.weight_bits}, activations {p.act_bits}; "
+                    f"known precisions: {sorted(PRECISIONS)}")
+  opts = [f"g{p.group_size}"] if p.group_size else []
+  opts += {"absmax": [], "mse": ["mse"], "clip": [f"clip{p.clip_scale:g}"]}[p.calibration]
+  opts += ["head"] * p.quant_head + ["emb"] * p.quant_embed
+  return "-".join([base] + opts)
 
 
 def precision(name: str, **overrides) -> Precision:
-  """A named variant, optionally with fields overridden (group_size=128, calibration="mse", ...)."""
-  if name not in PRECISIONS:
-    raise UserError(f"unknown precision {name!r}; known: {sorted(PRECISIONS)}")
-  p = dataclasses.replace(PRECISIONS[name], **overrides)
+  """A named variant with '-' options ("int4-g32-mse"), optionally with fields overridden."""
+  base, *opts = name.split("-")
+  if base not in PRECISIONS:
+    raise UserError(f"unknown precision {name!r}; known: {sorted(PRECISIONS)}, with options "
+                    "-g<N> -mse -clip<x> -head -emb")
+  fields: dict[str, Any] = {}
+  for opt in opts:
+    m = _OPTION.fullmatch(opt)
+    if not m:
+      raise UserError(f"unknown option {opt!r} in precision {name!r}; options: g<N>, mse, clip<x> (0 < x <= 1), head, emb")
+    if m["group"]:
+      fields["group_size"] = int(m["group"])
+    elif m["mse"] or m["clip"]:
+      fields.update(calibration="mse") if m["mse"] else fields.update(calibration="clip", clip_scale=float(m["clip"]))
+    else:
+      fields["quant_head" if m["head"] else "quant_embed"] = True
+  p = dataclasses.replace(PRECISIONS[base], **{**fields, **overrides})
   if p.calibration not in _CALIBRATIONS:
     raise UserError(f"unknown calibration {p.calibration!r}; known: {list(_CALIBRATIONS)}")
-  if p.weight_bits not in (None, 2, 3, 4, 8) or p.act_bits not in (None, 8):
-    raise UserError(f"unsupported bit widths: weights {p.weight_bits}, activations {p.act_bits}")
-  return p
+  if not p.quantized and (p.group_size or p.calibration != "absmax" or p.quant_head or p.quant_embed):
+    raise UserError(f"precision {name!r}: options apply to quantized weights, {base} has float weights")
+  if p.calibration == "clip" and not 0.0 < p.clip_scale <= 1.0:
+    raise UserError(f"precision {name!r}: clip scale must be in (0, 1], got {p.clip_scale}")
+  return dataclasses.replace(p, name=_canonical(p))
 
 
 def _aqt_config(p: Precision):
@@ -90,13 +137,15 @@ def _aqt_config(p: Precision):
     rhs.numerics.dtype = jnp.int4      # 3-bit values live in 4-bit containers
   elif p.weight_bits == 2:
     aqt_config.set_fwd_rhs_dtype_int2(cfg)
+  if p.act_bits == 4:
+    cfg.fwd.dg_quantizer.lhs.numerics.dtype = jnp.int4
   if p.calibration == "clip":
     aqt_config.set_absmax_calib_scale(cfg, p.clip_scale)
   elif p.calibration == "mse":
     # Candidate clipping ratios; AQT keeps, per channel (or group), the one with the best SNR.
     aqt_config.set_auto_calib_scale(cfg, (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5))
   if p.act_bits is not None:
-    # int8 × int8 must accumulate in int32: without it XLA:CPU takes a 100× slower path (stack.md §4).
+    # Integer × integer must accumulate in int32: without it XLA:CPU takes a 100× slower path (stack.md §4).
     aqt_config.set_accumulator_dtype(cfg, jnp.int32, None, None)
   return cfg
 
@@ -132,6 +181,43 @@ class Quant:
 
 def injector(prec: Precision, mode: str = "serve") -> Optional[Quant]:
   return Quant(prec, mode) if prec.quantized else None
+
+
+# --- tables (embeddings) ---------------------------------------------------------------------------
+
+_MSE_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)   # clipping candidates of `mse`
+
+
+def quantize_table(table: jax.Array, prec: Precision) -> tuple[jax.Array, jax.Array]:
+  """[V, H] float → (integer values [V, H/g, g] as f32, scales [V, H/g, 1] f32): one scale per row
+  (per token), or per g-long group of it. A lookup is a gather, not a dot_general, so AQT's injector
+  does not reach it; the grid is AQT's symmetric one (bound 2^(b-1) - 1/2, zero preserved, round to
+  nearest even), so a tied table quantized here matches the projections' numerics."""
+  v, h = table.shape
+  g = prec.group_size or h
+  w = table.astype(jnp.float32).reshape(v, h // g, g)
+  bound = 2.0 ** (prec.weight_bits - 1) - 0.5
+  absmax = jnp.max(jnp.abs(w), axis=-1, keepdims=True)
+
+  def grid(ratio):
+    scale = jnp.where(absmax > 0, absmax * ratio / bound, 1.0)
+    q = jnp.round(jnp.clip(w / scale, -(bound - 0.5), bound - 0.5))
+    return q, scale
+
+  if prec.calibration != "mse":
+    return grid(prec.clip_scale if prec.calibration == "clip" else 1.0)
+  grids = [grid(r) for r in _MSE_RATIOS]
+  errors = jnp.stack([jnp.sum((q * s - w) ** 2, axis=-1, keepdims=True) for q, s in grids])
+  best = jnp.argmin(errors, axis=0)     # first (largest ratio) among ties
+  q = jnp.choose(best, [q for q, _ in grids], mode="clip")
+  scale = jnp.choose(best, [s for _, s in grids], mode="clip")
+  return q, scale
+
+
+def dequantize_table(q: jax.Array, scale: jax.Array, dtype) -> jax.Array:
+  """(values [..., G, g], scales [..., G, 1]) → [..., G·g] in `dtype`."""
+  w = q.astype(jnp.float32) * scale
+  return w.reshape(*w.shape[:-2], -1).astype(dtype)
 
 
 # --- weight memory ------------------------------------------------------------------------------

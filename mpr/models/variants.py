@@ -5,9 +5,9 @@
   variant.weight_bytes                                           # what serving really stores
 
 A quantized variant keeps only its frozen low-bit tree (AQT CONVERT output) plus the float leaves
-that are not projection kernels (embeddings, norms, the LM head): its SERVE-mode Decoder still
-declares the float kernels, so `forward` feeds zeros built inside the jitted function, which XLA
-drops because SERVE never reads them. A float variant stores its params in its compute dtype
+it does not quantize (norms; the embeddings and LM head unless its precision has `emb` / `head`):
+its SERVE-mode Decoder still declares the float weights, so `forward` feeds zeros built inside the
+jitted function, which XLA drops because SERVE never reads them. A float variant stores its params in its compute dtype
 (bf16): Dense/Embed cast to that dtype anyway, so this is numerically the same and halves memory.
 """
 from __future__ import annotations
@@ -22,22 +22,29 @@ from mpr.models import params as params_lib
 from mpr.models.config import ModelConfig
 from mpr.models.params import expected_shapes
 from mpr.models.decoder import Decoder, init_cache
+from mpr.errors import UserError
 from mpr.models.quant import Precision, Quant, tree_bytes
 
 
-def _is_projection(path: params_lib.Path, quant_head: bool) -> bool:
-  return path[-1] == "kernel" and (quant_head or path[0] != "lm_head")
+def _is_frozen(path: params_lib.Path, prec: Precision) -> bool:
+  """Float weights a SERVE model of `prec` declares but reads from the frozen tree instead."""
+  if path == ("embed", "embedding"):
+    return prec.quant_embed
+  return path[-1] == "kernel" and (prec.quant_head or path[0] != "lm_head")
 
 
-def freeze(cfg: ModelConfig, params: dict, prec: Precision, quant_head: bool = False) -> dict:
-  """AQT CONVERT: the frozen tree (per projection: int qvalue + scales) of a quantized variant."""
-  model = Decoder(cfg, Quant(prec, "convert"), prec.jnp_dtype, quant_head)
+def freeze(cfg: ModelConfig, params: dict, prec: Precision) -> dict:
+  """AQT CONVERT: the frozen tree (per quantized weight: int values + scales) of a quantized variant."""
+  model = Decoder(cfg, Quant(prec, "convert"), prec.jnp_dtype)
   tokens = jnp.zeros((1, 1), jnp.int32)   # weights' quantization does not depend on activations
+
+  def forward_and_head(m, *args):   # the head converts only when called
+    return m.logits(m(*args)[0])
 
   @jax.jit
   def convert(p):
     _, state = model.apply({"params": p}, tokens, jnp.ones((1,), jnp.int32),
-                           init_cache(cfg, 1, 1, prec.jnp_dtype), mutable=["aqt"])
+                           init_cache(cfg, 1, 1, prec.jnp_dtype), method=forward_and_head, mutable=["aqt"])
     return state["aqt"]
 
   return convert(params)
@@ -87,20 +94,29 @@ class Variant:
     return init_cache(self.cfg, batch, length, self.prec.jnp_dtype)
 
   @classmethod
-  def serve(cls, cfg: ModelConfig, prec: Precision, variables: dict, quant_head: bool = False) -> "Variant":
+  def serve(cls, cfg: ModelConfig, prec: Precision, variables: dict) -> "Variant":
     """A variant over ready serving variables (from make_variant, or restored from a checkpoint)."""
     if not prec.quantized:
       return cls(cfg, prec, Decoder(cfg, None, prec.jnp_dtype), variables, ())
-    holes = tuple((p, s) for p, s in expected_shapes(cfg).items() if _is_projection(p, quant_head))
-    return cls(cfg, prec, Decoder(cfg, Quant(prec, "serve"), prec.jnp_dtype, quant_head), variables, holes)
+    holes = tuple((p, s) for p, s in expected_shapes(cfg).items() if _is_frozen(p, prec))
+    return cls(cfg, prec, Decoder(cfg, Quant(prec, "serve"), prec.jnp_dtype), variables, holes)
 
 
-def make_variant(cfg: ModelConfig, params: dict, prec: Precision, quant_head: bool = False) -> Variant:
+def check_fits(cfg: ModelConfig, prec: Precision) -> None:
+  """Group-wise scales need groups that tile every contracted dimension."""
+  g = prec.group_size
+  dims = {cfg.hidden_size, cfg.intermediate_size, cfg.num_heads * cfg.head_dim}
+  if g and any(d % g for d in dims):
+    raise UserError(f"precision {prec.name}: group size {g} does not divide the model's contracted "
+                    f"dimensions {sorted(dims)}")
+
+
+def make_variant(cfg: ModelConfig, params: dict, prec: Precision) -> Variant:
   """The serving variant of float `params` at precision `prec` (quantized ones are frozen here)."""
   dtype = prec.jnp_dtype
   if not prec.quantized:
     return Variant.serve(cfg, prec, {"params": jax.tree.map(lambda x: jnp.asarray(x, dtype), params)})
-  kept = {p: jnp.asarray(v, dtype) for p, v in params_lib.flatten(params).items()
-          if not _is_projection(p, quant_head)}
-  variables = {"params": params_lib.unflatten(kept), "aqt": freeze(cfg, params, prec, quant_head)}
-  return Variant.serve(cfg, prec, variables, quant_head)
+  check_fits(cfg, prec)
+  kept = {p: jnp.asarray(v, dtype) for p, v in params_lib.flatten(params).items() if not _is_frozen(p, prec)}
+  variables = {"params": params_lib.unflatten(kept), "aqt": freeze(cfg, params, prec)}
+  return Variant.serve(cfg, prec, variables)

@@ -6,6 +6,10 @@ logged to `episodes_<split>_<precision>.jsonl` (resumable). The first precision 
 the others are compared with. Writes results.json, summary.md (the comparison table, then one
 table per precision by task type) and prints the comparison.
 
+With `eval.fidelity`, each quantized precision is also compared with the reference token by token:
+the reference's own episodes are replayed (teacher-forced) through both, and the mean KL(p_ref ‖ p)
+and argmax agreement over the action tokens go into the table (mpr.eval.fidelity).
+
 Cost columns come from the step records: model ms/step is the variant's batched call time shared
 among the episodes in the batch; env ms/step is the engine's time for the step (`env.engine`,
 recorded in results.json and the table's title).
@@ -15,9 +19,9 @@ from __future__ import annotations
 import os
 
 from mpr import io
-from mpr.agent import agent as agent_lib, models
+from mpr.agent import agent as agent_lib, demos, models
 from mpr.envs.pool import open_pool
-from mpr.eval import summary as summary_lib
+from mpr.eval import fidelity, summary as summary_lib
 from mpr.models.quant import precision
 from mpr.stages.common import play_logged, split_games
 
@@ -27,15 +31,17 @@ CONFIG_KEYS = ("seed", "env", "model", "agent", "eval")
 def comparison_table(results: dict, reference: str, title: str) -> str:
   ref = results[reference]["summary"]["overall"]["success"]
   lines = [f"### {title}", "",
-           "| precision | weights MiB | success % | 95% CI | Δ pts | mean steps | model ms/step | env ms/step "
-           "| prefill tok/step | scored+decoded tok/step | mapped % |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "| precision | weights MiB | success % | 95% CI | Δ pts | KL/token | argmax agree % | mean steps "
+           "| model ms/step | env ms/step | prefill tok/step | scored+decoded tok/step | mapped % |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
   for name, r in results.items():
     o, c = r["summary"]["overall"], r["costs"]
     lo, hi = o["success_ci95"]
     delta = "—" if name == reference else f"{100 * (o['success'] - ref):+.1f}"
-    lines.append(f"| {name} | {r['weight_bytes'] / 2**20:.1f} | {100 * o['success']:.1f} | "
-                 f"{100 * lo:.1f}–{100 * hi:.1f} | {delta} | {o['mean_steps']:.1f} | {c['model_ms']:.1f} | "
+    f = r.get("fidelity")
+    fid = f"{f['kl']:.4f} | {100 * f['argmax_agreement']:.1f}" if f else "— | —"
+    lines.append(f"| {name} | {r['weight_bytes'] / 2**20:.3g} | {100 * o['success']:.1f} | "
+                 f"{100 * lo:.1f}–{100 * hi:.1f} | {delta} | {fid} | {o['mean_steps']:.1f} | {c['model_ms']:.1f} | "
                  f"{c['env_ms']:.1f} | {c['tokens_prefilled']:.0f} | "
                  f"{c['tokens_scored'] + c['tokens_decoded']:.0f} | {100 * c['mapped']:.1f} |")
   return "\n".join(lines) + "\n"
@@ -57,6 +63,16 @@ def run(config, sdir: str) -> dict:
                              os.path.join(sdir, f"episodes_{ec.split}_{name}.jsonl"), progress=f"{name} on {ec.split}")
       results[name] = {"summary": summary_lib.summarize(episodes), "costs": summary_lib.step_costs(episodes),
                        "weight_bytes": variants[name].weight_bytes, "engine": env.engine}
+      if name == ec.precisions[0]:
+        reference = (variants[name], episodes)
+  others = [n for n in ec.precisions[1:] if precision(n).quantized]
+  if ec.fidelity and others:
+    ref_variant, ref_episodes = reference
+    examples = demos.examples(ref_episodes, policy.tok, agent_lib.prompt_format(config.agent), config.agent.budget,
+                              config.agent.max_action_tokens)
+    fid = fidelity.token_fidelity(ref_variant, policy.variants(others), examples)
+    for name in others:
+      results[name]["fidelity"] = fid[name]
   title = f"{os.path.basename(policy.source.rstrip('/'))} on {ec.split} ({len(games)} games, {env.engine} engine)"
   table = comparison_table(results, ec.precisions[0], title)
   per = "\n".join(summary_lib.markdown_table(r["summary"], f"{name}") for name, r in results.items())
