@@ -241,6 +241,17 @@ def pareto_series(points: Sequence[dict]) -> list[dict]:
   return series
 
 
+def _wrap_caption(caption: str, width: int = 70) -> str:
+  """Lines of at most `width` characters, broken only between ' · ' fields (a column-wide figure)."""
+  lines: list[str] = []
+  for field in caption.split(" · "):
+    if lines and len(lines[-1]) + 3 + len(field) <= width:
+      lines[-1] += " · " + field
+    else:
+      lines.append(field)
+  return "\n".join(lines)
+
+
 def pareto_plot(points: Sequence[dict], *paths: str, caption: Optional[str] = None) -> None:
   """Success vs high-precision calls, written to each of `paths` (.png, .svg), atomically.
 
@@ -283,7 +294,7 @@ def pareto_plot(points: Sequence[dict], *paths: str, caption: Optional[str] = No
     ax.legend(*zip(*handles), loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, frameon=False,
               handlelength=2.2)
     if caption:
-      fig.suptitle(caption, fontsize=6.5)
+      fig.suptitle(_wrap_caption(caption), fontsize=6.5)
     for path in paths:
       with atomic_open(path, "wb") as f:
         fig.savefig(f, **_FORMATS[os.path.splitext(path)[1].lower()])
