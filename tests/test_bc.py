@@ -39,8 +39,12 @@ def test_training_lowers_the_action_loss(tmp_path, setup):
   assert (tmp_path / "tb" / "metrics.jsonl").exists()
 
 
-def test_resume_after_interruption_is_exact(tmp_path, setup, monkeypatch):
+@pytest.mark.parametrize("budget", [False, True])
+def test_resume_after_interruption_is_exact(tmp_path, setup, monkeypatch, budget):
   cfg, ex, tc = setup
+  if budget:    # a step budget past the first epoch: the interruption lands in the second
+    tc = lm.train_config(**{**tc.to_dict(), "steps": lm.batches_per_epoch(ex, tc) + 4})
+    assert lm.batches_per_epoch(ex, tc) < 8 < tc.steps
   ref, _ = lm.train(cfg, tiny.init_params(cfg, 0), ex, [], tc, str(tmp_path / "ref"))
 
   real_step, calls = lm._train_step, {"n": 0}
@@ -83,6 +87,17 @@ def test_batches_cover_every_example_once_per_epoch(setup):
              for t, _, _ in batches)
   again = lm.epoch_batches(ex, tc, epoch=0)
   assert all((a[0] == b[0]).all() for a, b in zip(batches, again))
+
+
+def test_bad_budgets_and_model_fields_are_clear_errors(tmp_path, setup):
+  cfg, ex, tc = setup
+  with pytest.raises(UserError, match="train.steps must be >= 0"):
+    lm.train(cfg, tiny.init_params(cfg, 0), ex, [], lm.train_config(**{**tc.to_dict(), "steps": -1}), str(tmp_path))
+  tok = tiny.tokenizer()
+  assert tiny.model_config(tok, num_layers=6).num_layers == 6
+  for bad in ({"layers": 6}, {"vocab_size": 100}):
+    with pytest.raises(UserError, match="unknown or fixed model fields"):
+      tiny.model_config(tok, **bad)
 
 
 def test_no_examples_is_a_clear_error(tmp_path, setup):

@@ -118,8 +118,8 @@ def test_head_and_table_are_stored_low_bit(qwen, qwen_tied):
   assert mem["int2-head-emb"].variables["aqt"]["embed"]["qvalue"].dtype == jnp.int2
   table = cfg.vocab_size * cfg.hidden_size
   sizes = {n: m.weight_bytes for n, m in mem.items()}
-  # bf16 → 4 bits saves 12 of 16 bits a weight, less the scales: one per output channel (AQT keeps
-  # them in the compute dtype, bf16) or per table row (f32).
+  # bf16 → 4 bits saves 12 of 16 bits a weight, less the scales: one per output channel (AQT's frozen
+  # tree holds them in the compute dtype, bf16) or per table row (f32).
   assert sizes["int4"] - sizes["int4-head"] == table * 12 // 8 - 2 * cfg.vocab_size
   assert sizes["int4-head"] - sizes["int4-head-emb"] == table * 12 // 8 - 4 * cfg.vocab_size
   cfg, params, _ = qwen_tied     # one table serves both ends: `emb` shrinks it, `head` adds a frozen copy
@@ -153,9 +153,13 @@ def test_unknown_precision_and_calibration():
   with pytest.raises(UserError, match="unknown calibration"):
     precision("int4", calibration="gptq")
   for bad, match in [("int4-g0", "unknown option 'g0'"), ("int4-clip1.5", "unknown option"),
-                     ("int4-fast", "unknown option 'fast'"), ("bf16-emb", "bf16 has float weights")]:
+                     ("int4-fast", "unknown option 'fast'"), ("bf16-emb", "bf16 has float weights"),
+                     ("int4-g32-g64", "'g64' repeats or contradicts"), ("int4-mse-clip0.9", "contradicts"),
+                     ("int4-clip0.12345678", "does not survive its name")]:
     with pytest.raises(UserError, match=match):
       precision(bad)
+  with pytest.raises(UserError, match="needs calibration='clip'"):
+    precision("int4", clip_scale=0.9)
 
 
 def test_precision_names_are_canonical():
@@ -180,6 +184,16 @@ def test_checkpoint_round_trips(qwen, tmp_path):
     v2 = checkpoint.load_variant(str(tmp_path / name))
     assert v2.prec == v.prec and v2.weight_bytes == v.weight_bytes
     np.testing.assert_array_equal(np.asarray(_logits(v, ids)), np.asarray(_logits(v2, ids)))
+  # Folders whose model.json disagrees with itself, or predates the head option, are refused.
+  meta_path = tmp_path / "int4" / "model.json"
+  meta = json.loads(meta_path.read_text())
+  for edit, match in [({"group_size": 32}, "do not match its name 'int4'"), ({"bits": 4}, "unreadable precision")]:
+    meta_path.write_text(json.dumps({**meta, "precision": {**meta["precision"], **edit}}))
+    with pytest.raises(UserError, match=match):
+      checkpoint.load_variant(str(tmp_path / "int4"))
+  meta_path.write_text(json.dumps({**meta, "quant_head": True}))
+  with pytest.raises(UserError, match="retired quant_head flag; freeze it again as int4-head"):
+    checkpoint.load_variant(str(tmp_path / "int4"))
 
 
 def test_bad_checkpoints_fail_in_one_line(qwen, tmp_path):

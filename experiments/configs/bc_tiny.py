@@ -5,9 +5,10 @@
 
 Stages: expert_rollouts (the exploring expert on every train game, or `num_games` evenly spaced
 ones, and on valid_train, for validation), then bc (round 0 = cloning, then DAgger rounds on fresh
-train games, each training a fixed number of steps on the growing aggregate). The shipped policy was
-made by exactly this config on 2 CPU cores (see BENCHMARKS.md for the rounds and wall times); on a
-GPU raise train.batch_tokens, the step counts and the game counts freely.
+train games, each training a fixed number of steps on the growing aggregate). The shipped policy's
+model.json records the rounds of the run that made it (BENCHMARKS.md: data, wall time, validation
+success per round); on a GPU raise train.batch_tokens, the step counts and the game counts freely.
+`bc.model` overrides the tiny shape (mpr.models.config.tiny): edit it here, e.g. {"num_layers": 6}.
 """
 import ml_collections
 
@@ -38,6 +39,7 @@ def get_config(arg=None):
   c.bc.dagger.games = arg.dagger_games        # fresh train games per round, played by the policy
   c.bc.dagger.max_steps = 40                  # long enough to label the loops a lost policy falls into
   c.bc.dagger.precision = "f32"
-  # A fixed step budget per round (not epochs of an aggregate that grows every round).
+  # A fixed step budget per round (not epochs of an aggregate that grows every round); round r
+  # shuffles with seed bc.train.seed + r.
   c.bc.dagger.train = ml_collections.ConfigDict({"steps": 400, "lr": 1e-3, "warmup_steps": 10})
   return c

@@ -2,6 +2,7 @@
 
   fid = token_fidelity(ref, {"int4": v4, "int2": v2}, examples)
   fid["int4"]   # {"kl": mean KL(p_ref ‖ p_int4) per action token, "argmax_agreement": ..., "tokens": n}
+                # (kl and argmax_agreement are None when no example has an action token)
 
 `examples` are mpr.agent.demos Examples: the contexts an agent met, token for token, with the action
 tokens marked. Every variant reads the same tokens, so the numbers isolate the weights' precision
@@ -57,5 +58,5 @@ def token_fidelity(ref: Variant, variants: dict[str, Variant], examples: Sequenc
       totals[name][0] += float(kl)
       totals[name][1] += float(agree)
     count += n
-  return {name: {"kl": kl / max(count, 1), "argmax_agreement": agree / max(count, 1), "tokens": count}
-          for name, (kl, agree) in totals.items()}
+  return {name: {"kl": kl / count if count else None, "argmax_agreement": agree / count if count else None,
+                 "tokens": count} for name, (kl, agree) in totals.items()}

@@ -196,6 +196,8 @@ def load_variant(path: str):
     prec = Precision(**meta["precision"])
   except TypeError as e:
     raise UserError(f"{path}: model.json has an unreadable precision ({e})") from None
+  if meta.get("quant_head"):   # written before the head's quantization was part of the precision
+    raise UserError(f"{path}: frozen with the retired quant_head flag; freeze it again as {prec.name}-head")
   if precision(prec.name) != prec:   # validates the name, and that the fields are the name's
     raise UserError(f"{path}: precision fields do not match its name {prec.name!r}")
   # The expected tree: what make_variant would build, as shapes only (no float weights needed).

@@ -2,8 +2,7 @@
 
   prec = precision("int4")                  # a named Precision (bits, granularity, calibration)
   prec = precision("w4a8-g32-mse-head")     # the same, with options in its name
-  frozen = freeze(cfg, params, prec)        # CONVERT: stored low-bit weights + scales ('aqt' tree)
-  model, variables = serving(cfg, params_or_none, frozen, prec)   # SERVE reads only those
+  variant = make_variant(cfg, params, prec) # mpr.models.variants: CONVERT once, then SERVE
 
 The float params are never copied per variant: TRAIN mode quantizes them on the fly (`Quant(prec,
 "train")`), CONVERT produces the frozen tree once, SERVE reads it. Variants differ only in the
@@ -16,13 +15,14 @@ Named variants (weights; activations stay in `dtype` unless act_bits is set):
   int4  W4A16 per-channel          w4a8  int4 weights, int8 activations   w4a4  both int4
   int3  W3A16 (stored in int4 containers)
   int2  W2A16 (stored as int2)
-Options, appended with '-' (any order; the name is rewritten in canonical order):
+Options, appended with '-' (any order, each once; the name is rewritten in canonical order):
   g<N>      group-wise scales: one per N inputs of each output channel (per-channel without it)
   mse       per channel (or group), the clipping ratio with the best SNR (AQT's auto calibration)
-  clip<x>   clip every channel at x × its absmax
-  head      quantize the LM head (a tied table: its head matmul)
-  emb       store the token embedding table at the weight bits (per row; a tied table serves both)
-Activations (a8, a4) are quantized per token, dynamically, from their absmax.
+  clip<x>   clip every channel at x × its absmax (quantized activations too)
+  head      quantize the LM head (on a tied model: its matmul, through the injected dot_general)
+  emb       store the token embedding table at the weight bits, per row (or group of it). A tied
+            model's head then reads that low-bit table too, weight-only: its activations stay float
+Activations (a8, a4) are quantized dynamically per token (per token and group with g<N>).
 """
 from __future__ import annotations
 
@@ -83,6 +83,7 @@ PRECISIONS = {
     "int2": Precision("int2", weight_bits=2),
 }
 _CALIBRATIONS = ("absmax", "clip", "mse")
+_MSE_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)   # clipping candidates of `mse`
 _OPTION = re.compile(r"g(?P<group>[1-9]\d*)|(?P<mse>mse)|clip(?P<clip>0?\.\d+|1(\.0*)?)|(?P<head>head)|(?P<emb>emb)")
 
 
@@ -98,8 +99,8 @@ def _canonical(p: Precision) -> str:
   return "-".join([base] + opts)
 
 
-def precision(name: str, **overrides) -> Precision:
-  """A named variant with '-' options ("int4-g32-mse"), optionally with fields overridden."""
+def _parse(name: str) -> tuple[str, dict[str, Any]]:
+  """'int4-g32-mse' → ('int4', {'group_size': 32, 'calibration': 'mse'})."""
   base, *opts = name.split("-")
   if base not in PRECISIONS:
     raise UserError(f"unknown precision {name!r}; known: {sorted(PRECISIONS)}, with options "
@@ -109,12 +110,24 @@ def precision(name: str, **overrides) -> Precision:
     m = _OPTION.fullmatch(opt)
     if not m:
       raise UserError(f"unknown option {opt!r} in precision {name!r}; options: g<N>, mse, clip<x> (0 < x <= 1), head, emb")
-    if m["group"]:
-      fields["group_size"] = int(m["group"])
-    elif m["mse"] or m["clip"]:
-      fields.update(calibration="mse") if m["mse"] else fields.update(calibration="clip", clip_scale=float(m["clip"]))
+    kind = next(k for k, v in m.groupdict().items() if v)
+    if kind == "group":
+      new = {"group_size": int(m["group"])}
+    elif kind == "mse":
+      new = {"calibration": "mse"}
+    elif kind == "clip":
+      new = {"calibration": "clip", "clip_scale": float(m["clip"])}
     else:
-      fields["quant_head" if m["head"] else "quant_embed"] = True
+      new = {"quant_head" if kind == "head" else "quant_embed": True}
+    if set(new) & set(fields):
+      raise UserError(f"precision {name!r}: {opt!r} repeats or contradicts an earlier option")
+    fields.update(new)
+  return base, fields
+
+
+def precision(name: str, **overrides) -> Precision:
+  """A named variant with '-' options ("int4-g32-mse"), optionally with fields overridden."""
+  base, fields = _parse(name)
   p = dataclasses.replace(PRECISIONS[base], **{**fields, **overrides})
   if p.calibration not in _CALIBRATIONS:
     raise UserError(f"unknown calibration {p.calibration!r}; known: {list(_CALIBRATIONS)}")
@@ -122,7 +135,19 @@ def precision(name: str, **overrides) -> Precision:
     raise UserError(f"precision {name!r}: options apply to quantized weights, {base} has float weights")
   if p.calibration == "clip" and not 0.0 < p.clip_scale <= 1.0:
     raise UserError(f"precision {name!r}: clip scale must be in (0, 1], got {p.clip_scale}")
-  return dataclasses.replace(p, name=_canonical(p))
+  if p.calibration != "clip" and p.clip_scale != 1.0:
+    raise UserError(f"precision {name!r}: a clip scale needs calibration='clip'")
+  p = dataclasses.replace(p, name=_canonical(p))
+  # The name is what configs, logs and checkpoints carry: it must rebuild these exact fields.
+  try:
+    base, fields = _parse(p.name)
+    same = dataclasses.replace(PRECISIONS[base], name=p.name, **fields) == p
+  except UserError:
+    same = False
+  if not same:
+    raise UserError(f"precision {name!r}: clip scale {p.clip_scale!r} does not survive its name {p.name!r}; "
+                    "use at most 6 significant digits")
+  return p
 
 
 def _aqt_config(p: Precision):
@@ -137,13 +162,11 @@ def _aqt_config(p: Precision):
     rhs.numerics.dtype = jnp.int4      # 3-bit values live in 4-bit containers
   elif p.weight_bits == 2:
     aqt_config.set_fwd_rhs_dtype_int2(cfg)
-  if p.act_bits == 4:
-    cfg.fwd.dg_quantizer.lhs.numerics.dtype = jnp.int4
   if p.calibration == "clip":
     aqt_config.set_absmax_calib_scale(cfg, p.clip_scale)
   elif p.calibration == "mse":
     # Candidate clipping ratios; AQT keeps, per channel (or group), the one with the best SNR.
-    aqt_config.set_auto_calib_scale(cfg, (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5))
+    aqt_config.set_auto_calib_scale(cfg, _MSE_RATIOS)
   if p.act_bits is not None:
     # Integer × integer must accumulate in int32: without it XLA:CPU takes a 100× slower path (stack.md §4).
     aqt_config.set_accumulator_dtype(cfg, jnp.int32, None, None)
@@ -185,9 +208,6 @@ def injector(prec: Precision, mode: str = "serve") -> Optional[Quant]:
 
 # --- tables (embeddings) ---------------------------------------------------------------------------
 
-_MSE_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)   # clipping candidates of `mse`
-
-
 def quantize_table(table: jax.Array, prec: Precision) -> tuple[jax.Array, jax.Array]:
   """[V, H] float → (integer values [V, H/g, g] as f32, scales [V, H/g, 1] f32): one scale per row
   (per token), or per g-long group of it. A lookup is a gather, not a dot_general, so AQT's injector
@@ -206,11 +226,14 @@ def quantize_table(table: jax.Array, prec: Precision) -> tuple[jax.Array, jax.Ar
 
   if prec.calibration != "mse":
     return grid(prec.clip_scale if prec.calibration == "clip" else 1.0)
-  grids = [grid(r) for r in _MSE_RATIOS]
-  errors = jnp.stack([jnp.sum((q * s - w) ** 2, axis=-1, keepdims=True) for q, s in grids])
-  best = jnp.argmin(errors, axis=0)     # first (largest ratio) among ties
-  q = jnp.choose(best, [q for q, _ in grids], mode="clip")
-  scale = jnp.choose(best, [s for _, s in grids], mode="clip")
+  # A running best keeps two candidate tables alive, not nine (a 150k-token table is GBs in f32).
+  q, scale = grid(_MSE_RATIOS[0])
+  err = jnp.sum((q * scale - w) ** 2, axis=-1, keepdims=True)
+  for ratio in _MSE_RATIOS[1:]:
+    q_r, scale_r = grid(ratio)
+    err_r = jnp.sum((q_r * scale_r - w) ** 2, axis=-1, keepdims=True)
+    better = err_r < err           # ties keep the larger ratio
+    q, scale, err = jnp.where(better, q_r, q), jnp.where(better, scale_r, scale), jnp.minimum(err, err_r)
   return q, scale
 
 

@@ -56,14 +56,14 @@ class Variant:
   prec: Precision
   model: Decoder
   variables: dict            # {"params": float leaves kept, "aqt": frozen tree (quantized only)}
-  placeholders: tuple        # (path, shape) of projection kernels SERVE declares but never reads
+  placeholders: tuple        # (path, shape) of float weights SERVE declares but never reads (_is_frozen)
 
   @property
   def weight_bytes(self) -> int:
     return tree_bytes(self.variables)
 
   def full_variables(self, variables: dict) -> dict:
-    """Inside jit: adds zero placeholders for the kernels the SERVE model declares."""
+    """Inside jit: adds zero placeholders for the frozen weights the SERVE model declares."""
     if not self.placeholders:
       return variables
     flat = params_lib.flatten(variables["params"])

@@ -39,8 +39,8 @@ def comparison_table(results: dict, reference: str, title: str) -> str:
     lo, hi = o["success_ci95"]
     delta = "—" if name == reference else f"{100 * (o['success'] - ref):+.1f}"
     f = r.get("fidelity")
-    fid = f"{f['kl']:.4f} | {100 * f['argmax_agreement']:.1f}" if f else "— | —"
-    lines.append(f"| {name} | {r['weight_bytes'] / 2**20:.3g} | {100 * o['success']:.1f} | "
+    fid = f"{f['kl']:.4f} | {100 * f['argmax_agreement']:.1f}" if f and f["tokens"] else "— | —"
+    lines.append(f"| {name} | {r['weight_bytes'] / 2**20:.2f} | {100 * o['success']:.1f} | "
                  f"{100 * lo:.1f}–{100 * hi:.1f} | {delta} | {fid} | {o['mean_steps']:.1f} | {c['model_ms']:.1f} | "
                  f"{c['env_ms']:.1f} | {c['tokens_prefilled']:.0f} | "
                  f"{c['tokens_scored'] + c['tokens_decoded']:.0f} | {100 * c['mapped']:.1f} |")
@@ -54,25 +54,21 @@ def run(config, sdir: str) -> dict:
   policy = models.load(config.model)
   games = split_games(config, ec.split, ec.num_games)
   results: dict = {}
+  reference = None   # (variant, the contexts of its episodes): kept only to compare the others with
   with open_pool(env) as pool:
     for name in ec.precisions:
-      variants = policy.variants([name])
-      agent = agent_lib.from_config(config.agent, policy.tok, variants, rows=pool.num_slots,
+      variant = policy.variants([name])[name]
+      agent = agent_lib.from_config(config.agent, policy.tok, {name: variant}, rows=pool.num_slots,
                                     route=agent_lib.fixed(name), seed=config.seed)
       episodes = play_logged(pool, [(g, config.seed) for g in games], agent,
                              os.path.join(sdir, f"episodes_{ec.split}_{name}.jsonl"), progress=f"{name} on {ec.split}")
       results[name] = {"summary": summary_lib.summarize(episodes), "costs": summary_lib.step_costs(episodes),
-                       "weight_bytes": variants[name].weight_bytes, "engine": env.engine}
-      if name == ec.precisions[0]:
-        reference = (variants[name], episodes)
-  others = [n for n in ec.precisions[1:] if precision(n).quantized]
-  if ec.fidelity and others:
-    ref_variant, ref_episodes = reference
-    examples = demos.examples(ref_episodes, policy.tok, agent_lib.prompt_format(config.agent), config.agent.budget,
-                              config.agent.max_action_tokens)
-    fid = fidelity.token_fidelity(ref_variant, policy.variants(others), examples)
-    for name in others:
-      results[name]["fidelity"] = fid[name]
+                       "weight_bytes": variant.weight_bytes, "engine": env.engine}
+      if ec.fidelity and reference is None:
+        reference = (variant, demos.examples(episodes, policy.tok, agent_lib.prompt_format(config.agent),
+                                             config.agent.budget, config.agent.max_action_tokens))
+      elif ec.fidelity and variant.prec.quantized:
+        results[name]["fidelity"] = fidelity.token_fidelity(reference[0], {name: variant}, reference[1])[name]
   title = f"{os.path.basename(policy.source.rstrip('/'))} on {ec.split} ({len(games)} games, {env.engine} engine)"
   table = comparison_table(results, ec.precisions[0], title)
   per = "\n".join(summary_lib.markdown_table(r["summary"], f"{name}") for name, r in results.items())

@@ -27,10 +27,10 @@ from mpr.envs.pool import open_pool
 from mpr.errors import UserError
 from mpr.eval import report
 from mpr.records import Episode
-from mpr.router import data, labels, routes
+from mpr.router import data, routes
 from mpr.stages import collect
 from mpr.stages.common import play_logged, split_games
-from mpr.stages.route_eval import point
+from mpr.stages.route_eval import point, point_slug
 
 CONFIG_KEYS = ("seed", "env", "model", "agent", "tiers", "collect", "oracle")
 READS = ("collect",)
@@ -119,13 +119,14 @@ def run(config, sdir: str) -> dict:
   if cc.act != "high":
     raise UserError(f"the oracle's breakdown reads collect episodes the high tier played (collect.act={cc.act!r})")
   hi, lo = tiers.high, tiers.low
+  if not oc.shares or any(not 0.0 < q < 1.0 for q in oc.shares):
+    raise UserError(f"oracle.shares must be shares of steps in (0, 1), got {tuple(oc.shares)}")
   cdir = os.path.join(os.path.dirname(sdir), "collect")
   train = data.load(collect.table_path(cdir, cc.split))
   taus = {f"q={q:g}": float(np.quantile(train.d, 1 - q)) for q in oc.shares}
+  # The validation table's d_t are the episodes' steps in order (collect.step_table).
   val_episodes = [Episode.from_json(r) for r in io.read_jsonl(os.path.join(cdir, f"episodes_{cc.val_split}.jsonl"))]
-  val_d = np.asarray([labels.divergence(s.extra["probe_logits"][hi], s.extra["probe_logits"][lo], cc.direction)
-                      for e in val_episodes for s in e.steps], np.float32)
-  tables = breakdown(val_episodes, val_d)
+  tables = breakdown(val_episodes, data.load(collect.table_path(cdir, cc.val_split)).d)
 
   policy = models.load(config.model)
   variants = policy.variants([hi, lo])
@@ -141,7 +142,7 @@ def run(config, sdir: str) -> dict:
         agent = agent_lib.from_config(config.agent, policy.tok, variants, rows=pool.num_slots, route=route,
                                       seed=config.seed)
         eps = play_logged(pool, [(g, config.seed) for g in games], agent,
-                          os.path.join(sdir, "points", split, f"{method.replace(' ', '_')}{param or ''}.jsonl"),
+                          os.path.join(sdir, "points", split, point_slug(method, param) + ".jsonl"),
                           progress=f"{split}: {method} {param or ''}".strip())
         points.append(point(method, param, eps, hi))
 

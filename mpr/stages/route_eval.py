@@ -76,7 +76,8 @@ def point(method: str, param, episodes: list[Episode], high: str) -> dict:
           "router_ms_per_step": c["router_ms"], "speedup": None, "speedup_est": None}
 
 
-def _slug(method: str, param) -> str:
+def point_slug(method: str, param) -> str:
+  """The file name (without extension) of a point's episode log."""
   return re.sub(r"[^A-Za-z0-9.=_-]+", "_", f"{method}_{param}" if param else method)
 
 
@@ -115,7 +116,7 @@ def run(config, sdir: str) -> dict:
       agent = agent_lib.from_config(config.agent, policy.tok, variants, rows=pool.num_slots, route=route,
                                     seed=config.seed)
       eps = play_logged(pool, [(g, config.seed) for g in games], agent,
-                        os.path.join(sdir, "points", _slug(method, param) + ".jsonl"),
+                        os.path.join(sdir, "points", point_slug(method, param) + ".jsonl"),
                         progress=f"{method} {param or ''}".strip())
       points.append(point(method, param, eps, hi))
       return points[-1]

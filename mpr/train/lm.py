@@ -139,6 +139,8 @@ def train(cfg: ModelConfig, params, train_examples: Sequence[Example], val_examp
   """Trains `params` for tc.epochs (or tc.steps); resumes from workdir/ckpt. Returns (params, final metrics)."""
   if not train_examples:
     raise UserError("no training examples (empty demonstration set)")
+  if tc.steps < 0 or tc.epochs < 1:
+    raise UserError(f"train.steps must be >= 0 and train.epochs >= 1, got {tc.steps} and {tc.epochs}")
   model = Decoder(cfg)
   per_epoch = batches_per_epoch(train_examples, tc)
   total = tc.steps or per_epoch * tc.epochs
