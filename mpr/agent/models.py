@@ -84,10 +84,12 @@ def load(mc) -> Policy:
   return Policy(cfg, params, tok, path)
 
 
-def save_policy(path: str, cfg: ModelConfig, params: dict, tokenizer_dir: str, extra: dict) -> None:
-  """An `mpr` tier folder: bf16 params (the high tier's own precision; half the bytes) + tokenizer."""
+def save_policy(path: str, cfg: ModelConfig, params: dict, tokenizer_dir: str, extra: dict,
+                param_dtype: str = "bfloat16") -> None:
+  """An `mpr` tier folder: params (bf16 by default: the high tier's own precision, half the bytes) +
+  tokenizer, written under a staging name and renamed into place."""
   staging = path.rstrip("/") + ".staging"
-  checkpoint.save_model(staging, cfg, params, extra, param_dtype="bfloat16")
+  checkpoint.save_model(staging, cfg, params, extra, param_dtype=param_dtype)
   for name in ("tokenizer.json", "tokenizer_config.json"):
     shutil.copy(os.path.join(tokenizer_dir, name), os.path.join(staging, name))
   shutil.rmtree(path, ignore_errors=True)

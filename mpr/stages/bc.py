@@ -7,7 +7,7 @@
             policy trains on the aggregate (its compounding errors are what pure cloning misses)
 
 Everything resumes: each round's rollouts are an fsynced episode log, its training checkpoints
-under round_<r>/ckpt, its result round_<r>/model. The final policy (bf16 params + tokenizer) is
+under round_<r>/ckpt, its result round_<r>/model (a policy folder, f32). The final policy (bf16 params + tokenizer) is
 written to `policy/`, which is what mpr/assets/tiny/policy ships (see experiments/configs/bc_tiny.py).
 """
 from __future__ import annotations
@@ -82,7 +82,8 @@ def run(config, sdir: str) -> dict:
       params, result = lm.train(cfg, params, train_ex + dagger_ex, val_ex, tc, rdir, label=f"bc round {r}")
       io.atomic_write_json(os.path.join(rdir, "train.json"), result)   # before the model: it marks done
       if hosts.is_primary():   # folders are written by one host (every host holds the same params)
-        checkpoint.save_model(model_dir, cfg, params)
+        # A policy folder (agent_eval.py:path=... evaluates any round), in f32: the next round trains on.
+        models.save_policy(model_dir, cfg, params, tiny.ASSETS, extra={"round": r}, param_dtype="float32")
       row.update(result)
     row["dagger_examples"] = len(dagger_ex)
     metrics["rounds"].append(row)
