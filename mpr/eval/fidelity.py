@@ -37,9 +37,8 @@ def _marked_logits(variant: Variant, tokens: np.ndarray, mask: np.ndarray, lens:
   """Logits predicting every marked token (position t-1 predicts token t), padded to _ROWS rows."""
   hidden, _ = variant.forward(jnp.asarray(tokens), jnp.asarray(lens), variant.init_cache(*tokens.shape))
   rows, cols = np.nonzero(mask[:, 1:])
-  picked = np.asarray(hidden)[rows, cols]
-  pad = -len(picked) % _ROWS
-  return variant.logits(jnp.asarray(np.pad(picked, ((0, pad), (0, 0)))))
+  picked = hidden[jnp.asarray(rows), jnp.asarray(cols)]       # gathered on device: no [B, T, H] copy out
+  return variant.logits(jnp.pad(picked, ((0, -len(rows) % _ROWS), (0, 0))))
 
 
 def token_fidelity(ref: Variant, variants: dict[str, Variant], examples: Sequence[Example],

@@ -88,9 +88,8 @@ class Decoder(nn.Module):
   def logits(self, hidden: jax.Array) -> jax.Array:
     """[..., H] → f32 logits [..., V]."""
     if self._tied_head_quantized():
-      table = self.embed.embedding.astype(self.dtype)
       contract = (((hidden.ndim - 1,), (0,)), ((), ()))
-      return self.tied_head(hidden.astype(self.dtype), table.T, contract, None).astype(jnp.float32)
+      return self.tied_head(hidden.astype(self.dtype), self.embed.table().T, contract, None).astype(jnp.float32)
     if self.cfg.tie_embeddings:
       return self.embed.attend(hidden).astype(jnp.float32)
     return self.lm_head(hidden).astype(jnp.float32)
