@@ -100,6 +100,27 @@ def test_bad_budgets_and_model_fields_are_clear_errors(tmp_path, setup):
       tiny.model_config(tok, **bad)
 
 
+def test_training_goes_on_from_a_policy_folder_only_when_it_matches(tmp_path, setup):
+  import ml_collections
+  from mpr.agent import models
+  from mpr.stages import bc
+  cfg, _, _ = setup
+  params = tiny.init_params(cfg, 3)
+  models.save_policy(str(tmp_path / "p"), cfg, params, tiny.ASSETS, extra={}, param_dtype="float32")
+  start = lambda path, c=cfg: bc.start_params(ml_collections.ConfigDict({"init": path}), c, seed=0)
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(start(str(tmp_path / "p"))),
+                                                  jax.tree.leaves(params)))
+  assert not np.array_equal(jax.tree.leaves(start(""))[0], jax.tree.leaves(params)[0])   # '' = random init
+  with pytest.raises(UserError, match="is not this config's"):
+    start(str(tmp_path / "p"), tiny.model_config(tiny.tokenizer(), num_layers=3, hidden_size=64,
+                                                 intermediate_size=128, num_heads=2, num_kv_heads=1, head_dim=32))
+  (tmp_path / "p" / "tokenizer.json").write_text((tmp_path / "p" / "tokenizer.json").read_text().replace("apple", "appel"))
+  with pytest.raises(UserError, match="tokenizer is not the tiny policy's"):
+    start(str(tmp_path / "p"))
+  with pytest.raises(UserError):
+    start(str(tmp_path / "missing"))
+
+
 def test_no_examples_is_a_clear_error(tmp_path, setup):
   cfg, _, tc = setup
   with pytest.raises(UserError, match="no training examples"):

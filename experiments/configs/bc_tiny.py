@@ -18,7 +18,7 @@ from mpr.train.lm import train_config
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, num_games=0, rounds=4, dagger_games=800)
+  arg = parse_arg(arg, num_games=0, rounds=4, dagger_games=800, init="")
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.stages = ("expert_rollouts", "bc")
@@ -32,6 +32,7 @@ def get_config(arg=None):
   c.bc.demos = ""                             # '' = this workdir's expert_rollouts/
   c.bc.split = "train"
   c.bc.val_split = "valid_train"
+  c.bc.init = arg.init                        # '' = random init; a policy folder = train on from it
   c.bc.model = ml_collections.ConfigDict()   # overrides of mpr.models.config.tiny (num_layers, hidden_size, ...)
   c.bc.train = train_config(epochs=4, lr=2e-3, warmup_steps=30, batch_tokens=8192, ckpt_every=50)
   c.bc.dagger = ml_collections.ConfigDict()

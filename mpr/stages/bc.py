@@ -51,6 +51,21 @@ def _dagger_rollouts(config, cfg, params, tok, r: int, rdir: str) -> list[Episod
                        os.path.join(rdir, "episodes.jsonl"), progress=f"DAgger round {r}")
 
 
+def start_params(bc, cfg, seed: int) -> dict:
+  """Random init, or the params of the policy folder `bc.init`: training goes on from that policy
+  (e.g. more cloning epochs or DAgger rounds on top of a shipped one, without redoing its rounds)."""
+  if not bc.init:
+    return tiny.init_params(cfg, seed)
+  got, params = checkpoint.load_model(bc.init)
+  if got != cfg:
+    raise UserError(f"bc.init {bc.init}: its model {checkpoint.config_to_json(got)} is not this config's "
+                    f"{checkpoint.config_to_json(cfg)} (set bc.model to match it)")
+  mine, ours = (os.path.join(d, "tokenizer.json") for d in (bc.init, tiny.ASSETS))
+  if not os.path.isfile(mine) or io.file_digest(mine) != io.file_digest(ours):
+    raise UserError(f"bc.init {bc.init}: its tokenizer is not the tiny policy's ({tiny.ASSETS})")
+  return params
+
+
 def run(config, sdir: str) -> dict:
   bc, ac = config.bc, config.agent
   if ac.format != "compact":
@@ -61,7 +76,7 @@ def run(config, sdir: str) -> dict:
   to_examples = lambda eps: demos.examples(eps, tok, prompt.COMPACT, ac.budget, ac.max_action_tokens)
   train_ex = to_examples(_episodes(os.path.join(source, f"episodes_{bc.split}.jsonl")))
   val_ex = to_examples(_episodes(os.path.join(source, f"episodes_{bc.val_split}.jsonl")))
-  params = tiny.init_params(cfg, config.seed)
+  params = start_params(bc, cfg, config.seed)
   dagger_ex: list[demos.Example] = []
   metrics: dict = {"demo_examples": len(train_ex), "val_examples": len(val_ex), "rounds": []}
   for r in range(bc.dagger.rounds + 1):
@@ -89,7 +104,8 @@ def run(config, sdir: str) -> dict:
     metrics["rounds"].append(row)
   if hosts.is_primary():
     models.save_policy(os.path.join(sdir, "policy"), cfg, params, tiny.ASSETS,
-                       extra={"made_by": "experiments/configs/bc_tiny.py", "rounds": metrics["rounds"]})
+                       extra={"made_by": "experiments/configs/bc_tiny.py", "init": bc.init,
+                              "rounds": metrics["rounds"]})
   lines = ["| round | examples (demo + DAgger) | DAgger success on train | val NLL | val token acc |",
            "|---|---|---|---|---|"]
   for row in metrics["rounds"]:

@@ -98,6 +98,8 @@ def stage_inputs(module: ModuleType, config: ml_collections.ConfigDict, workdir:
   keys, out = module.CONFIG_KEYS, {}
   if "model" in keys:
     out["model"] = models.fingerprint(config.model)
+  if "bc" in keys and config.bc.init:     # the policy bc trains on from
+    out["bc.init"] = models.fingerprint(models.model_config(path=config.bc.init))
   if "env" in keys:
     out["games"] = games.data_fingerprint(config.env, config.seed)
   for stage in getattr(module, "READS", ()):
