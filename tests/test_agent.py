@@ -142,6 +142,12 @@ def test_examples_mask_exactly_the_learned_actions_and_branch_on_disagreement():
     history.observe(s.observation, s.admissible, 24)
     history.act(s.action)
   assert main.tokens.tolist() == history.tokens()                       # exactly what the agent reads
+  # Only the first disagreements, when asked: the context and the agreeing steps stay as they were.
+  later = Episode("g", ep.task_type, 0, ep.goal, ep.steps + [_step(3, "You arrive at fridge 1.", "go to sinkbasin 1",
+                                                                    expert="open fridge 1")], won=False)
+  assert len(demos.episode_examples(later, tok, prompt.COMPACT, budget=512, reserve=24)) == 3
+  first, rest = demos.episode_examples(later, tok, prompt.COMPACT, budget=512, reserve=24, max_branches=1)
+  assert first.tokens.tolist() == branch.tokens.tolist() and learned(rest) == learned(main)
 
 
 # --- the agent ------------------------------------------------------------------------------------

@@ -152,3 +152,17 @@ def test_bc_stage_end_to_end_on_a_few_real_games(tmp_path, alfworld_data):
   assert json.load(open(tmp_path / "bc" / "round_0" / "model" / "model.json"))["param_dtype"] == "float32"
   assert json.load(open(tmp_path / "bc" / "policy" / "model.json"))["param_dtype"] == "bfloat16"
   assert "| 1 |" in (tmp_path / "bc" / "summary.md").read_text()
+
+
+def test_a_negative_branch_cap_is_refused(tmp_path):
+  import importlib.util
+  import os
+  from mpr.stages import bc
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  spec = importlib.util.spec_from_file_location("bc_tiny", os.path.join(root, "experiments/configs/bc_tiny.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.bc.dagger.branches = -1
+  with pytest.raises(UserError, match="branches must be >= 0"):
+    bc.run(config, str(tmp_path))

@@ -39,6 +39,7 @@ def get_config(arg=None):
   c.bc.dagger.rounds = arg.rounds
   c.bc.dagger.games = arg.dagger_games        # fresh train games per round, played by the policy
   c.bc.dagger.max_steps = 40                  # long enough to label the loops a lost policy falls into
+  c.bc.dagger.branches = 0                    # corrections learned per episode: its first N disagreements (0 = all)
   c.bc.dagger.precision = "f32"
   # A fixed step budget per round (not epochs of an aggregate that grows every round); round r
   # shuffles with seed bc.train.seed + r.

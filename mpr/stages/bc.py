@@ -68,12 +68,15 @@ def start_params(bc, cfg, seed: int) -> dict:
 
 def run(config, sdir: str) -> dict:
   bc, ac = config.bc, config.agent
+  if bc.dagger.branches < 0:
+    raise UserError(f"bc.dagger.branches must be >= 0 (0 = every disagreement), got {bc.dagger.branches}")
   if ac.format != "compact":
     raise UserError(f"bc trains the tiny policy, whose format is compact (agent.format={ac.format!r})")
   tok = tiny.tokenizer()
   cfg = tiny.model_config(tok, **bc.model.to_dict())
   source = bc.demos or os.path.join(os.path.dirname(sdir), "expert_rollouts")
-  to_examples = lambda eps: demos.examples(eps, tok, prompt.COMPACT, ac.budget, ac.max_action_tokens)
+  to_examples = lambda eps, branches=0: demos.examples(eps, tok, prompt.COMPACT, ac.budget, ac.max_action_tokens,
+                                                      branches)
   train_ex = to_examples(_episodes(os.path.join(source, f"episodes_{bc.split}.jsonl")))
   val_ex = to_examples(_episodes(os.path.join(source, f"episodes_{bc.val_split}.jsonl")))
   params = start_params(bc, cfg, config.seed)
@@ -84,7 +87,7 @@ def run(config, sdir: str) -> dict:
     row = {"round": r}
     if r > 0:
       episodes = _dagger_rollouts(config, cfg, params, tok, r, rdir)
-      dagger_ex += to_examples(episodes)
+      dagger_ex += to_examples(episodes, bc.dagger.branches)
       row["dagger_success"] = summary_lib.summarize(episodes)["overall"]["success"]
     model_dir = os.path.join(rdir, "model")
     if os.path.isfile(os.path.join(model_dir, "model.json")):
