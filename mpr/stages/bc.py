@@ -7,7 +7,7 @@
             policy trains on the aggregate (its compounding errors are what pure cloning misses)
 
 Everything resumes: each round's rollouts are an fsynced episode log, its training checkpoints
-under round_<r>/ckpt, its result round_<r>/model (a policy folder, f32). The final policy (bf16 params + tokenizer) is
+under round_<r>/ckpt, its result round_<r>/model (a policy folder, f32). The final policy (f32 params + tokenizer) is
 written to `policy/`, which is what mpr/assets/tiny/policy ships (see experiments/configs/bc_tiny.py).
 """
 from __future__ import annotations
@@ -106,9 +106,10 @@ def run(config, sdir: str) -> dict:
     row["dagger_examples"] = len(dagger_ex)
     metrics["rounds"].append(row)
   if hosts.is_primary():
+    # f32: the master weights every precision variant is made from (bf16 is itself a variant).
     models.save_policy(os.path.join(sdir, "policy"), cfg, params, tiny.ASSETS,
                        extra={"made_by": "experiments/configs/bc_tiny.py", "init": bc.init,
-                              "rounds": metrics["rounds"]})
+                              "rounds": metrics["rounds"]}, param_dtype="float32")
   lines = ["| round | examples (demo + DAgger) | DAgger success on train | val NLL | val token acc |",
            "|---|---|---|---|---|"]
   for row in metrics["rounds"]:
