@@ -233,11 +233,17 @@ def test_agent_rejects_a_tokenizer_of_another_model(variants):
 
 
 def test_policy_checkpoint_round_trip_and_bad_paths(tmp_path, policy):
-  models.save_policy(str(tmp_path / "p"), policy.cfg, policy.params, tiny.ASSETS, extra={})
+  import jax
+  import jax.numpy as jnp
+  models.save_policy(str(tmp_path / "p"), policy.cfg, policy.params, tiny.ASSETS, extra={}, param_dtype="float32")
   again = models.load(models.model_config(path=str(tmp_path / "p")))
   assert again.cfg == policy.cfg
-  for a, b in zip(*(map(np.asarray, __import__("jax").tree.leaves(p.params)) for p in (policy, again))):
-    np.testing.assert_array_equal(a, b)   # shipped params are bf16 values: bit-exact round trip
+  for a, b in zip(*(map(np.asarray, jax.tree.leaves(p.params)) for p in (policy, again))):
+    np.testing.assert_array_equal(a, b)   # f32: bit-exact round trip
+  models.save_policy(str(tmp_path / "h"), policy.cfg, policy.params, tiny.ASSETS, extra={})   # bf16, the default
+  half = models.load(models.model_config(path=str(tmp_path / "h")))
+  for a, b in zip(jax.tree.leaves(policy.params), jax.tree.leaves(half.params)):
+    np.testing.assert_array_equal(np.asarray(jnp.asarray(a, jnp.bfloat16), np.float32), np.asarray(b))
   with pytest.raises(UserError, match="not a folder"):
     models.load(models.model_config(path=str(tmp_path / "missing")))
   with pytest.raises(UserError, match="model.json"):
