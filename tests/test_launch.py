@@ -155,7 +155,10 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_a_resumable_log(tmp_path, alfwor
   proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), "--config", CFG + ":num_games=40",
                            "--config.env.num_slots=2", "--config.env.engine=textworld", "--workdir", str(tmp_path)],
                           cwd=ROOT, text=True,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                          # A suite started as a background job (`make test &`) inherits SIGINT ignored,
+                          # as a terminal's foreground run never does.
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   deadline = time.time() + 240
   while time.time() < deadline and not (log.exists() and log.read_text().count("\n") >= 1):
     time.sleep(0.2)
