@@ -59,6 +59,14 @@ def test_check_env_accepts_the_defaults_and_edges():
   check_env(env_config(engine="textworld"))
 
 
+def test_a_negative_dagger_branch_cap_is_refused(tmp_path):
+  from mpr.stages import bc
+  config = _load("bc_tiny.py").get_config()
+  config.bc.dagger.branches = -1
+  with pytest.raises(UserError, match="branches must be >= 0"):
+    bc.run(config, str(tmp_path))
+
+
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "experiments/configs/*.py"))))
 def test_every_config_instantiates(path):
   spec = importlib.util.spec_from_file_location("cfg", path)

@@ -51,6 +51,11 @@ def _dagger_rollouts(config, cfg, params, tok, r: int, rdir: str) -> list[Episod
                        os.path.join(rdir, "episodes.jsonl"), progress=f"DAgger round {r}")
 
 
+def inputs(config) -> dict:
+  """The policy bc trains on from, by digest (mpr.stages.runner records it with the stage's inputs)."""
+  return {"bc.init": models.fingerprint(models.model_config(path=config.bc.init))} if config.bc.init else {}
+
+
 def start_params(bc, cfg, seed: int) -> dict:
   """Random init, or the params of the policy folder `bc.init`: training goes on from that policy
   (e.g. more cloning epochs or DAgger rounds on top of a shipped one, without redoing its rounds)."""

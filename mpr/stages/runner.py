@@ -93,15 +93,16 @@ def run_stage(name: str, module: ModuleType, config: ml_collections.ConfigDict, 
 
 
 def stage_inputs(module: ModuleType, config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """What a stage reads besides its config: the model's files, where its games come from, and the
-  finished stages of this workdir it builds on (`module.READS`), each by digest."""
+  """What a stage reads besides its config: the model's files, where its games come from, the
+  finished stages of this workdir it builds on (`module.READS`) and whatever else `module.inputs(config)`
+  names, each by digest."""
   keys, out = module.CONFIG_KEYS, {}
   if "model" in keys:
     out["model"] = models.fingerprint(config.model)
-  if "bc" in keys and config.bc.init:     # the policy bc trains on from
-    out["bc.init"] = models.fingerprint(models.model_config(path=config.bc.init))
   if "env" in keys:
     out["games"] = games.data_fingerprint(config.env, config.seed)
+  if hasattr(module, "inputs"):          # what else the stage's own config points at
+    out.update(module.inputs(config))
   for stage in getattr(module, "READS", ()):
     out[f"stage {stage}"] = _made_from(os.path.join(workdir, stage))
   return json.loads(json.dumps(out, sort_keys=True))
