@@ -138,8 +138,8 @@ def test_bc_stage_end_to_end_on_a_few_real_games(tmp_path, alfworld_data):
   from mpr.agent import models
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   args = [sys.executable, os.path.join(root, "launch.py"), "--workdir", str(tmp_path),
-          "--config", os.path.join(root, "experiments/configs/bc_tiny.py") + ":num_games=4,rounds=1,dagger_games=2",
-          "--config.bc.train.epochs=1", "--config.bc.dagger.train.steps=2", "--config.bc.dagger.max_steps=4",
+          "--config", os.path.join(root, "experiments/configs/bc_tiny.py") + ":num_games=4,rounds=1,dagger_games=2,layers=2",
+          "--config.bc.train.steps=3", "--config.bc.dagger.train.steps=2", "--config.bc.dagger.max_steps=4",
           "--config.env.num_slots=2"]
   p = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=900)
   assert p.returncode == 0, p.stderr[-3000:]
@@ -148,7 +148,7 @@ def test_bc_stage_end_to_end_on_a_few_real_games(tmp_path, alfworld_data):
   assert metrics["rounds"][1]["steps"] == 2     # the DAgger round trains its step budget, not epochs
   assert len((tmp_path / "bc" / "round_1" / "episodes.jsonl").read_text().splitlines()) == 2
   policy = models.load(models.model_config(path=str(tmp_path / "bc" / "policy")))
-  assert policy.tok.vocab_size == policy.cfg.vocab_size
+  assert policy.tok.vocab_size == policy.cfg.vocab_size and policy.cfg.num_layers == 2   # bc_tiny.py:layers=2
   # Every round's model is a policy folder too (f32: the next round trains on from it).
   round_0 = models.load(models.model_config(path=str(tmp_path / "bc" / "round_0" / "model")))
   assert round_0.cfg == policy.cfg

@@ -1,22 +1,22 @@
-"""The embedded default policy: tiny Qwen3-architecture model, behaviour cloning (+ optional DAgger), on CPU.
+"""The embedded default policy: tiny Qwen3-architecture model, behaviour cloning (+ optional DAgger).
 
-The shipped policy is two runs of this config (2 CPU cores: ~50 + ~22 min, after 4 min of expert demos):
+The shipped policy is one run of this config (1300 steps of 8192 tokens: 2.2 min on one H200,
+about 2 h on 2 CPU cores; the exploring expert's demonstrations take 3 min on 2 cores before it):
 
   python launch.py --config experiments/configs/bc_tiny.py --workdir workdirs/bc_tiny
-  python launch.py --config experiments/configs/bc_tiny.py:init=workdirs/bc_tiny/bc/round_0/model \
-      --workdir workdirs/bc_tiny_more
-  cp -r workdirs/bc_tiny_more/bc/policy/. mpr/assets/tiny/policy/      # what the repository ships
+  cp -r workdirs/bc_tiny/bc/policy/. mpr/assets/tiny/policy/      # what the repository ships
 
-The first clones the exploring expert on all 3553 train games (4 epochs, lr 2e-3); the second trains on
-from its f32 round-0 model for 500 more steps (lr 1e-3 restarted, cosine), which lowers validation NLL
-(0.076 → 0.070) and wins 4.8 more points on 800 fresh train games. `init` switches to that schedule.
+It clones the exploring expert on all 3553 train games (6.5 epochs, AdamW 2e-3, cosine). Longer
+schedules overfit (validation NLL rises after ~1000 steps) and win fewer valid_train games; see
+BENCHMARKS.md for the runs it was chosen from. `init=<policy folder>` trains on from a policy instead
+(500 steps, lr 1e-3 restarted); `layers=N` changes the depth (mpr.models.config.tiny: 6).
 
 Stages: expert_rollouts (the exploring expert on every train game, or `num_games` evenly spaced
 ones, and on valid_train, for validation), then bc (round 0 = cloning, then `rounds` DAgger rounds on
 fresh train games, each training a fixed number of steps on the growing aggregate). DAgger is off by
 default: with this expert's labels it lowered valid_train success every way it was tried (BENCHMARKS.md).
 On a GPU raise train.batch_tokens, the step counts and the game counts freely.
-`bc.model` overrides the tiny shape (mpr.models.config.tiny): edit it here, e.g. {"num_layers": 6}.
+`bc.model` overrides other fields of the tiny shape (hidden_size, ...): edit them here.
 """
 import ml_collections
 
@@ -26,7 +26,7 @@ from mpr.train.lm import train_config
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, num_games=0, rounds=0, dagger_games=800, init="")
+  arg = parse_arg(arg, num_games=0, rounds=0, dagger_games=800, init="", layers=0)
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.stages = ("expert_rollouts", "bc")
@@ -42,7 +42,9 @@ def get_config(arg=None):
   c.bc.val_split = "valid_train"
   c.bc.init = arg.init                        # '' = random init; a policy folder = train on from it
   c.bc.model = ml_collections.ConfigDict()   # overrides of mpr.models.config.tiny (num_layers, hidden_size, ...)
-  c.bc.train = train_config(epochs=4, lr=2e-3, warmup_steps=30, batch_tokens=8192, ckpt_every=50)
+  if arg.layers:
+    c.bc.model.num_layers = arg.layers
+  c.bc.train = train_config(steps=1300, lr=2e-3, warmup_steps=30, batch_tokens=8192, ckpt_every=50)
   if arg.init:      # training on from a cloned policy: a fixed budget, the peak lr restarted lower
     c.bc.train.update(steps=500, lr=1e-3, warmup_steps=10)
   c.bc.dagger = ml_collections.ConfigDict()

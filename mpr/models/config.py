@@ -96,7 +96,7 @@ def smollm2_135m(**kw) -> ModelConfig:
 
 def tiny(vocab_size: int = 2048, **kw) -> ModelConfig:
   """The embedded default policy's shape: Qwen3 architecture, a few million parameters."""
-  base = dict(vocab_size=vocab_size, hidden_size=256, intermediate_size=768, num_layers=4, num_heads=4,
+  base = dict(vocab_size=vocab_size, hidden_size=256, intermediate_size=768, num_layers=6, num_heads=4,
               num_kv_heads=2, head_dim=64, qk_norm=True, tie_embeddings=True, rope_theta=10_000.0,
               rms_norm_eps=1e-6, max_seq_len=2048, family="qwen3")
   return ModelConfig(**{**base, **kw})
