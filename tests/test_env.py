@@ -2,7 +2,7 @@
 import pytest
 
 from mpr.envs.alfworld import AlfworldEnv, split_intro
-from mpr.envs.games import TASK_TYPES, find_games, select_games
+from mpr.envs.games import TASK_TYPES, GameSpec, check_disjoint, find_games, select_games
 from mpr.errors import UserError
 
 
@@ -28,6 +28,16 @@ def test_select_games_refuses_a_negative_count(valid_seen):
   assert select_games(valid_seen, 0) == valid_seen
   with pytest.raises(UserError, match="num_games must be >= 0"):
     select_games(valid_seen, -1)
+
+
+def test_held_out_games_must_not_be_training_games(valid_seen, tmp_path):
+  """Disjoint by content, not id: a copied game under another split and id is still refused."""
+  check_disjoint(valid_seen[:5], valid_seen[5:10], "test")
+  copy = tmp_path / "game.tw-pddl"
+  copy.write_bytes(open(valid_seen[7].path, "rb").read())
+  renamed = GameSpec(str(copy), "other-task/trial_X", valid_seen[7].task_type, "valid_train")
+  with pytest.raises(UserError, match=r"test: 1 valid_train game\(s\) are also valid_seen games"):
+    check_disjoint(valid_seen[5:10], [valid_seen[0], renamed], "test")
 
 
 def test_reset_step_and_win(one_game_per_task):

@@ -121,3 +121,31 @@ def test_tempered_p_high_is_softmax_of_log_p_over_t():
   assert certain[0] < 1e-6 and certain[1] > 1 - 1e-6
   with pytest.raises(UserError):
     grpo.tempered_p_high([0.2], 0.0)
+
+
+def test_decision_weights_per_decision_or_per_episode():
+  np.testing.assert_array_equal(grpo.decision_weights([2, 3], "decision"), np.ones(5, np.float32))
+  w = grpo.decision_weights([2, 4], "episode")
+  np.testing.assert_allclose(w, [0.5, 0.5, 0.25, 0.25, 0.25, 0.25])
+  assert w[:2].sum() == w[2:].sum() == 1.0          # each episode weighs one unit, however long
+  with pytest.raises(UserError, match="loss_mean"):
+    grpo.decision_weights([2], "token")
+
+
+def test_iteration_decisions_carry_weights_and_the_success_signal():
+  from mpr.agent.agent import encode_z
+  from mpr.records import Episode, Step
+  from mpr.stages.router_grpo import decisions
+
+  def ep(won, n, high):
+    steps = [Step(t=t, observation="", admissible=[], action="look", precision="hi" if t < high else "lo",
+                  p_high=0.5, extra={"z": encode_z(np.full(4, t, np.float32))}) for t in range(n)]
+    return Episode("g", "pick_and_place_simple", 0, "", steps, won=won)
+
+  groups = [[ep(True, 2, 1), ep(False, 6, 0)], [ep(True, 3, 0), ep(True, 3, 3)]]
+  dec = decisions(groups, "hi", lam=0.1, eps=1e-6, temperature=1.0, loss_mean="episode")
+  assert dec["success_signal"] == 0.5                # the second group's episodes both won
+  np.testing.assert_allclose(dec["weights"], [1 / 2] * 2 + [1 / 6] * 6 + [1 / 3] * 6)
+  # Within the all-won group only the λ cost differs, so the advantages still split it ±1.
+  assert dec["adv"][8] == pytest.approx(1.0, abs=1e-4) and dec["adv"][11] == pytest.approx(-1.0, abs=1e-4)
+  assert decisions(groups, "hi", 0.1, 1e-6, 1.0)["weights"].tolist() == [1.0] * 14

@@ -9,28 +9,30 @@ from mpr.errors import UserError
 from mpr.eval import report
 
 
-def _pt(method, param, success, ratio, speedup=1.0, speedup_est=None):
-  return {"method": method, "param": param, "success": success,
-          "ci": [max(0.0, success - 0.05), min(1.0, success + 0.05)], "n": 134, "high_ratio": ratio,
-          "speedup": speedup, "speedup_est": speedup if speedup_est is None else speedup_est,
-          "per_task": {"pick_and_place_simple": success}}
+def _pt(method, param, success, ratio, speedup=1.0, speedup_est=None, share=None, matches=None):
+  out = {"method": method, "param": param, "share": share, "success": success,
+         "ci": [max(0.0, success - 0.05), min(1.0, success + 0.05)], "n": 134, "high_ratio": ratio,
+         "speedup": speedup, "speedup_est": speedup if speedup_est is None else speedup_est,
+         "per_task": {"pick_and_place_simple": success}}
+  return {**out, "matches": matches} if matches else out
 
 
 def _points():
   return [
       _pt("high only", None, 0.90, 1.0, 1.0),
       _pt("low only", None, 0.80, 0.0, 1.6),
-      _pt("random", "p=0.1", 0.82, 0.1, 1.5),
-      _pt("random", "p=0.2", 0.84, 0.2, 1.4),
-      _pt("random", "p=0.3", 0.85, 0.3, 1.3),
-      _pt("KL-ST", "K=0.6", 0.86, 0.08, 1.45, 1.5),
-      _pt("KL-ST", "K=0.5", 0.89, 0.18, 1.30, 1.4),
-      _pt("KL-ST", "K=0.4", 0.88, 0.28, 1.35),     # dominated on ratio by K=0.5, not on speed
-      _pt("KL-ST", "K=0.2", 0.91, 0.45, None),     # speed-up not measured
-      _pt("GRPO only", "K=0.5", 0.87, 0.35, 1.1),
-      _pt("GRPO only", "K=0.3", 0.90, 0.50, 1.05),
-      _pt("KL-ST + GRPO", "K=0.5", 0.87, 0.1 + 1e-12, 1.5),   # counts/steps rounding: still "≤ 10%"
-      _pt("KL-ST + GRPO", "K=0.4", 0.905, 0.25, 1.25),
+      _pt("random", "p=0.08", 0.82, 0.09, 1.5, share=0.1, matches="KL-ST K=0.6"),
+      _pt("random", "p=0.18", 0.84, 0.17, 1.4, share=0.2, matches="KL-ST K=0.5"),
+      _pt("random", "p=0.28", 0.85, 0.29, 1.3, share=0.3, matches="KL-ST K=0.4"),
+      _pt("random", "p=0.45", 0.86, 0.46, 1.2, share=0.5, matches="KL-ST K=0.2"),
+      _pt("KL-ST", "K=0.6", 0.86, 0.08, 1.45, 1.5, share=0.1),
+      _pt("KL-ST", "K=0.5", 0.89, 0.18, 1.30, 1.4, share=0.2),
+      _pt("KL-ST", "K=0.4", 0.88, 0.28, 1.35, share=0.3),     # dominated on ratio by K=0.5, not on speed
+      _pt("KL-ST", "K=0.2", 0.91, 0.45, None, share=0.5),     # speed-up not measured
+      _pt("GRPO only", "K=0.5", 0.87, 0.35, 1.1, share=0.3),
+      _pt("GRPO only", "K=0.3", 0.90, 0.50, 1.05, share=0.5),
+      _pt("KL-ST + GRPO", "K=0.5", 0.87, 0.1 + 1e-12, 1.5, share=0.1),
+      _pt("KL-ST + GRPO", "K=0.4", 0.905, 0.25, 1.25, share=0.2),
   ]
 
 
@@ -56,33 +58,64 @@ def _rows(md):
           for r in md.splitlines() if r.startswith("| ") and not r.startswith("| method")}
 
 
-def test_table1_picks_operating_points_and_formats_ci():
-  rows = _rows(report.table1(_points()))
-  assert list(rows) == ["high only", "low only", "random", "KL-ST", "GRPO only", "KL-ST + GRPO"]
-  assert rows["high only"] == ["—", "90.0 (85.0–95.0)", "—", "100.0", "1.00×", "1.00×"]
-  assert rows["KL-ST"] == ["K=0.5", "89.0 (84.0–94.0)", "-1.0", "18.0", "1.30×", "1.40×"]
-  assert rows["random"][0] == "p=0.3"                         # best within 30%
-  assert rows["GRPO only"][0] == "K=0.5"                      # none within 30%: its cheapest
-  assert rows["KL-ST + GRPO"][:3] == ["K=0.4", "90.5 (85.5–95.5)", "+0.5"]
-  assert rows["low only"][2] == "-10.0"
-  assert _rows(report.table1(_points(), budget=0.1))["KL-ST"][0] == "K=0.6"
+def test_table1_lists_every_method_at_each_pre_set_share():
+  rows = [[c.strip() for c in r.split("|")[1:-1]] for r in report.table1(_points()).splitlines()
+          if r.startswith("| ") and not r.startswith("| method")]
+  assert [(r[0], r[1]) for r in rows] == [
+      ("high only", "—"), ("low only", "—"), ("KL-ST", "10.0%"), ("KL-ST + GRPO", "10.0%"),
+      ("KL-ST", "20.0%"), ("KL-ST + GRPO", "20.0%"), ("KL-ST", "30.0%"), ("GRPO only", "30.0%"),
+      ("KL-ST", "50.0%"), ("GRPO only", "50.0%")]                     # random rows: only as "Δ vs random"
+  high, low = rows[0], rows[1]
+  assert high[2:] == ["—", "100.0", "90.0 (85.0–95.0)", "—", "—", "1.00× / 1.00×"]
+  assert low[5] == "-10.0"                                          # no outcomes: the plain difference
+  kl20 = rows[4]
+  assert kl20[2:7] == ["K=0.5", "18.0", "89.0 (84.0–94.0)", "-1.0", "+5.0"]
+  assert rows[3][6] == "—"                                          # KL-ST + GRPO has no matched random here
   with pytest.raises(UserError):
     report.table1([p for p in _points() if p["method"] != "high only"])
 
 
-def test_table2_matched_ratios_and_dashes():
+def _with_outcomes(p, wins):
+  """p with per-game outcomes: the first `wins` of 20 games won (success and n to match)."""
+  out = {f"g{i:02d}": i < wins for i in range(20)}
+  return {**p, "n": 20, "success": wins / 20, "ci": [0.0, 1.0], "outcomes": out}
+
+
+def test_table1_and_results_pair_games_where_outcomes_exist(tmp_path):
+  pts = [_with_outcomes(_pt("high only", None, 0.9, 1.0), 18),
+         _with_outcomes(_pt("low only", None, 0.5, 0.0), 10),
+         _with_outcomes(_pt("random", "p=0.2", 0.6, 0.21, share=0.2, matches="KL-ST K=0.5"), 12),
+         _with_outcomes(_pt("KL-ST", "K=0.5", 0.85, 0.2, share=0.2), 17)]
+  rows = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]]
+          for r in report.table1(pts, shares=(0.2,)).splitlines() if r.startswith("| ") and "method" not in r}
+  # KL-ST loses exactly game 17 vs high only: -5 points; McNemar on 1 discordant game: p = 1.
+  assert rows["KL-ST"][4].startswith("-5.0 [") and rows["KL-ST"][4].endswith("p=1")
+  # vs random: games 12..16 won only by KL-ST: +25 points, p = 2 / 2^5.
+  assert rows["KL-ST"][5].startswith("+25.0 [+") and rows["KL-ST"][5].endswith("p=0.062")
+  off = [dict(p, high_ratio=0.3) if p["method"] == "random" else p for p in pts]   # random ran 10 points off
+  assert "| refused: random ran 30.0% |" in report.table1(off, shares=(0.2,))
+  paths = report.write_report(pts, str(tmp_path), shares=(0.2,))
+  res = json.load(open(paths["results.json"]))
+  assert res["vs_high_only"]["low only"]["only_b"] == 8 and res["vs_high_only"]["low only"]["only_a"] == 0
+  assert res["vs_random"]["KL-ST"][0]["paired"]["only_a"] == 5
+
+
+def test_table2_reports_each_router_at_each_share():
   rows = _rows(report.table2(_points()))
-  assert rows["KL-ST"] == ["86.0 [8.0%]", "89.0 [18.0%]", "88.0 [28.0%]"]
-  assert rows["GRPO only"] == ["—", "—", "—"]
-  assert rows["KL-ST + GRPO"] == ["87.0 [10.0%]", "87.0 [10.0%]", "90.5 [25.0%]"]
-  assert _rows(report.table2(_points(), methods=("oracle",), ratios=(0.5,)))["oracle"] == ["—"]
+  assert rows["KL-ST"] == ["86.0 [8.0%]", "89.0 [18.0%]", "88.0 [28.0%]", "91.0 [45.0%]"]
+  assert rows["GRPO only"] == ["—", "—", "87.0 [35.0%]", "90.0 [50.0%]"]
+  assert rows["KL-ST + GRPO"] == ["87.0 [10.0%]", "90.5 [25.0%]", "—", "—"]
+  assert _rows(report.table2(_points(), methods=("oracle",), shares=(0.5,)))["oracle"] == ["—"]
 
 
-def test_matched_random_gap():
+def test_matched_random_gap_uses_the_named_point_and_refuses_a_mismatch():
   gaps = report.matched_random_gap(_points(), "KL-ST")
   assert [g["param"] for g in gaps] == ["K=0.6", "K=0.5", "K=0.4", "K=0.2"]
-  assert [g["baseline_param"] for g in gaps] == ["p=0.1", "p=0.2", "p=0.3", "p=0.3"]
-  assert [g["gap"] for g in gaps] == pytest.approx([0.04, 0.05, 0.03, 0.06])
+  assert [g["baseline_param"] for g in gaps] == ["p=0.08", "p=0.18", "p=0.28", "p=0.45"]
+  assert [g["gap"] for g in gaps] == pytest.approx([0.04, 0.05, 0.03, 0.05])
+  assert all(g["paired"] is None and g["refused"] is None for g in gaps)   # no outcomes: no pairing
+  far = report.matched_random_gap(_points(), "GRPO only")           # nearest random points are 4-6 points off
+  assert [g["gap"] for g in far] == [None, None] and "more than 2 points apart" in far[0]["refused"]
   with pytest.raises(UserError):
     report.matched_random_gap(_points(), "oracle")
 
@@ -127,9 +160,9 @@ def test_plot_and_report_files(tmp_path):
     results = json.load(f)
   assert len(results["points"]) == len(_points()) and results["setting"] == {"engine": "textworld"}
   assert results["vs_random"]["KL-ST"][1]["gap"] == pytest.approx(0.05)
-  assert set(results["vs_random"]) == {"KL-ST", "GRPO only", "KL-ST + GRPO"}
+  assert set(results["vs_random"]) == {"KL-ST"}                     # the only method with matched random points
   with open(paths["table1.md"]) as f:
-    assert "| KL-ST | K=0.5 |" in f.read()
+    assert "| KL-ST | 20.0% | K=0.5 |" in f.read()
 
 
 def test_plot_rerenders_identically_and_caption_is_optional(tmp_path):

@@ -122,7 +122,7 @@ def _pipeline_args(workdir, *extra):
           "--config.env.num_slots=4", "--config.router_sl.epochs=2", "--config.router_sl.batch_size=16",
           "--config.router_grpo.iterations=2", "--config.router_grpo.games_per_iter=2",
           "--config.router_grpo.num_games=3",
-          "--config.router_grpo.group_size=2", "--config.eval.num_games=3", "--config.eval.first_k=(2,)",
+          "--config.router_grpo.group_size=2", "--config.eval.num_games=3",
           *extra]
 
 
@@ -145,6 +145,33 @@ def test_pipeline_end_to_end_on_a_few_real_games(tmp_path, alfworld_data, run_ho
   assert "valid_seen · 3 episodes/point" in (tmp_path / "route_eval" / "pareto.svg").read_text()
   grpo = json.load(open(tmp_path / "router_grpo" / "metrics.json"))
   assert [r["iteration"] for r in grpo["iterations"]] == [1, 2]
+  # GRPO learns from the decisions its rollouts made: p(high) recomputed from the logged embeddings under
+  # the router that played iteration 1 (the KL-ST router) is the p(high) each step recorded.
+  from mpr.router import data as router_data
+  from mpr.router.model import load_router, p_high
+  cfg, sl_params, _ = load_router(str(tmp_path / "router_sl" / "router"))
+  eps = [json.loads(x) for x in open(tmp_path / "router_grpo" / "rollouts" / "iter_000.jsonl")]
+  z = np.stack([agent_lib.decode_z(s["extra"]["z"]) for e in eps for s in e["steps"]])
+  offsets = np.cumsum([0] + [len(e["steps"]) for e in eps])
+  zw, mask = router_data.windows(z, offsets, np.arange(len(z)), cfg.max_len)
+  recorded = np.array([s["p_high"] for e in eps for s in e["steps"]])
+  np.testing.assert_allclose(np.asarray(p_high(sl_params, cfg, zw, mask)), recorded, rtol=1e-5, atol=1e-6)
+  # Every method plays at the one pre-set share; each router point has its random point, matched.
+  assert {pt["share"] for pt in res["points"] if pt["method"] not in ("high only", "low only")} == {0.2}
+  assert set(res["vs_random"]) == {"KL-ST", "KL-ST + GRPO", "GRPO only"}
+  assert all(len(pt["outcomes"]) == 3 for pt in res["points"])
+  assert set(res["vs_high_only"]) == {f"{pt['method']} {pt['param']}" if pt["param"] else pt["method"]
+                                      for pt in res["points"] if pt["method"] != "high only"}
+  # route_eval with only the KL-ST router: the same games, its points and their random baselines.
+  solo = tmp_path / "solo"
+  for stage in ("collect", "router_sl"):
+    shutil.copytree(tmp_path / stage, solo / stage)
+  p = subprocess.run(_pipeline_args(solo, "--config.stages=('route_eval',)", "--config.eval.num_games=2"),
+                     cwd=ROOT, capture_output=True, text=True, timeout=900)
+  assert p.returncode == 0, p.stderr[-3000:]
+  solo_res = json.load(open(solo / "route_eval" / "results.json"))
+  assert {pt["method"] for pt in solo_res["points"]} & {"KL-ST + GRPO", "GRPO only"} == set()
+  assert list(solo_res["vs_random"]) == ["KL-ST"]
 
   # Resume after a kill mid-GRPO: drop iteration 2's checkpoint and half its episodes, run again.
   from mpr.router.model import load_router
@@ -205,7 +232,7 @@ def _exit_2(args, needle):
     ("collect", "--config.tiers.low=int9", "int9"),
     ("router_sl", "--config.router_sl.quantile=0.5", "steps_train.npz"),        # no collect stage ran
     ("router_grpo", "--config.router_grpo.group_size=1", "group_size"),
-    ("route_eval", "--config.eval.ks=(0.5,)", "no trained router"),
+    ("route_eval", "--config.eval.shares=(0.2,)", "no trained router"),
 ])
 def test_pipeline_bad_inputs_are_one_line_exit_2(tmp_path, alfworld_data, stage, override, needle):
   if stage == "route_eval":
@@ -215,3 +242,22 @@ def test_pipeline_bad_inputs_are_one_line_exit_2(tmp_path, alfworld_data, stage,
         z=np.zeros((2, 4), np.float32), d=np.array([0.0, 1.0], np.float32), offsets=np.array([0, 2]),
         low_entropy=np.zeros(2, np.float32), low_margin=np.ones(2, np.float32), games=["g"], won=np.array([True])))
   _exit_2(_pipeline_args(tmp_path, f"--config.stages=('{stage}',)", override), needle)
+
+
+def test_operating_points_send_the_preset_share_of_validation_steps_high():
+  from mpr.router import data
+  from mpr.stages.route_eval import thresholds
+  x = np.arange(10, dtype=np.float32)
+  val = data.StepTable(z=np.zeros((10, 4), np.float32), d=x, offsets=np.array([0, 4, 10]), low_entropy=x / 10,
+                       low_margin=x / 10, games=["a", "b"], won=np.array([True, False]))
+  th = thresholds(val, {"KL-ST": x / 20}, (0.2, 0.45))
+  assert set(th) == {"KL-ST", "entropy", "margin", "oracle", "first-k"}
+  for q in (0.2, 0.45):
+    # Each rule's side of its threshold holds the share q of the validation steps (up to one step).
+    assert abs(np.mean(x / 20 >= th["KL-ST"][q]) - q) <= 0.1
+    assert abs(np.mean(val.low_entropy >= th["entropy"][q]) - q) <= 0.1
+    assert abs(np.mean(val.low_margin <= th["margin"][q]) - q) <= 0.1
+    assert abs(np.mean(val.d >= th["oracle"][q]) - q) <= 0.1
+  assert th["oracle"][0.2] == pytest.approx(7.2)
+  # first-k: episodes of 4 and 6 steps; k=1 covers 2/10 of the steps, k=2 4/10 (nearest 0.45).
+  assert th["first-k"] == {0.2: 1, 0.45: 2}

@@ -48,8 +48,7 @@ def get_config(arg=None):
   # GRPO draws its rounds from the games collect played, so no further games are generated.
   c.router_grpo = grpo_config(iterations=1 if arg.runlocal else 4, games_per_iter=2 if arg.runlocal else 6,
                               group_size=4, num_games=c.collect.games)
-  # A full-run point costs ~7 min on the 140 valid_seen games (2 cores): each router at K = 0.5 and
-  # at a 20% validation share, one threshold per heuristic (runlocal: the shares only).
-  c.eval = eval_config(arg.split, runlocal_default(arg, "num_games", 6), ks=() if arg.runlocal else (0.5,),
-                       router_shares=(0.2,), heuristic_shares=(0.2,), first_k=(3,))
+  # Every method at the same pre-set shares of validation steps sent high (runlocal: 20% only).
+  c.eval = eval_config(arg.split, runlocal_default(arg, "num_games", 6),
+                       shares=(0.2,) if arg.runlocal else (0.1, 0.2, 0.3, 0.5))
   return c

@@ -46,6 +46,9 @@ from mpr.models.tokenizer import Tokenizer
 from mpr.models.variants import Variant
 
 MODES = ("score", "generate")
+# Step embeddings z are stored (and routed on) at this precision: half the log size of float32, and a
+# router reading live z and one replaying logged z see the same numbers (computed in float32, held in float16).
+Z_DTYPE = np.float16
 
 
 @dataclasses.dataclass
@@ -241,8 +244,8 @@ class Agent:
         last[name].update(lasts)
         for i in todo:
           prefilled[i] += counts[slots[i]]
-          if z:
-            rows[i].z.append(z[slots[i]])
+          if z:   # rounded to the stored precision: the router sees what the logs replay (encode_z)
+            rows[i].z.append(np.asarray(z[slots[i]], Z_DTYPE).astype(np.float32))
         if together:
           return scored
       if score:
@@ -365,12 +368,12 @@ def _rounded(p: np.ndarray) -> list[float]:
 
 
 def encode_z(z: np.ndarray) -> str:
-  """A step embedding as it is stored in step records: float16, base64."""
-  return base64.b64encode(np.asarray(z, np.float16).tobytes()).decode("ascii")
+  """A step embedding as it is stored in step records: Z_DTYPE, base64."""
+  return base64.b64encode(np.asarray(z, Z_DTYPE).tobytes()).decode("ascii")
 
 
 def decode_z(text: str) -> np.ndarray:
-  return np.frombuffer(base64.b64decode(text), np.float16).astype(np.float32)
+  return np.frombuffer(base64.b64decode(text), Z_DTYPE).astype(np.float32)
 
 
 @jax.jit

@@ -17,6 +17,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from mpr import io
 from mpr.errors import UserError
 
 TASK_TYPES = (
@@ -85,6 +86,20 @@ def default_generated_dir() -> str:
 def real_data_dir(data_dir: Optional[str] = None) -> str:
   """Where released games are looked for: `data_dir`, else $ALFWORLD_DATA, else alfworld's default."""
   return os.path.abspath(os.path.expanduser(data_dir or os.environ.get("ALFWORLD_DATA") or ALFWORLD_DEFAULT_DIR))
+
+
+def check_disjoint(train: Sequence[GameSpec], held_out: Sequence[GameSpec], what: str) -> None:
+  """Refuses held-out games that are also training games: the same game file, whatever its split or id.
+
+  Released ALFWorld splits share task folders (valid_train re-uses train tasks with other trials), so
+  ids cannot tell; the file content can. Hashing a few thousand ~100 kB files takes about a second.
+  """
+  digests = {io.file_digest(g.path): g for g in train}
+  shared = [(g, digests[d]) for g in held_out if (d := io.file_digest(g.path)) in digests]
+  if shared:
+    (g, t), n = shared[0], len(shared)
+    raise UserError(f"{what}: {n} {g.split} game(s) are also {t.split} games (first: {g.game_id} = "
+                    f"{t.game_id}); held-out games must not be trained on")
 
 
 def data_fingerprint(env, seed: int) -> dict:

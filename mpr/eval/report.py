@@ -2,15 +2,19 @@
 
 A point is one evaluated routing configuration:
 
-  {"method": "KL-ST", "param": "K=0.40", "success": 0.888, "ci": [0.83, 0.93], "n": 134,
-   "high_ratio": 0.267, "speedup": 1.21, "speedup_est": 1.35, "per_task": {"pick_...": 0.9}}
+  {"method": "KL-ST", "param": "q=0.20 K=0.412", "share": 0.2, "success": 0.888, "ci": [0.83, 0.93],
+   "n": 134, "high_ratio": 0.267, "speedup": 1.21, "speedup_est": 1.35, "per_task": {"pick_...": 0.9},
+   "outcomes": {"<game id>": true, ...}}
 
-`high_ratio` is the share of steps run on the high tier; `speedup` is measured wall clock against
-high-only (router and embedding overhead included), `speedup_est` the compute estimate from
-per-tier step latency; either may be None where it was not measured. Rates are fractions in the
-data and percentages in the tables.
+`share` is the pre-set operating point: the share of validation steps its threshold sends high (fixed
+before evaluation; None for the single-tier baselines); `high_ratio` is the share of steps it actually
+ran on the high tier. A random point also names the point it is matched to (`matches`: "method param").
+`outcomes` (per game: won) makes the paired comparisons; `speedup` is measured wall clock against
+high-only (router and embedding overhead included), `speedup_est` the compute estimate from per-tier
+step latency; either may be None where it was not measured. Rates are fractions in the data and
+percentages in the tables.
 
-  paths = write_report(points, outdir, caption=plot_caption("tiny policy", "bf16", "int2", "valid_seen", 140, 0, "fast"))
+  paths = write_report(points, outdir, shares=(0.1, 0.2, 0.3, 0.5), caption=plot_caption(...))
   # results.json, table1.md, table2.md, pareto.png and pareto.svg (success vs high-precision calls)
 """
 from __future__ import annotations
@@ -25,6 +29,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from mpr.errors import UserError
+from mpr.eval import paired
 from mpr.io import atomic_open, atomic_write_json, atomic_write_text
 
 # Row order of the tables; methods not listed follow in order of first appearance.
@@ -34,6 +39,7 @@ BASELINES = ("high only", "low only", "random")
 _KEYS = ("method", "param", "success", "ci", "n", "high_ratio", "speedup", "speedup_est", "per_task")
 _X_AXES = {"high_ratio": False, "speedup": True, "speedup_est": True}   # axis -> higher is better
 _TOL = 1e-9      # ratios computed as counts/steps should compare equal to the round targets
+RANDOM_TOLERANCE = 0.02   # a random point stands in for a method's point only this close in high ratio
 
 
 # --- validation ----------------------------------------------------------------------------------
@@ -67,6 +73,12 @@ def _check_point(i: int, p) -> None:
       raise UserError(f"{where}: {k} must be a positive number or None, got {p[k]!r}")
   if not isinstance(p["per_task"], dict) or not all(map(_is_rate, p["per_task"].values())):
     raise UserError(f"{where}: per_task must map task types to success rates in [0, 1]")
+  if p.get("share") is not None and not _is_rate(p["share"]):
+    raise UserError(f"{where}: share must be in [0, 1] or None, got {p['share']!r}")
+  out = p.get("outcomes")
+  if out is not None and not (isinstance(out, dict) and len(out) == p["n"]
+                              and abs(sum(map(bool, out.values())) / p["n"] - p["success"]) < 1e-6):
+    raise UserError(f"{where}: outcomes must map each of its n={p['n']} games to won, matching success")
 
 
 def _check(points: Sequence[dict]) -> list[dict]:
@@ -109,17 +121,42 @@ def pareto_front(points: Sequence[dict], x: str = "high_ratio", per_method: bool
           if not any(_dominates(q, p, x) for q in g)]
 
 
-def best_point(points: Sequence[dict], budget: float) -> dict:
-  """One method's operating point for Table 1: the most successful within the high-ratio budget
-  (ties to the cheaper one), else its cheapest point."""
-  within = [p for p in points if p["high_ratio"] <= budget + _TOL]
-  if within:
-    return max(within, key=lambda p: (p["success"], -p["high_ratio"]))
-  return min(points, key=lambda p: (p["high_ratio"], -p["success"]))
+def _label(p: dict) -> str:
+  return f"{p['method']} {p['param']}" if p["param"] else p["method"]
 
 
-def matched_random_gap(points: Sequence[dict], method: str, baseline: str = "random") -> list[dict]:
-  """For each point of `method`, its success minus that of the baseline point nearest in high ratio."""
+def _paired(a: dict, b: dict) -> Optional[dict]:
+  """a vs b game by game, or None where either point lacks per-game outcomes."""
+  if a.get("outcomes") is None or b.get("outcomes") is None:
+    return None
+  return paired.compare(a["outcomes"], b["outcomes"])
+
+
+def _matched(p: dict, randoms: Sequence[dict]) -> Optional[dict]:
+  """The random point played for p (its `matches` names p), else the nearest in high ratio, else None."""
+  named = [r for r in randoms if r.get("matches") == _label(p)]
+  if named:
+    return named[0]
+  return min(randoms, key=lambda r: abs(r["high_ratio"] - p["high_ratio"])) if randoms else None
+
+
+def _too_far(p: dict, q: dict, tolerance: float) -> Optional[str]:
+  """Why q cannot stand in for random routing at p's high ratio, or None when it can."""
+  if abs(q["high_ratio"] - p["high_ratio"]) <= tolerance + _TOL:
+    return None
+  return (f"random ran {_pct(q['high_ratio'])}% high against {_pct(p['high_ratio'])}%: more than "
+          f"{100 * tolerance:.0f} points apart, not a matched baseline")
+
+
+def matched_random_gap(points: Sequence[dict], method: str, baseline: str = "random",
+                       tolerance: float = RANDOM_TOLERANCE) -> list[dict]:
+  """For each point of `method`, its success minus that of the random point played at its high ratio.
+
+  The baseline point is the one whose `matches` names it (else the nearest in high ratio). A pair more
+  than `tolerance` apart in high ratio is refused: its gap is None and `refused` says why (a random
+  point at another ratio is another method). With per-game outcomes on both, `paired` holds the
+  paired comparison (mpr.eval.paired.compare).
+  """
   points = _check(points)
   mine = sorted((p for p in points if p["method"] == method), key=lambda p: p["high_ratio"])
   ref = [p for p in points if p["method"] == baseline]
@@ -127,11 +164,23 @@ def matched_random_gap(points: Sequence[dict], method: str, baseline: str = "ran
     raise UserError(f"matched_random_gap: need points of both {method!r} and {baseline!r}")
   out = []
   for p in mine:
-    q = min(ref, key=lambda r: abs(r["high_ratio"] - p["high_ratio"]))
-    out.append({"param": p["param"], "high_ratio": p["high_ratio"], "success": p["success"],
+    q = _matched(p, ref)
+    refused = _too_far(p, q, tolerance)
+    out.append({"param": p["param"], "share": p.get("share"), "high_ratio": p["high_ratio"], "success": p["success"],
                 "baseline_param": q["param"], "baseline_high_ratio": q["high_ratio"],
-                "baseline_success": q["success"], "gap": p["success"] - q["success"]})
+                "baseline_success": q["success"], "refused": refused,
+                "gap": None if refused else p["success"] - q["success"],
+                "paired": None if refused else _paired(p, q)})
   return out
+
+
+def paired_vs(points: Sequence[dict], reference: str = "high only") -> dict[str, dict]:
+  """Every other point's paired comparison with the single `reference` point, by its label."""
+  points = _check(points)
+  refs = [p for p in points if p["method"] == reference]
+  if len(refs) != 1:
+    raise UserError(f"paired_vs: need exactly one {reference!r} point, got {len(refs)}")
+  return {_label(p): _paired(p, refs[0]) for p in points if p is not refs[0]}
 
 
 # --- tables --------------------------------------------------------------------------------------
@@ -144,50 +193,77 @@ def _speed(x: Optional[float]) -> str:
   return "—" if x is None else f"{x:.2f}×"
 
 
-def table1(points: Sequence[dict], reference: str = "high only", budget: float = 0.30) -> str:
-  """Markdown: each method at its best operating point within `budget` high-precision calls."""
-  groups = _by_method(_check(points))
+def _delta(d: Optional[dict], fallback: float) -> str:
+  """A difference in points: paired with its 95% interval and McNemar p where outcomes exist."""
+  if d is None:
+    return f"{round(100 * fallback, 1) + 0.0:+.1f}"      # + 0.0: a rounded -0.0 prints as 0.0
+  lo, hi = d["ci"]
+  return (f"{round(100 * d['delta'], 1) + 0.0:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] "
+          f"p={d['p_mcnemar']:.2g}")
+
+
+def _at_share(points: Sequence[dict], method: str, share: float) -> Optional[dict]:
+  return next((p for p in points if p["method"] == method and p.get("share") is not None
+               and abs(p["share"] - share) <= _TOL), None)
+
+
+def table1(points: Sequence[dict], shares: Sequence[float] = (0.1, 0.2, 0.3, 0.5), reference: str = "high only") -> str:
+  """Markdown: every method at each pre-set share of high-precision calls, compared game by game.
+
+  Rows: the single-tier baselines, then per share each method that has a point there (random rows are
+  the matched baselines, shown as the Δ vs random of the point they match). Δ columns are paired over
+  the same games: the difference in points [95% bootstrap interval] and the exact McNemar p.
+  """
+  points = _check(points)
+  groups = _by_method(points)
   if len(groups.get(reference, ())) != 1:
     raise UserError(f"table1: need exactly one {reference!r} point as the reference, "
                     f"got {len(groups.get(reference, ()))}")
-  ref = groups[reference][0]["success"]
-  lines = [f"**Table 1.** Success at each method's best operating point with ≤ {_pct(budget)}% "
-           f"high-precision calls (else its cheapest); Δ in points vs {reference}.", "",
-           "| method | operating point | success % (95% CI) | Δ vs " + reference
-           + " | high-precision calls % | speed-up (measured) | speed-up (estimated) |",
-           "|---|---|---:|---:|---:|---:|---:|"]
-  for method, group in groups.items():
-    p = best_point(group, budget)
+  ref = groups[reference][0]
+  randoms = groups.get("random", [])
+  lines = [f"**Table 1.** Success at pre-set shares of high-precision calls (each threshold fixed on validation "
+           f"to send that share of validation steps high). Δ in points vs {reference} and vs random routing at the "
+           f"point's realised share, paired over the same games: [95% bootstrap interval], exact McNemar p.", "",
+           "| method | pre-set share | operating point | high calls % | success % (95% CI) | Δ vs " + reference
+           + " | Δ vs random | speed-up measured / estimated |",
+           "|---|---:|---|---:|---:|---|---|---:|"]
+
+  def row(p: dict, share: str) -> str:
     lo, hi = p["ci"]
-    # + 0.0 turns a rounded -0.0 into 0.0, so an exact tie never prints as a loss.
-    delta = "—" if method == reference else f"{round(100 * (p['success'] - ref), 1) + 0.0:+.1f}"
-    lines.append(f"| {method} | {p['param'] or '—'} | {_pct(p['success'])} ({_pct(lo)}–{_pct(hi)}) | "
-                 f"{delta} | {_pct(p['high_ratio'])} | {_speed(p['speedup'])} | {_speed(p['speedup_est'])} |")
+    vs_ref = "—" if p is ref else _delta(_paired(p, ref), p["success"] - ref["success"])
+    match = [r for r in randoms if r.get("matches") == _label(p)]
+    if not match:
+      vs_rand = "—"
+    elif _too_far(p, match[0], RANDOM_TOLERANCE):
+      vs_rand = f"refused: random ran {_pct(match[0]['high_ratio'])}%"
+    else:
+      vs_rand = _delta(_paired(p, match[0]), p["success"] - match[0]["success"])
+    return (f"| {p['method']} | {share} | {p['param'] or '—'} | {_pct(p['high_ratio'])} | "
+            f"{_pct(p['success'])} ({_pct(lo)}–{_pct(hi)}) | {vs_ref} | {vs_rand} | "
+            f"{_speed(p['speedup'])} / {_speed(p['speedup_est'])} |")
+
+  for method in ("high only", "low only"):
+    lines += [row(p, "—") for p in groups.get(method, [])]
+  for q in shares:
+    for method in groups:
+      p = _at_share(points, method, q)
+      if p is not None and method not in BASELINES:
+        lines.append(row(p, f"{_pct(q)}%"))
   return "\n".join(lines) + "\n"
 
 
-def matched_point(points: Sequence[dict], target: float) -> Optional[dict]:
-  """The point with the largest high ratio not above `target` (best success on ties), or None."""
-  within = [p for p in points if p["high_ratio"] <= target + _TOL]
-  return max(within, key=lambda p: (p["high_ratio"], p["success"])) if within else None
-
-
 def table2(points: Sequence[dict], methods: Sequence[str] = ("KL-ST", "GRPO only", "KL-ST + GRPO"),
-           ratios: Sequence[float] = (0.1, 0.2, 0.3)) -> str:
-  """Markdown ablation: success of each method at matched high-precision ratios, no interpolation.
-
-  A cell shows the method's point with the largest ratio not above the column's target, with the
-  ratio it actually reached; "—" when the method has no point that cheap.
-  """
-  groups = _by_method(_check(points))
-  lines = ["**Table 2.** Ablation: success % at the largest high-precision ratio not above each "
-           "target (actual ratio in brackets).", "",
-           "| method | " + " | ".join(f"≤ {_pct(r)}% high" for r in ratios) + " |",
-           "|---|" + "---:|" * len(ratios)]
+           shares: Sequence[float] = (0.1, 0.2, 0.3, 0.5)) -> str:
+  """Markdown ablation: each router's success at each pre-set share (the realised share in brackets)."""
+  points = _check(points)
+  lines = ["**Table 2.** Ablation: success % at each pre-set share of high-precision calls "
+           "(realised share in brackets).", "",
+           "| method | " + " | ".join(f"{_pct(q)}% high" for q in shares) + " |",
+           "|---|" + "---:|" * len(shares)]
   for method in methods:
     cells = []
-    for r in ratios:
-      p = matched_point(groups.get(method, []), r)
+    for q in shares:
+      p = _at_share(points, method, q)
       cells.append("—" if p is None else f"{_pct(p['success'])} [{_pct(p['high_ratio'])}%]")
     lines.append(f"| {method} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
@@ -302,28 +378,31 @@ def pareto_plot(points: Sequence[dict], *paths: str, caption: Optional[str] = No
 
 # --- everything ----------------------------------------------------------------------------------
 
-def write_report(points: Sequence[dict], outdir: str, budget: float = 0.30,
-                 ratios: Sequence[float] = (0.1, 0.2, 0.3), caption: Optional[str] = None,
-                 setting: Optional[dict] = None) -> dict[str, str]:
+def write_report(points: Sequence[dict], outdir: str, shares: Sequence[float] = (0.1, 0.2, 0.3, 0.5),
+                 caption: Optional[str] = None, setting: Optional[dict] = None) -> dict[str, str]:
   """Writes results.json, table1.md, table2.md, pareto.png and pareto.svg under outdir; returns their paths.
 
   caption: the figure's subtitle (plot_caption: model, tiers, split, episodes, seed, engine); none if
   not given. setting: what the points were played with (e.g. the engine), stored in results.json.
+  results.json holds every point, the Pareto fronts, each method's gaps to its matched random points
+  and every point's paired comparison with high only.
   """
   points = _check(points)
-  methods = [m for m in _by_method(points) if m not in BASELINES]
-  has_random = any(p["method"] == "random" for p in points)
+  groups = _by_method(points)
+  targets = {r.get("matches") for r in groups.get("random", [])}
+  matched = [m for m, g in groups.items() if m not in BASELINES and any(_label(p) in targets for p in g)]
   results = {
       **({"setting": setting} if setting else {}),
       "points": points,
       "pareto_high_ratio": pareto_front(points, "high_ratio", per_method=False),
       "pareto_speedup": pareto_front(points, "speedup", per_method=False),
-      "vs_random": {m: matched_random_gap(points, m) for m in methods} if has_random else {},
+      "vs_random": {m: matched_random_gap(points, m) for m in matched},
+      "vs_high_only": paired_vs(points) if "high only" in groups else {},
   }
   names = ("results.json", "table1.md", "table2.md", "pareto.png", "pareto.svg")
   paths = {name: os.path.join(outdir, name) for name in names}
   atomic_write_json(paths["results.json"], results)
-  atomic_write_text(paths["table1.md"], table1(points, budget=budget))
-  atomic_write_text(paths["table2.md"], table2(points, ratios=ratios))
+  atomic_write_text(paths["table1.md"], table1(points, shares=shares))
+  atomic_write_text(paths["table2.md"], table2(points, shares=shares))
   pareto_plot(points, paths["pareto.png"], paths["pareto.svg"], caption=caption)
   return paths

@@ -37,12 +37,28 @@ def grpo_config(**overrides) -> ml_collections.ConfigDict:
   c.batch_size = 512            # decisions per gradient step (padded to a fixed shape)
   c.clip_norm = 1.0             # global gradient-norm clip
   c.sample_temperature = 1.0    # >1 explores more while playing; logp_old follows it
+  # How the loss averages decisions: "decision" (every decision weighs the same, so a 50-step episode
+  # weighs 5x a 10-step one) or "episode" (each episode's decisions share one unit of weight: the
+  # sequence-level mean, which does not let long failures drown short successes).
+  c.loss_mean = "decision"
   c.seed = 0                    # routing-sample and batch-order seed
   c.update(overrides)
   return c
 
 
 # --- rewards and advantages (numpy: computed once per group, outside the jitted step) ------------
+
+LOSS_MEANS = ("decision", "episode")
+
+
+def decision_weights(lengths, loss_mean: str) -> np.ndarray:
+  """Per-decision loss weights for episodes of `lengths` decisions under `loss_mean` (see grpo_config)."""
+  if loss_mean not in LOSS_MEANS:
+    raise UserError(f"router_grpo.loss_mean must be one of {list(LOSS_MEANS)}, got {loss_mean!r}")
+  lengths = np.asarray(lengths, np.int64)
+  per = np.ones(len(lengths)) if loss_mean == "decision" else 1.0 / np.maximum(lengths, 1)
+  return np.repeat(per, lengths).astype(np.float32)
+
 
 def episode_reward(won: bool, high_steps: int, steps: int, lam: float) -> float:
   """R = won − λ · high_steps / steps; an episode with no steps costs nothing."""

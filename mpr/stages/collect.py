@@ -22,6 +22,7 @@ import numpy as np
 
 from mpr import io
 from mpr.agent import agent as agent_lib, models
+from mpr.envs.games import check_disjoint
 from mpr.envs.pool import open_pool
 from mpr.errors import UserError
 from mpr.eval import summary as summary_lib
@@ -91,9 +92,10 @@ def run(config, sdir: str) -> dict:
   metrics: dict = {}
   lines = ["| split | games | success % | steps | d mean | d p50 | d p80 | d p95 | low entropy | low margin |",
            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+  splits = {split: split_games(config, split, num) for split, num in ((cc.split, cc.games), (cc.val_split, cc.val_games))}
+  check_disjoint(splits[cc.split], splits[cc.val_split], "collect")
   with open_pool(env) as pool:
-    for split, num in ((cc.split, cc.games), (cc.val_split, cc.val_games)):
-      games = split_games(config, split, num)
+    for split, games in splits.items():
       agent = agent_lib.from_config(config.agent, policy.tok, variants, rows=pool.num_slots, route=route,
                                     seed=config.seed, record_z=True)
       episodes = play_logged(pool, [(g, config.seed) for g in games], agent,

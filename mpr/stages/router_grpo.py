@@ -52,8 +52,10 @@ READS = ("collect", "router_sl")     # this workdir's stages it builds on (mpr.s
 
 # --- decisions of one iteration ---------------------------------------------------------------------
 
-def decisions(groups: list[list[Episode]], high: str, lam: float, eps: float, temperature: float) -> dict:
-  """Flattened routing decisions of an iteration's groups: z, offsets, actions, logp_old, advantages.
+def decisions(groups: list[list[Episode]], high: str, lam: float, eps: float, temperature: float,
+              loss_mean: str = "decision") -> dict:
+  """Flattened routing decisions of an iteration's groups: z, offsets, actions, logp_old, advantages,
+  loss weights (grpo.decision_weights), and the share of groups whose episodes did not all end alike.
 
   logp_old is the log-probability of each decision under the distribution it was sampled from (the
   router's p(high) recorded in the step, tempered), as the PPO ratio needs.
@@ -71,9 +73,12 @@ def decisions(groups: list[list[Episode]], high: str, lam: float, eps: float, te
       logp_old.extend(np.log(np.where(high_step, q, 1 - q)))
       adv.extend([a] * len(e.steps))
       offsets.append(offsets[-1] + len(e.steps))
-  return {"z": np.stack(z).astype(np.float32), "offsets": np.asarray(offsets, np.int64),
+  offsets = np.asarray(offsets, np.int64)
+  return {"z": np.stack(z).astype(np.float32), "offsets": offsets,
           "actions": np.asarray(actions, np.int32), "logp_old": np.asarray(logp_old, np.float32),
-          "adv": np.asarray(adv, np.float32), "rewards": np.concatenate(rewards)}
+          "adv": np.asarray(adv, np.float32), "rewards": np.concatenate(rewards),
+          "weights": grpo.decision_weights(np.diff(offsets), loss_mean),
+          "success_signal": float(np.mean([len({e.won for e in g}) > 1 for g in groups]))}
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -119,7 +124,7 @@ def optimise(model: Router, params, opt_state, opt, dec: dict, ref_params, gc, r
       params, opt_state, m = _update(model, opt, float(gc.clip), beta, float(gc.sample_temperature), params,
                                      opt_state, zw_all[idx], mask_all[idx], dec["actions"][idx],
                                      dec["logp_old"][idx], dec["adv"][idx], logits_ref[idx],
-                                     valid.astype(np.float32))
+                                     valid * dec["weights"][idx])
       out.append({k: float(v) for k, v in m.items()})
   return params, opt_state, {k: float(np.mean([m[k] for m in out])) for k in out[0]}
 
@@ -138,6 +143,7 @@ def run(config, sdir: str, scratch: bool = False) -> dict:
   collect.check_tiers(tiers)
   if gc.group_size < 2:
     raise UserError(f"router_grpo.group_size must be >= 2 (a group's mean is the baseline), got {gc.group_size}")
+  grpo.decision_weights([1], gc.loss_mean)     # an unknown loss_mean fails before any episode is played
   model = from_config(config.router)
   policy = models.load(config.model)
   variants = policy.variants([tiers.high, tiers.low])
@@ -177,13 +183,14 @@ def run(config, sdir: str, scratch: bool = False) -> dict:
         factory = lambda: agent_lib.from_config(config.agent, policy.tok, variants, rows=pool.num_slots,
                                                 route=route, seed=config.seed, record_z=True)
         groups = _play(pool, factory, chosen, gc, os.path.join(sdir, "rollouts", f"iter_{it:03d}.jsonl"))
-        dec = decisions(groups, tiers.high, gc.lam, gc.eps, gc.sample_temperature)
+        dec = decisions(groups, tiers.high, gc.lam, gc.eps, gc.sample_temperature, gc.loss_mean)
         params, opt_state, m = optimise(model, params, opt_state, opt, dec, ref_params, gc,
                                         np.random.default_rng([gc.seed, it, 1]))
         eps = [e for g in groups for e in g]
         row = {"iteration": it + 1, "reward": float(dec["rewards"].mean()),
                "success": float(np.mean([e.won for e in eps])),
-               "high_ratio": float(np.mean(dec["actions"] == HIGH)), "decisions": int(len(dec["actions"])), **m}
+               "high_ratio": float(np.mean(dec["actions"] == HIGH)), "decisions": int(len(dec["actions"])),
+               "success_signal": dec["success_signal"], **m}
         writer.scalars(it + 1, {f"grpo/{k}": v for k, v in row.items() if k != "iteration"})
         if it + 1 not in history and log is not None:
           log.append(row)
@@ -198,10 +205,11 @@ def run(config, sdir: str, scratch: bool = False) -> dict:
     save_router(os.path.join(sdir, "router"), config.router, params, meta)
   rows = [history[i] for i in sorted(history)]
   ref = "KL to uniform (no reference)" if scratch else "KL to KL-ST"
-  lines = [f"| iteration | reward | success % | high % | p(high) | clip frac | {ref} |",
-           "|---:|---:|---:|---:|---:|---:|---:|"]
+  lines = [f"| iteration | reward | success % | high % | p(high) | groups with a success signal % | clip frac | {ref} |",
+           "|---:|---:|---:|---:|---:|---:|---:|---:|"]
   lines += [f"| {r['iteration']} | {r['reward']:.3f} | {100 * r['success']:.1f} | {100 * r['high_ratio']:.1f} | "
-            f"{r['p_high']:.3f} | {r['clip_fraction']:.3f} | {r['kl_ref']:.4f} |" for r in rows]
+            f"{r['p_high']:.3f} | {100 * r['success_signal']:.0f} | {r['clip_fraction']:.3f} | {r['kl_ref']:.4f} |"
+            for r in rows]
   text = f"### {'router_grpo_scratch' if scratch else 'router_grpo'}\n\n" + "\n".join(lines) + "\n"
   io.atomic_write_text(os.path.join(sdir, "summary.md"), text)
   print(text)

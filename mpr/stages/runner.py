@@ -3,8 +3,11 @@
   DIR/<stage>/config.json    the config sections the stage depends on (written before it runs)
   DIR/<stage>/inputs.json    digests of what else it reads: model files, game source, earlier stages
   DIR/<stage>/log.txt        everything the stage logged (log.host<i>.txt from host i > 0 of a multi-host run)
+  DIR/<stage>/provenance.json  one entry per run of the stage (start and every resume): git commit and
+                             dirty flag, package versions, devices (mpr.provenance)
   DIR/<stage>/metrics.json   written atomically when the stage finishes: its presence means done
-                             (with the env engine its episodes were played on, for stages that play)
+                             (with the env engine its episodes were played on, for stages that play,
+                             and the provenance summary: commits, dirty, mixed)
   DIR/<stage>/summary.md     the stage's human-readable result (written by the stage)
   DIR/<stage>/.lock          held while a run is in the folder: a second run fails at once with one line
 
@@ -31,7 +34,7 @@ from typing import Any
 
 import ml_collections
 
-from mpr import hosts, io
+from mpr import hosts, io, provenance
 from mpr.agent import models
 from mpr.envs import games
 from mpr.errors import UserError
@@ -146,6 +149,7 @@ def _run_once(name: str, module: ModuleType, config: ml_collections.ConfigDict, 
     logging.info("stage %s: finished earlier, reusing %s", name, metrics_path)
     metrics = io.read_json(metrics_path)
   else:
+    runs = _record_run(sdir)
     try:
       metrics = _run_logged(name, module, config, sdir)
     except UserError:
@@ -153,14 +157,35 @@ def _run_once(name: str, module: ModuleType, config: ml_collections.ConfigDict, 
       raise
     if "env" in module.CONFIG_KEYS:     # the engine every episode of the stage was played on
       metrics = {**metrics, "engine": config.env.engine}
+    metrics["provenance"] = provenance.summary(runs)
+    _note_provenance(sdir, metrics["provenance"])
     io.atomic_write_json(metrics_path, metrics)
   return metrics
+
+
+def _note_provenance(sdir: str, summary: dict) -> None:
+  """A summary.md made from uncommitted or mixed code says so under its tables."""
+  path, note = os.path.join(sdir, "summary.md"), provenance.caveat(summary)
+  if note and hosts.is_primary() and os.path.exists(path):
+    with open(path) as f:
+      io.atomic_write_text(path, f.read().rstrip("\n") + "\n\n" + note + "\n")
+
+
+def _record_run(sdir: str) -> list[dict]:
+  """Appends this run to the stage's provenance.json (resumes add entries) and returns all of them."""
+  path = os.path.join(sdir, "provenance.json")
+  runs = io.read_json(path)["runs"] if os.path.exists(path) else []
+  runs.append(provenance.snapshot())
+  if hosts.is_primary():
+    io.atomic_write_json(path, {"runs": runs})
+  return runs
 
 
 def _forget_if_nothing_done(sdir: str) -> None:
   """Removes a stage folder that holds only its recorded config and log, as a run refused for bad input
   leaves it, so the corrected rerun is not refused as "a different config"."""
-  if hosts.is_primary() and all(f in ("config.json", "inputs.json", ".lock") or f.startswith(("log.", ".lock.host"))
+  if hosts.is_primary() and all(f in ("config.json", "inputs.json", "provenance.json", ".lock")
+                                or f.startswith(("log.", ".lock.host"))
                                 for f in os.listdir(sdir)):
     shutil.rmtree(sdir)
 
