@@ -2,7 +2,7 @@
 
   python launch.py --config experiments/configs/dmr_tiny.py --workdir workdirs/dmr_tiny
   ...:runlocal                       the reduced pipeline of the README's main command
-  ...:low=int2,high=bf16             the two tiers (default bf16 / int2-emb: chosen on valid_train, BENCHMARKS.md)
+  ...:low=int2,high=bf16             the two tiers (default bf16 / int2-mse-emb: chosen on valid_train, BENCHMARKS.md)
   ...:engine=textworld               every episode on the real engine (the same episodes as on FastEnv)
 
 Stages: collect (both tiers score every step of train / valid_train episodes; z_t from the low
@@ -27,7 +27,7 @@ from mpr.stages.route_eval import eval_config
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, high="bf16", low="int2-emb", split="valid_seen", num_games=0, runlocal=False,
+  arg = parse_arg(arg, high="bf16", low="int2-mse-emb", split="valid_seen", num_games=0, runlocal=False,
                   tier="mpr", path="", format="compact", engine="fast")
   c = ml_collections.ConfigDict()
   c.seed = 0

@@ -19,7 +19,7 @@ from mpr.stages.oracle import oracle_config
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, high="bf16", low="int2-emb", splits="valid_train", num_games=0, train_games=400, val_games=0,
+  arg = parse_arg(arg, high="bf16", low="int2-mse-emb", splits="valid_train", num_games=0, train_games=400, val_games=0,
                   tier="mpr", path="", engine="fast")
   c = ml_collections.ConfigDict()
   c.seed = 0
