@@ -4,6 +4,7 @@ import os
 import subprocess
 import types
 
+import jax
 import ml_collections
 import pytest
 
@@ -45,7 +46,7 @@ def test_a_stage_records_each_run_and_its_summary(tmp_path):
   runs = json.load(open(tmp_path / "s" / "provenance.json"))["runs"]
   assert len(runs) == 2 and len(calls) == 2
   for r in runs:
-    assert r["packages"]["jax"] and r["backend"] == "cpu" and r["devices"] >= 1 and r["processes"] == 1
+    assert r["packages"]["jax"] and r["backend"] == jax.default_backend() and r["devices"] >= 1 and r["processes"] == 1
   assert metrics["provenance"] == provenance.summary(runs)
   assert json.load(open(tmp_path / "s" / "metrics.json"))["provenance"] == metrics["provenance"]
   # Reused when finished: no third entry.

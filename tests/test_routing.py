@@ -233,6 +233,8 @@ def _exit_2(args, needle):
     ("router_sl", "--config.router_sl.quantile=0.5", "steps_train.npz"),        # no collect stage ran
     ("router_grpo", "--config.router_grpo.group_size=1", "group_size"),
     ("route_eval", "--config.eval.shares=(0.2,)", "no trained router"),
+    ("route_eval", "--config.eval.shares=(0.2,0.2)", "distinct shares"),
+    ("collect", "--config.collect.val_split=train", "both 'train'"),
 ])
 def test_pipeline_bad_inputs_are_one_line_exit_2(tmp_path, alfworld_data, stage, override, needle):
   if stage == "route_eval":

@@ -10,9 +10,11 @@ tier) → router_sl (KL-ST) → router_grpo (from the KL-ST router; `router_grpo
 random init, the GRPO-only ablation) → route_eval (every method and operating point on
 `eval.split`; Table 1, Table 2, Pareto plot).
 
-Measured on 2 CPU cores (full run, results/dmr_tiny/): collect 240 + 80 games 20 min, router_sl 32 s,
-router_grpo 4 iterations × 6 games × 4 episodes 9.4 min and the scratch ablation 7.3 min (both with
-tests sharing the cores), route_eval 14 points × 140 games 6.3–7.5 min each (~100 min): ~2¼ hours.
+Measured on 2 CPU cores for the committed run (results/dmr_tiny/, an older policy and the earlier
+route_eval protocol): collect 240 + 80 games 20 min, router_sl 32 s, router_grpo 4 iterations × 6 games
+× 4 episodes 9.4 min and the scratch ablation 7.3 min, route_eval 14 points × 140 games 6.3–7.5 min each.
+route_eval now plays 2 + 10 points per pre-set share (3 routers, their 3 random baselines, entropy,
+margin, first-k, oracle): 42 points at the four default shares, about 5 hours on 2 cores.
 """
 import ml_collections
 

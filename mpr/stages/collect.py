@@ -92,6 +92,9 @@ def run(config, sdir: str) -> dict:
   metrics: dict = {}
   lines = ["| split | games | success % | steps | d mean | d p50 | d p80 | d p95 | low entropy | low margin |",
            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+  if cc.split == cc.val_split:
+    raise UserError(f"collect.split and collect.val_split are both {cc.split!r}: the router would be validated "
+                    "on its training games")
   splits = {split: split_games(config, split, num) for split, num in ((cc.split, cc.games), (cc.val_split, cc.val_games))}
   check_disjoint(splits[cc.split], splits[cc.val_split], "collect")
   with open_pool(env) as pool:

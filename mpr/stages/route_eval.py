@@ -2,7 +2,7 @@
 
 Operating points are fixed on validation before any evaluation: for each share q ∈ eval.shares, every
 method's threshold is the one that sends a share q of the collected validation steps (collect.val_split,
-the high tier acting) high. Methods:
+as collect played them) high. Methods:
   high only, low only                   the tiers alone
   KL-ST, KL-ST + GRPO, GRPO only        the routers of router_sl / router_grpo / router_grpo_scratch in
                                         this workdir (those that exist): high when p(high) ≥ K_q
@@ -57,7 +57,7 @@ def eval_config(split: str, num_games: int = 0, **overrides) -> ml_collections.C
   return c
 
 
-def thresholds(val: data.StepTable, p_high: dict[str, np.ndarray], shares) -> dict[str, dict[float, float]]:
+def thresholds(val: data.StepTable, p_high: dict[str, np.ndarray], shares) -> dict[str, dict[float, float | int]]:
   """Per method, per share q: the threshold that sends a share q of the validation steps high.
 
   Routers (p_high per router name: p(high) at every validation step) and entropy / oracle route high
@@ -97,11 +97,16 @@ def point_slug(method: str, param) -> str:
 def run(config, sdir: str) -> dict:
   env, ec, tiers = config.env, config.eval, config.tiers
   collect.check_tiers(tiers)
+  shares = [float(q) for q in ec.shares]
+  if not shares or not all(0.0 < q < 1.0 for q in shares) or len(set(shares)) < len(shares):
+    raise UserError(f"eval.shares must be distinct shares strictly between 0 and 1, got {list(ec.shares)}")
   hi, lo = tiers.high, tiers.low
   policy = models.load(config.model)
   variants = policy.variants([hi, lo])
   games = split_games(config, ec.split, ec.num_games)
-  check_disjoint(split_games(config, config.collect.split, config.collect.games), games, "route_eval")
+  # The games the routers trained on: collect's and GRPO's draws from one split (0 = all of it).
+  counts = (config.collect.games, config.router_grpo.num_games)
+  check_disjoint(split_games(config, config.collect.split, 0 if 0 in counts else max(counts)), games, "route_eval")
   wdir = os.path.dirname(sdir)
   routers = []
   for method, stage in ROUTERS:
@@ -114,9 +119,6 @@ def run(config, sdir: str) -> dict:
   if not routers:
     raise UserError(f"no trained router in {wdir} (run router_sl first)")
   val_table = data.load(collect.table_path(os.path.join(wdir, "collect"), config.collect.val_split))
-  shares = [float(q) for q in ec.shares]
-  if not shares or not all(0.0 < q < 1.0 for q in shares):
-    raise UserError(f"eval.shares must be shares strictly between 0 and 1, got {list(ec.shares)}")
   th = thresholds(val_table, {m: routes.table_p_high(params, cfg, val_table) for m, cfg, params, _ in routers},
                   shares)
   rules = {"entropy": (routes.entropy_route, "H≥{:.3g}"), "margin": (routes.margin_route, "m≤{:.3g}"),
@@ -159,4 +161,5 @@ def run(config, sdir: str) -> dict:
   title = f"### {model}: {hi} / {lo} routing on {ec.split} ({len(games)} games, {env.engine} engine)\n\n"
   io.atomic_write_text(os.path.join(sdir, "summary.md"), title + table1 + "\n" + open(paths["table2.md"]).read())
   print(title + table1)
-  return {"split": ec.split, "games": len(games), "points": points, "thresholds": th}
+  return {"split": ec.split, "games": len(games), "points": points,
+          "thresholds": {m: {f"{q:g}": v for q, v in t.items()} for m, t in th.items()}}
