@@ -142,7 +142,8 @@ def test_pipeline_end_to_end_on_a_few_real_games(tmp_path, alfworld_data, run_ho
   by = {pt["method"]: pt for pt in res["points"] if pt["method"] in ("high only", "low only")}
   assert by["high only"]["high_ratio"] == 1.0 and by["low only"]["high_ratio"] == 0.0
   assert (tmp_path / "route_eval" / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  assert "valid_seen · 3 episodes/point" in (tmp_path / "route_eval" / "pareto.svg").read_text()
+  svg = (tmp_path / "route_eval" / "pareto.svg").read_text()   # the caption wraps between its fields
+  assert "valid_seen" in svg and "3 episodes/point · seed 0 · fast engine" in svg
   grpo = json.load(open(tmp_path / "router_grpo" / "metrics.json"))
   assert [r["iteration"] for r in grpo["iterations"]] == [1, 2]
   # GRPO learns from the decisions its rollouts made: p(high) recomputed from the logged embeddings under
