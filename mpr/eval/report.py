@@ -132,11 +132,16 @@ def _paired(a: dict, b: dict) -> Optional[dict]:
   return paired.compare(a["outcomes"], b["outcomes"])
 
 
+def _named(p: dict, randoms: Sequence[dict]) -> Optional[dict]:
+  """The random point played for p (its `matches` names p), or None."""
+  return next((r for r in randoms if r.get("matches") == _label(p)), None)
+
+
 def _matched(p: dict, randoms: Sequence[dict]) -> Optional[dict]:
-  """The random point played for p (its `matches` names p), else the nearest in high ratio, else None."""
-  named = [r for r in randoms if r.get("matches") == _label(p)]
-  if named:
-    return named[0]
+  """The random point played for p, else the nearest in high ratio, else None."""
+  named = _named(p, randoms)
+  if named is not None:
+    return named
   return min(randoms, key=lambda r: abs(r["high_ratio"] - p["high_ratio"])) if randoms else None
 
 
@@ -231,13 +236,13 @@ def table1(points: Sequence[dict], shares: Sequence[float] = (0.1, 0.2, 0.3, 0.5
   def row(p: dict, share: str) -> str:
     lo, hi = p["ci"]
     vs_ref = "—" if p is ref else _delta(_paired(p, ref), p["success"] - ref["success"])
-    match = [r for r in randoms if r.get("matches") == _label(p)]
-    if not match:
+    match = _named(p, randoms)
+    if match is None:
       vs_rand = "—"
-    elif _too_far(p, match[0], RANDOM_TOLERANCE):
-      vs_rand = f"refused: random ran {_pct(match[0]['high_ratio'])}%"
+    elif _too_far(p, match, RANDOM_TOLERANCE):
+      vs_rand = f"refused: random ran {_pct(match['high_ratio'])}%"
     else:
-      vs_rand = _delta(_paired(p, match[0]), p["success"] - match[0]["success"])
+      vs_rand = _delta(_paired(p, match), p["success"] - match["success"])
     return (f"| {p['method']} | {share} | {p['param'] or '—'} | {_pct(p['high_ratio'])} | "
             f"{_pct(p['success'])} ({_pct(lo)}–{_pct(hi)}) | {vs_ref} | {vs_rand} | "
             f"{_speed(p['speedup'])} / {_speed(p['speedup_est'])} |")
