@@ -56,7 +56,7 @@ def _run(policy, name, variants, games, engine, slots, max_steps):
           "model_ms_mean": 1e3 * model / len(steps), "env_ms_mean": 1e3 * env / len(steps),
           "env_ms_median": 1e3 * statistics.median(s.env_seconds for s in steps),
           "host_ms_mean": 1e3 * max(wall - model - env, 0.0) / len(steps),
-          "reset_s_mean": statistics.fmean(e.extra["reset_seconds"] for e in episodes)}
+          "reset_s_mean": statistics.fmean(e.reset_seconds for e in episodes)}
 
 
 def _point(policy, num_games: int) -> dict:

@@ -9,6 +9,12 @@ import dataclasses
 from typing import Any, Optional
 
 
+# The work of one variant in one step, by kind: tokens it prefilled (catching up on the context),
+# scored (admissible commands, score mode) and decoded (generate mode). The cost model
+# (mpr.eval.cost) prices each kind per tier.
+WORK_KINDS = ("prefill", "score", "decode")
+
+
 @dataclasses.dataclass
 class Step:
   t: int
@@ -16,13 +22,41 @@ class Step:
   admissible: list[str]       # commands it could choose from
   action: str
   env_seconds: float = 0.0
-  # Filled by the agent loop / router in later stages; absent for expert rollouts.
-  precision: Optional[str] = None
-  p_high: Optional[float] = None
-  tokens_prefilled: int = 0
-  tokens_decoded: int = 0
-  model_seconds: float = 0.0
+  # Filled by the agent (mpr.agent.agent); absent for expert rollouts.
+  precision: Optional[str] = None       # the variant that acted
+  p_high: Optional[float] = None        # the router's p(high), when a router decided
+  model_seconds: float = 0.0            # every model call of the step, the router's included
+  router_seconds: float = 0.0
+  tokens: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)  # variant -> {WORK_KINDS: n}
+  action_probs: Optional[list[float]] = None     # score mode: the distribution the action was drawn from
+  action_logprob: Optional[float] = None
+  generated: Optional[str] = None       # generate mode: the acting variant's text ...
+  mapped: bool = False                  # ... not itself a command, so mapped to the closest one
+  token_logprobs: Optional[list[float]] = None
+  probe_logits: dict[str, list[float]] = dataclasses.field(default_factory=dict)  # variant -> action log-scores
+  z: Optional[str] = None               # the step embedding (mpr.agent.agent.encode_z), when recorded
+  expert_action: Optional[str] = None   # the expert's command here, when the pool runs an expert
   extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  def work(self, kind: str) -> int:
+    """Tokens of one kind (WORK_KINDS) over every variant."""
+    return sum(w.get(kind, 0) for w in self.tokens.values())
+
+
+# Logs written before these values were Step fields carried them in `extra`, and token totals
+# without the variant: both still load.
+_LEGACY_TOTALS = {"tokens_prefilled": "prefill", "tokens_scored": "score", "tokens_decoded": "decode"}
+
+
+def _step_from_json(d: dict[str, Any]) -> Step:
+  d = dict(d)
+  extra = dict(d.pop("extra", {}))
+  totals = {kind: d.pop(k, 0) + extra.pop(k, 0) for k, kind in _LEGACY_TOTALS.items()}
+  for k in STEP_FIELDS & set(extra):
+    d.setdefault(k, extra.pop(k))
+  if any(totals.values()) and "tokens" not in d:
+    d["tokens"] = {d.get("precision") or "?": totals}
+  return Step(**d, extra=extra)
 
 
 @dataclasses.dataclass
@@ -34,6 +68,7 @@ class Episode:
   steps: list[Step]
   won: bool
   failure: Optional[str] = None   # None when won; else "step_cap", "worker_crash: ...", ...
+  reset_seconds: float = 0.0
   extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   @property
@@ -46,5 +81,12 @@ class Episode:
   @classmethod
   def from_json(cls, d: dict[str, Any]) -> "Episode":
     d = dict(d)
-    d["steps"] = [Step(**s) for s in d["steps"]]
+    d["steps"] = [_step_from_json(s) for s in d["steps"]]
+    d["extra"] = dict(d.get("extra", {}))
+    d.setdefault("reset_seconds", d["extra"].pop("reset_seconds", 0.0))
     return cls(**d)
+
+
+# Per-step values an agent reports in Decision.info that have a Step field (the rest go to `extra`).
+STEP_FIELDS = frozenset(f.name for f in dataclasses.fields(Step)) - {"t", "observation", "admissible", "action",
+                                                                      "env_seconds", "extra"}

@@ -119,9 +119,8 @@ def test_map_to_admissible():
 # --- demonstrations → training sequences -----------------------------------------------------------
 
 def _step(t, obs, action, expert=None):
-  extra = {} if expert is None else {"expert_action": expert}
   return Step(t=t, observation=obs, admissible=["go to fridge 1", "go to sinkbasin 1", "open fridge 1"],
-              action=action, extra=extra)
+              action=action, expert_action=expert)
 
 
 def test_examples_mask_exactly_the_learned_actions_and_branch_on_disagreement():
@@ -169,13 +168,16 @@ def test_agent_plays_real_games_with_admissible_actions_only(policy, variants, o
   for e in episodes:
     assert e.failure in (None, "step_cap") and e.steps
     for s in e.steps:
-      assert s.action in s.admissible and s.precision == "f32" and s.tokens_prefilled > 0
+      assert s.action in s.admissible and s.precision == "f32" and s.work("prefill") > 0
+      assert set(s.tokens) == {"f32"}     # one variant did all the work
       if mode == "score":
-        probs = s.extra["action_probs"]
+        probs = s.action_probs
+        assert s.work("score") > 0 and s.work("decode") == 0
         assert len(probs) == len(s.admissible) and abs(sum(probs) - 1) < 1e-4
         assert s.action == s.admissible[int(np.argmax(probs))]
       else:
-        assert s.tokens_decoded > 0 and "generated" in s.extra and isinstance(s.extra["mapped"], bool)
+        assert s.work("decode") > 0 and s.work("score") == 0 and s.generated is not None
+        assert isinstance(s.mapped, bool)
 
 
 def test_nan_action_scores_stop_the_run_in_one_line(policy, one_game_per_task):
@@ -191,7 +193,7 @@ def test_batched_equals_unbatched(policy, variants, one_game_per_task):
   assert _actions(batched) == _actions(single)
   for a, b in zip(batched, single):
     for sa, sb in zip(a.steps, b.steps):
-      np.testing.assert_allclose(sa.extra["action_probs"], sb.extra["action_probs"], atol=1e-4)
+      np.testing.assert_allclose(sa.action_probs, sb.action_probs, atol=1e-4)
 
 
 def _reference_probs(variant, tok, history_tokens, admissible):
@@ -268,7 +270,7 @@ def main():
     eps = rollout(pool, [(g, 0) for g in games], agent)
   print(json.dumps({"devices": jax.local_device_count(),
                     "sharded": agent.caches["f32"]["k"][0].sharding.num_devices,
-                    "steps": [[[s.action, s.extra["action_probs"]] for s in e.steps] for e in eps]}))
+                    "steps": [[[s.action, s.action_probs] for s in e.steps] for e in eps]}))
 if __name__ == "__main__":
   main()
 """
@@ -300,6 +302,6 @@ def test_smollm2_tier_acts_through_its_chat_format(one_game_per_task, mode):
     (episode,) = rollout(pool, [(one_game_per_task[0], 0)], agent)
   assert len(episode.steps) == 2
   for s in episode.steps:
-    assert s.action in s.admissible and s.tokens_prefilled > 0
+    assert s.action in s.admissible and s.work("prefill") > 0
   # The cache was kept: step 1 prefilled only step 0's action and the new turn.
-  assert sum(s.tokens_prefilled for s in episode.steps) == agent.rows[0].history.length
+  assert sum(s.work("prefill") for s in episode.steps) == agent.rows[0].history.length

@@ -139,7 +139,7 @@ def test_iteration_decisions_carry_weights_and_the_success_signal():
 
   def ep(won, n, high):
     steps = [Step(t=t, observation="", admissible=[], action="look", precision="hi" if t < high else "lo",
-                  p_high=0.5, extra={"z": encode_z(np.full(4, t, np.float32))}) for t in range(n)]
+                  p_high=0.5, z=encode_z(np.full(4, t, np.float32))) for t in range(n)]
     return Episode("g", "pick_and_place_simple", 0, "", steps, won=won)
 
   groups = [[ep(True, 2, 1), ep(False, 6, 0)], [ep(True, 3, 0), ep(True, 3, 3)]]

@@ -123,7 +123,7 @@ def test_rollout_matches_sequential_play(games, reference, num_workers, num_slot
     assert ep.won and ep.failure is None
     assert trace(ep) == reference[ep.game]
     assert [s.t for s in ep.steps] == list(range(len(ep.steps)))
-    assert all(s.env_seconds > 0 for s in ep.steps) and ep.extra["reset_seconds"] > 0
+    assert all(s.env_seconds > 0 for s in ep.steps) and ep.reset_seconds > 0
 
 
 def test_batches_do_not_depend_on_worker_timing_and_resume_replays_whole_waves(games):
@@ -159,13 +159,13 @@ def test_batches_do_not_depend_on_worker_timing_and_resume_replays_whole_waves(g
 
 def test_decision_info_goes_to_step_fields_and_extra(games):
   def policy(views: list[EpisodeView]) -> list[Decision]:
-    return [Decision(v.expert_action, {"precision": "int8", "p_high": 0.25, "tokens_decoded": 7,
+    return [Decision(v.expert_action, {"precision": "int8", "p_high": 0.25, "tokens": {"int8": {"decode": 7}},
                                        "logprob": -1.5}) for v in views]
 
   with EnvPool(1, 1, expert=EXPERT) as pool:
     (ep,) = rollout(pool, jobs_of(games[:1]), policy)
   step = ep.steps[0]
-  assert (step.precision, step.p_high, step.tokens_decoded) == ("int8", 0.25, 7)
+  assert (step.precision, step.p_high, step.work("decode")) == ("int8", 0.25, 7)
   assert step.extra == {"logprob": -1.5}
 
 

@@ -65,6 +65,22 @@ def test_embeddings_and_probes_equal_fresh_computations(policy, variants, valid_
   assert row.history.version >= 1 and len(row.z) == 8
 
 
+def test_steps_record_each_tiers_work_for_the_cost_model(policy, variants, valid_seen):
+  """The low tier embeds every step; the high tier acts on some and then catches up on what it missed."""
+  route = agent_lib.Route(lambda views, probe: (["f32" if v.t % 3 == 2 else "int4" for v in views], None), embed="int4")
+  agent = agent_lib.Agent(policy.tok, prompt.COMPACT, variants, rows=1, budget=1024, route=route)
+  cached = {"f32": 0, "int4": 0}
+  for t in range(7):
+    d = agent([_view(valid_seen[0], t)])[0]
+    work, length = d.info["tokens"], agent.rows[0].history.length
+    assert set(work) == {"int4", "f32"} if t % 3 == 2 else {"int4"}
+    for name, w in work.items():
+      cached[name] += w["prefill"]
+      assert cached[name] == length                           # caught up on exactly the context it lacked
+      assert (w.get("score", 0) > 0) == (name == d.info["precision"]) and "decode" not in w
+  assert 0 < cached["f32"] < cached["int4"] == length           # f32 last ran at step 5: it lags
+
+
 def test_route_needs_known_variants_and_score_mode(policy, variants):
   with pytest.raises(UserError, match="needs variant"):
     agent_lib.Agent(policy.tok, prompt.COMPACT, variants, rows=1, budget=200,
@@ -152,7 +168,7 @@ def test_pipeline_end_to_end_on_a_few_real_games(tmp_path, alfworld_data, run_ho
   from mpr.router.model import load_router, p_high
   cfg, sl_params, _ = load_router(str(tmp_path / "router_sl" / "router"))
   eps = [json.loads(x) for x in open(tmp_path / "router_grpo" / "rollouts" / "iter_000.jsonl")]
-  z = np.stack([agent_lib.decode_z(s["extra"]["z"]) for e in eps for s in e["steps"]])
+  z = np.stack([agent_lib.decode_z(s["z"]) for e in eps for s in e["steps"]])
   offsets = np.cumsum([0] + [len(e["steps"]) for e in eps])
   zw, mask = router_data.windows(z, offsets, np.arange(len(z)), cfg.max_len)
   recorded = np.array([s["p_high"] for e in eps for s in e["steps"]])
@@ -163,6 +179,17 @@ def test_pipeline_end_to_end_on_a_few_real_games(tmp_path, alfworld_data, run_ho
   assert all(len(pt["outcomes"]) == 3 for pt in res["points"])
   assert set(res["vs_high_only"]) == {f"{pt['method']} {pt['param']}" if pt["param"] else pt["method"]
                                       for pt in res["points"] if pt["method"] != "high only"}
+  # The cost model prices both tiers from the single-tier points, and re-prices the logged points.
+  tiers = json.load(open(tmp_path / "route_eval" / "config.json"))["tiers"]
+  assert set(res["setting"]["cost_model"]["tiers"]) == {tiers["high"], tiers["low"]}
+  assert by["high only"]["speedup_est"] == 1.0 and all(pt["model_ms_per_step_est"] > 0 for pt in res["points"])
+  prices = tmp_path / "prices.json"
+  prices.write_text(json.dumps({"tiers": {t: {"call": 1.0, "prefill": 0.0, "score": 0.0, "decode": 0.0}
+                                          for t in (tiers["high"], tiers["low"])}, "router_ms": 0.0}))
+  p = subprocess.run([sys.executable, "-m", "mpr.eval.cost", str(tmp_path / "route_eval"), str(prices)],
+                     cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert "| high only | — | 100.0 |" in p.stdout and "| 1.00 | 1.00× |" in p.stdout   # one call a step
   # route_eval with only the KL-ST router: the same games, its points and their random baselines.
   solo = tmp_path / "solo"
   for stage in ("collect", "router_sl"):

@@ -35,3 +35,18 @@ def test_summarize_per_task_and_failures():
 def test_episode_json_round_trip():
   e = _ep("pick_two_obj_and_place", True, 3)
   assert Episode.from_json(e.to_json()) == e
+
+
+def test_episode_logs_written_before_typed_step_fields_still_load():
+  old = {"game": "g", "task_type": "pick_and_place_simple", "seed": 0, "goal": "", "won": True, "failure": None,
+         "extra": {"reset_seconds": 0.5},
+         "steps": [{"t": 0, "observation": "o", "admissible": ["look"], "action": "look", "env_seconds": 0.0,
+                    "precision": "int4", "p_high": 0.3, "tokens_prefilled": 40, "tokens_decoded": 0,
+                    "model_seconds": 0.01, "extra": {"tokens_scored": 9, "router_seconds": 0.001, "z": "AAA=",
+                                                     "action_probs": [1.0], "other": 1}}]}
+  e = Episode.from_json(old)
+  s = e.steps[0]
+  assert e.reset_seconds == 0.5 and e.extra == {}
+  assert s.tokens == {"int4": {"prefill": 40, "score": 9, "decode": 0}} and s.work("score") == 9
+  assert (s.router_seconds, s.z, s.action_probs, s.extra) == (0.001, "AAA=", [1.0], {"other": 1})
+  assert Episode.from_json(e.to_json()) == e

@@ -224,8 +224,12 @@ class Agent:
     slots = [v.slot for v in views]
     n, route = len(views), self.route
     seconds = np.zeros(n)                           # model time charged to each episode's step
-    prefilled = np.zeros(n, np.int64)
+    work = [{} for _ in range(n)]                   # per episode: variant -> {kind: tokens} (records.WORK_KINDS)
     last: dict[str, dict] = {}                      # variant -> {slot: last hidden}, once caught up
+
+    def count(i: int, name: str, kind: str, tokens: int):
+      w = work[i].setdefault(name, {})
+      w[kind] = w.get(kind, 0) + int(tokens)
 
     def timed(share: list[int], fn):                # fn's wall time, shared evenly by `share`
       t0 = time.perf_counter()
@@ -243,7 +247,7 @@ class Agent:
                                                                      name == route.embed, together))
         last[name].update(lasts)
         for i in todo:
-          prefilled[i] += counts[slots[i]]
+          count(i, name, "prefill", counts[slots[i]])
           if z:   # rounded to the stored precision: the router sees what the logs replay (encode_z)
             rows[i].z.append(np.asarray(z[slots[i]], Z_DTYPE).astype(np.float32))
         if together:
@@ -261,6 +265,8 @@ class Agent:
     for name in route.probe:
       scored[name] = ready(name, everyone, score=True)
       probe.logits[name] = [lg for lg, _ in scored[name]]
+      for i, (_, k) in enumerate(scored[name]):
+        count(i, name, "score", k)
     t0 = time.perf_counter()
     names, p_high = route.choose(views, probe)
     router_seconds = (time.perf_counter() - t0) / n
@@ -274,16 +280,20 @@ class Agent:
       group = [i for i, m in enumerate(names) if m == name]
       if self.mode == "generate":
         ready(name, group)
-        for i, pick in zip(group, timed(group, lambda: self._generate(name, group, last[name], views))):
-          picks[i] = pick
+        for i, (action, info, k) in zip(group, timed(group, lambda: self._generate(name, group, last[name], views))):
+          picks[i] = action, info
+          count(i, name, "decode", k)
         continue
-      got = [scored[name][i] for i in group] if name in scored else ready(name, group, score=True)
+      probed = name in scored
+      got = [scored[name][i] for i in group] if probed else ready(name, group, score=True)
       for i, (lg, k) in zip(group, got):
-        picks[i] = self._pick(name, views[i], lg, k)
+        picks[i] = self._pick(name, views[i], lg)
+        if not probed:
+          count(i, name, "score", k)
     decisions = []
     for i, (v, row, (action, info)) in enumerate(zip(views, rows, picks)):
       row.action = action
-      info.update(precision=names[i], tokens_prefilled=int(prefilled[i]), model_seconds=float(seconds[i]),
+      info.update(precision=names[i], tokens=work[i], model_seconds=float(seconds[i]),
                   router_seconds=router_seconds)
       if p_high is not None:
         info["p_high"] = float(p_high[i])
@@ -324,14 +334,13 @@ class Agent:
     lps = engine.score(self.variants[name], self._gather(name, idx), self._stack(last, slots, idx), row_of, conts)
     return self._totals(share, views, lps)
 
-  def _pick(self, name: str, view: EpisodeView, totals: np.ndarray, tokens_scored: int) -> tuple[str, dict]:
+  def _pick(self, name: str, view: EpisodeView, totals: np.ndarray) -> tuple[str, dict]:
     if not np.isfinite(totals).all():   # argmax would silently take the first command
       raise UserError(f"the {name} tier scored a command NaN or infinite on {view.game.game_id} at step {view.t}")
     probs = _softmax(totals / self.temperature if self.temperature > 0 else totals)
     pick = (int(view.rng(self.seed, _ACTION_SALT).choice(len(probs), p=probs)) if self.temperature > 0
             else int(np.argmax(totals)))
-    return view.admissible[pick], {"tokens_decoded": 0, "tokens_scored": tokens_scored,
-                                   "action_logprob": float(np.log(probs[pick])), "action_probs": _rounded(probs)}
+    return view.admissible[pick], {"action_logprob": float(np.log(probs[pick])), "action_probs": _rounded(probs)}
 
   def _generate(self, name, share, last, views):
     variant, slots = self.variants[name], [views[i].slot for i in share]
@@ -353,8 +362,8 @@ class Agent:
       v, k = views[i], int(gen.lengths[r])
       text = self.tok.decode(gen.tokens[r, :k].tolist())
       action, mapped = map_to_admissible(self.fmt.parse(text), v.admissible)
-      out.append((action, {"tokens_decoded": k, "generated": text, "mapped": mapped,
-                           "token_logprobs": [round(float(x), 5) for x in gen.logprobs[r, :k]]}))
+      out.append((action, {"generated": text, "mapped": mapped,
+                           "token_logprobs": [round(float(x), 5) for x in gen.logprobs[r, :k]]}, k))
     return out
 
 

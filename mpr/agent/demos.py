@@ -4,7 +4,7 @@ Each episode is replayed through a History with the agent's format and budget, s
 context is token for token the context the policy meets when acting (same pieces, same trims).
 An Example is one token sequence with a mask over the action tokens to be learned.
 
-The label of a step is the expert's command: `step.extra["expert_action"]` when the episode was
+The label of a step is the expert's command: `step.expert_action` when the episode was
 played by the policy with an expert watching (DAgger), else the command taken (expert demos).
 Where the two differ, the taken command stays in the context (it is what happened next) and the
 expert's is learned in a branch: a separate example of the context up to that step plus the
@@ -52,7 +52,7 @@ def episode_examples(episode: Episode, tok: Tokenizer, fmt: Format, budget: int,
     else:
       tokens += history.steps[-1]
       loss += [False] * len(history.steps[-1])
-    label = step.extra.get("expert_action", step.action)
+    label = step.expert_action or step.action
     if label != step.action and label in step.admissible and (max_branches <= 0 or branches < max_branches):
       branches += 1
       ids = history.action_tokens(label)

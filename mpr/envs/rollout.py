@@ -31,12 +31,9 @@ from tqdm import tqdm
 from mpr.envs.alfworld import StepResult
 from mpr.envs.games import GameSpec
 from mpr.envs.pool import Outcome, Pool, Reset, WorkerFailure
-from mpr.records import Episode, Step
+from mpr.records import STEP_FIELDS, Episode, Step
 
 WAVE = 4   # jobs per slot in a wave: longer waves idle fewer slots at their end, shorter ones replay less on resume
-
-# Decision.info keys that are Step fields; every other key lands in Step.extra.
-_STEP_FIELDS = frozenset({"precision", "p_high", "tokens_prefilled", "tokens_decoded", "model_seconds"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,8 +95,8 @@ class _Run:
   def record(self, env_seconds: float) -> None:
     """Turns the in-flight decision into a Step (observation and commands from before acting)."""
     d = self.decision
-    fields = {k: v for k, v in d.info.items() if k in _STEP_FIELDS}
-    extra = {k: v for k, v in d.info.items() if k not in _STEP_FIELDS}
+    fields = {k: v for k, v in d.info.items() if k in STEP_FIELDS}
+    extra = {k: v for k, v in d.info.items() if k not in STEP_FIELDS}
     self.steps.append(Step(t=len(self.steps), observation=self.last.observation,
                            admissible=list(self.last.admissible), action=d.action,
                            env_seconds=env_seconds, extra=extra, **fields))
@@ -109,7 +106,7 @@ class _Run:
     won = failure is None and self.last is not None and self.last.won
     return Episode(game=self.game.game_id, task_type=self.game.task_type, seed=self.seed,
                    goal=self.goal, steps=self.steps, won=won, failure=failure,
-                   extra={"reset_seconds": self.reset_seconds})
+                   reset_seconds=self.reset_seconds)
 
 
 def _advance(run: _Run, outcome: Outcome) -> Optional[Episode]:

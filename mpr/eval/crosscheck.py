@@ -20,27 +20,25 @@ from typing import Optional, Sequence
 
 from mpr import io
 from mpr.errors import UserError
+from mpr.records import Episode
 
-_STEP_FIELDS = ("action", "observation", "admissible")
-
-
-def _episodes(path: str) -> dict[tuple, dict]:
-  return {(r["game"], r["seed"]): r for r in io.read_jsonl(path)}
+_STEP_FIELDS = ("action", "observation", "admissible", "action_probs")
 
 
-def _first_difference(a: dict, b: dict) -> Optional[dict]:
+def _episodes(path: str) -> dict[tuple, Episode]:
+  return {(e.game, e.seed): e for e in map(Episode.from_json, io.read_jsonl(path))}
+
+
+def _first_difference(a: Episode, b: Episode) -> Optional[dict]:
   for field in ("won", "failure"):
-    if a[field] != b[field]:
-      return {"step": None, "field": field, "a": a[field], "b": b[field]}
-  if len(a["steps"]) != len(b["steps"]):
-    return {"step": None, "field": "steps", "a": len(a["steps"]), "b": len(b["steps"])}
-  for sa, sb in zip(a["steps"], b["steps"]):
+    if getattr(a, field) != getattr(b, field):
+      return {"step": None, "field": field, "a": getattr(a, field), "b": getattr(b, field)}
+  if len(a.steps) != len(b.steps):
+    return {"step": None, "field": "steps", "a": len(a.steps), "b": len(b.steps)}
+  for sa, sb in zip(a.steps, b.steps):
     for field in _STEP_FIELDS:
-      if sa[field] != sb[field]:
-        return {"step": sa["t"], "field": field, "a": sa[field], "b": sb[field]}
-    pa, pb = sa["extra"].get("action_probs"), sb["extra"].get("action_probs")
-    if pa != pb:
-      return {"step": sa["t"], "field": "action_probs", "a": pa, "b": pb}
+      if getattr(sa, field) != getattr(sb, field):
+        return {"step": sa.t, "field": field, "a": getattr(sa, field), "b": getattr(sb, field)}
   return None
 
 
@@ -55,7 +53,7 @@ def compare(dir_a: str, dir_b: str) -> dict:
     only = sorted(set(a) ^ set(b))
     diffs = {f"{g} seed {s}": d for (g, s) in sorted(set(a) & set(b))
              if (d := _first_difference(a[g, s], b[g, s])) is not None}
-    files[name] = {"episodes": len(set(a) & set(b)), "steps": sum(len(a[k]["steps"]) for k in set(a) & set(b)),
+    files[name] = {"episodes": len(set(a) & set(b)), "steps": sum(len(a[k].steps) for k in set(a) & set(b)),
                    "identical": len(set(a) & set(b)) - len(diffs), "missing_on_one_side": [list(k) for k in only],
                    "first_difference": next(iter(diffs.items()), None), "different": len(diffs)}
   return {"a": dir_a, "b": dir_b, "files": files,

@@ -10,8 +10,8 @@ A point is one evaluated routing configuration:
 before evaluation; None for the single-tier baselines); `high_ratio` is the share of steps it actually
 ran on the high tier. A random point also names the point it is matched to (`matches`: "method param").
 `outcomes` (per game: won) makes the paired comparisons; `speedup` is measured wall clock against
-high-only (router and embedding overhead included), `speedup_est` the compute estimate from per-tier
-step latency; either may be None where it was not measured. Rates are fractions in the data and
+high-only (router and embedding overhead included), `speedup_est` the cost model's estimate from the
+calls and tokens each tier ran (mpr.eval.cost); either may be None where it was not measured. Rates are fractions in the data and
 percentages in the tables.
 
   paths = write_report(points, outdir, shares=(0.1, 0.2, 0.3, 0.5), caption=plot_caption(...))
@@ -228,7 +228,9 @@ def table1(points: Sequence[dict], shares: Sequence[float] = (0.1, 0.2, 0.3, 0.5
   randoms = groups.get("random", [])
   lines = [f"**Table 1.** Success at pre-set shares of high-precision calls (each threshold fixed on validation "
            f"to send that share of validation steps high). Δ in points vs {reference} and vs random routing at the "
-           f"point's realised share, paired over the same games: [95% bootstrap interval], exact McNemar p.", "",
+           f"point's realised share, paired over the same games: [95% bootstrap interval], exact McNemar p. "
+           f"Speed-up per episode vs high only: measured model time / the cost model's estimate from the calls "
+           f"and tokens each tier ran (mpr.eval.cost).", "",
            "| method | pre-set share | operating point | high calls % | success % (95% CI) | Δ vs " + reference
            + " | Δ vs random | speed-up measured / estimated |",
            "|---|---:|---|---:|---:|---|---|---:|"]

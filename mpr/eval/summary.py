@@ -11,7 +11,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from mpr.envs.games import TASK_TYPES
-from mpr.records import Episode
+from mpr.records import WORK_KINDS, Episode
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -81,12 +81,10 @@ def step_costs(episodes: Sequence[Episode]) -> dict[str, float]:
       "steps": len(steps),
       "model_ms": float(ms[keep].mean()) if steps else 0.0,
       "compile_steps_dropped": int((~keep).sum()),
-      "router_ms": 1e3 * mean(lambda s: s.extra.get("router_seconds", 0.0)),
+      "router_ms": 1e3 * mean(lambda s: s.router_seconds),
       "env_ms": 1e3 * mean(lambda s: s.env_seconds),
-      "reset_s": float(np.mean([e.extra.get("reset_seconds", 0.0) for e in episodes])) if episodes else 0.0,
-      "tokens_prefilled": mean(lambda s: s.tokens_prefilled),
-      "tokens_decoded": mean(lambda s: s.tokens_decoded),
-      "tokens_scored": mean(lambda s: s.extra.get("tokens_scored", 0)),
-      "mapped": mean(lambda s: bool(s.extra.get("mapped", False))),
+      "reset_s": float(np.mean([e.reset_seconds for e in episodes])) if episodes else 0.0,
+      **{f"tokens_{kind}": mean(lambda s: s.work(kind)) for kind in WORK_KINDS},
+      "mapped": mean(lambda s: s.mapped),
       "invalid": mean(lambda s: s.action not in s.admissible),
   }

@@ -63,10 +63,10 @@ def step_table(episodes: list[Episode], high: str, low: str, direction: str) -> 
   z, d, ent, mar, offsets = [], [], [], [], [0]
   for e in episodes:
     for s in e.steps:
-      if "z" not in s.extra or set(s.extra.get("probe_logits", {})) < {high, low}:
+      if s.z is None or set(s.probe_logits) < {high, low}:
         raise UserError(f"{e.game} step {s.t}: no embedding / tier scores (not a `collect` episode log?)")
-      lg = s.extra["probe_logits"]
-      z.append(agent_lib.decode_z(s.extra["z"]))
+      lg = s.probe_logits
+      z.append(agent_lib.decode_z(s.z))
       d.append(labels.divergence(lg[high], lg[low], direction))
       ent.append(labels.entropy(lg[low]))
       mar.append(labels.margin(lg[low]))

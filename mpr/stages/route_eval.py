@@ -15,9 +15,11 @@ as collect played them) high. Methods:
 Per point: success (overall, per task, 95% Wilson) and per-game outcomes (for the paired comparisons
 in mpr.eval.report), high ratio (share of steps on the high tier), and cost: model seconds per episode
 (every model call of a step: embedding, probes, router, acting; mean ms per step without compile
-outliers × mean steps) → measured speed-up vs high only; and the estimate c_high / (r·c_high + (1 − r)·c_low)
-from the tiers' measured per-step latencies. Episode logs per point under points/ make the stage
-resumable. Writes results.json, table1.md, table2.md, pareto.png / pareto.svg (mpr.eval.report) and
+outliers × mean steps) → measured speed-up vs high only; and the cost model's estimate (mpr.eval.cost):
+each step priced by the calls and tokens each tier ran in it (catch-up prefill on switches and the low
+tier's embedding included), at per-tier prices fitted to this run's high-only and low-only points
+(`python -m mpr.eval.cost` re-prices the logged points with another device's prices). Episode logs per
+point under points/ make the stage resumable. Writes results.json, table1.md, table2.md, pareto.png / pareto.svg (mpr.eval.report) and
 prints Table 1.
 """
 from __future__ import annotations
@@ -33,7 +35,7 @@ from mpr.agent import agent as agent_lib, models
 from mpr.envs.games import check_disjoint
 from mpr.envs.pool import open_pool
 from mpr.errors import UserError
-from mpr.eval import report, summary as summary_lib
+from mpr.eval import cost, report, summary as summary_lib
 from mpr.records import Episode
 from mpr.router import data, routes
 from mpr.router.model import load_router
@@ -126,6 +128,7 @@ def run(config, sdir: str) -> dict:
            "oracle": (lambda h, l, tau: routes.oracle_route(h, l, tau, config.collect.direction), "τ={:.3g}")}
 
   points: list[dict] = []
+  played: list[list[Episode]] = []             # each point's episodes, for the cost model
   with open_pool(env) as pool:
     def play(method: str, param, route, share=None, matches=None) -> dict:
       agent = agent_lib.from_config(config.agent, policy.tok, variants, rows=pool.num_slots, route=route,
@@ -134,6 +137,7 @@ def run(config, sdir: str) -> dict:
                         os.path.join(sdir, "points", point_slug(method, param) + ".jsonl"),
                         progress=f"{method} {param or ''}".strip())
       points.append({**point(method, param, eps, hi, share), **({"matches": matches} if matches else {})})
+      played.append(eps)
       return points[-1]
 
     play("high only", None, agent_lib.fixed(hi))
@@ -147,19 +151,18 @@ def run(config, sdir: str) -> dict:
       for method, (make, fmt) in rules.items():
         play(method, f"q={q:.2f} " + fmt.format(th[method][q]), make(hi, lo, th[method][q]), q)
 
-  base = next(p for p in points if p["method"] == "high only")
-  c_hi = base["model_ms_per_step"]
-  c_lo = next(p for p in points if p["method"] == "low only")["model_ms_per_step"]
+  costs = cost.fit({hi: played[0], lo: played[1]})     # the high-only and low-only points
+  cost.estimate(costs, points, played)
   for p in points:
-    p["speedup"] = base["model_s_per_episode"] / max(p["model_s_per_episode"], 1e-12)
-    p["speedup_est"] = c_hi / max(p["high_ratio"] * c_hi + (1 - p["high_ratio"]) * c_lo, 1e-12)
+    p["speedup"] = points[0]["model_s_per_episode"] / max(p["model_s_per_episode"], 1e-12)
   model = "tiny policy" if policy.source == models.SHIPPED_TINY else os.path.basename(policy.source.rstrip("/"))
   caption = report.plot_caption(model, hi, lo, ec.split, len(games), config.seed, env.engine)
   paths = report.write_report(points, sdir, shares=shares, caption=caption,
-                              setting={"engine": env.engine, "split": ec.split, "games": len(games)})
+                              setting={"engine": env.engine, "split": ec.split, "games": len(games),
+                                       "cost_model": costs})
   table1 = open(paths["table1.md"]).read()
   title = f"### {model}: {hi} / {lo} routing on {ec.split} ({len(games)} games, {env.engine} engine)\n\n"
   io.atomic_write_text(os.path.join(sdir, "summary.md"), title + table1 + "\n" + open(paths["table2.md"]).read())
   print(title + table1)
-  return {"split": ec.split, "games": len(games), "points": points,
+  return {"split": ec.split, "games": len(games), "points": points, "cost_model": costs,
           "thresholds": {m: {f"{q:g}": v for q, v in t.items()} for m, t in th.items()}}

@@ -68,7 +68,7 @@ def decisions(groups: list[list[Episode]], high: str, lam: float, eps: float, te
     for e, a in zip(group, grpo.group_advantages(r, eps)):
       q = grpo.tempered_p_high([s.p_high for s in e.steps], temperature)
       high_step = np.array([s.precision == high for s in e.steps])
-      z.extend(agent_lib.decode_z(s.extra["z"]) for s in e.steps)
+      z.extend(agent_lib.decode_z(s.z) for s in e.steps)
       actions.extend(np.where(high_step, HIGH, 1 - HIGH))
       logp_old.extend(np.log(np.where(high_step, q, 1 - q)))
       adv.extend([a] * len(e.steps))

@@ -1,0 +1,158 @@
+"""What a step costs, from the work it did: per-tier prices of a model call and of each token.
+
+  costs = fit({"bf16": high_only_episodes, "int2": low_only_episodes})   # prices measured on this machine
+  costs = load_table("h100_costs.json")                                 # or prices measured elsewhere
+  ms = step_ms(costs, episodes)            # mean model ms per step those prices give a routed run
+
+  python -m mpr.eval.cost WORKDIR/route_eval h100_costs.json   # a finished evaluation, re-priced
+
+Every step records, per variant, the tokens it prefilled (catch-up on the context: the whole new turn,
+or everything since it last ran after a switch), scored (score mode: the admissible commands) and decoded
+(generate mode) — records.Step.tokens. A variant that ran in a step costs
+
+  call + prefill·n_prefill + score·n_score + decode·n_decode      (ms)
+
+and a step costs the sum over its variants plus its router time. So a routed step is charged what it
+really runs: the low tier's embedding on every step, catch-up prefill when an episode switches tiers,
+and probes that score with both tiers. Prices are fitted per tier by non-negative least squares on the
+steps where that tier ran alone (the single-tier runs), leaving out compile outliers; or read from a
+JSON table of the same shape, e.g. latencies measured on an accelerator, where CPU wall clock says
+nothing about the speed-up a deployment would see:
+
+  {"tiers": {"bf16": {"call": 4.1, "prefill": 0.02, "score": 0.02, "decode": 6.3}, "int4": {...}},
+   "router_ms": 0.1, "source": "H100, benchmarks/..."}
+
+`router_ms` is optional (default: the router time each run measured). benchmarks/tier_prices.py
+measures such a table on the device it runs on.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+from scipy.optimize import nnls
+
+from mpr import io
+from mpr.errors import UserError
+from mpr.records import WORK_KINDS, Episode
+
+PRICES = ("call",) + WORK_KINDS
+
+Costs = dict   # {"tiers": {tier: {price: ms}}, "router_ms": Optional[float], "source": str}
+
+
+def _features(step, tier: str) -> np.ndarray:
+  w = step.tokens.get(tier, {})
+  return np.array([1.0] + [w.get(k, 0) for k in WORK_KINDS], np.float64)
+
+
+def fit(runs: Mapping[str, Sequence[Episode]], outlier: float = 10.0) -> Costs:
+  """Per-tier prices from runs where each tier acted alone (tier -> its episodes).
+
+  Steps slower than `outlier` × the run's median are compiles, not the tier's cost (as in
+  summary.step_costs). A kind of work a run never did (decode in score mode) gets price 0."""
+  tiers = {}
+  for tier, episodes in runs.items():
+    steps = [s for e in episodes for s in e.steps if set(s.tokens) == {tier}]
+    if len(steps) < len(PRICES):
+      raise UserError(f"cost model: {len(steps)} steps where {tier} ran alone; need at least {len(PRICES)}")
+    x = np.stack([_features(s, tier) for s in steps])
+    y = np.array([1e3 * (s.model_seconds - s.router_seconds) for s in steps])
+    keep = y <= outlier * np.median(y)
+    used = x[keep].any(axis=0)
+    price = np.zeros(len(PRICES))
+    price[used] = nnls(x[keep][:, used], y[keep])[0]
+    tiers[tier] = dict(zip(PRICES, map(float, price)))
+  return {"tiers": tiers, "router_ms": None, "source": "fitted to this run's single-tier points"}
+
+
+def _is_ms(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+
+
+def load_table(path: str) -> Costs:
+  """A price table (the module docstring's format), checked: one bad entry is one clear error."""
+  try:
+    with open(path) as f:
+      table = json.load(f)
+  except OSError as e:
+    raise UserError(f"cost table {path}: {e.strerror}") from None
+  except ValueError as e:
+    raise UserError(f"cost table {path}: not JSON ({e})") from None
+  tiers = table.get("tiers") if isinstance(table, dict) else None
+  if not isinstance(tiers, dict) or not tiers:
+    raise UserError(f"cost table {path}: needs a 'tiers' object mapping each tier to its prices {list(PRICES)}")
+  for tier, prices in tiers.items():
+    if not (isinstance(prices, dict) and set(prices) == set(PRICES) and all(map(_is_ms, prices.values()))):
+      raise UserError(f"cost table {path}: tier {tier!r} needs exactly the prices {list(PRICES)} in ms "
+                      f"(numbers >= 0), got {prices!r}")
+  router = table.get("router_ms")
+  if router is not None and not _is_ms(router):
+    raise UserError(f"cost table {path}: router_ms must be a number of ms >= 0, got {router!r}")
+  return {"tiers": tiers, "router_ms": router, "source": str(table.get("source", path))}
+
+
+def step_ms(costs: Costs, episodes: Sequence[Episode]) -> Optional[float]:
+  """Mean model ms per step of `episodes` at these prices; None without steps."""
+  steps = [s for e in episodes for s in e.steps]
+  if not steps:
+    return None
+  missing = sorted({t for s in steps for t in s.tokens} - set(costs["tiers"]))
+  if missing:
+    raise UserError(f"cost model: no prices for tier(s) {missing}; it has {sorted(costs['tiers'])}")
+  total = 0.0
+  for s in steps:
+    total += sum(float(np.dot([costs["tiers"][t][p] for p in PRICES], _features(s, t))) for t in s.tokens)
+    total += 1e3 * s.router_seconds if costs["router_ms"] is None else costs["router_ms"]
+  return total / len(steps)
+
+
+def estimate(costs: Costs, points: Sequence[dict], played: Sequence[Sequence[Episode]]) -> None:
+  """Adds the estimate to each evaluated point (route_eval's dicts; the first is high only, the base):
+  model ms per step and s per episode at these prices, and the speed-up over the base per episode."""
+  for p, episodes in zip(points, played):
+    p["model_ms_per_step_est"] = step_ms(costs, episodes)
+    p["model_s_per_episode_est"] = 1e-3 * p["model_ms_per_step_est"] * p["mean_steps"]
+  for p in points:
+    p["speedup_est"] = points[0]["model_s_per_episode_est"] / max(p["model_s_per_episode_est"], 1e-12)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  ap = argparse.ArgumentParser(description="Re-prices a finished route_eval with a price table "
+                                           "(e.g. an accelerator's, from benchmarks/tier_prices.py).")
+  ap.add_argument("stage_dir", help="WORKDIR/route_eval of a finished run")
+  ap.add_argument("prices", help="a price table (JSON)")
+  args = ap.parse_args(argv)
+  from mpr.stages.route_eval import point_slug   # the stage names its episode logs
+  try:
+    costs = load_table(args.prices)
+    path = os.path.join(args.stage_dir, "results.json")
+    if not os.path.isfile(path):
+      raise UserError(f"{path} does not exist: not a finished route_eval folder")
+    with open(path) as f:
+      points = json.load(f)["points"]
+    played = []
+    for p in points:
+      log = os.path.join(args.stage_dir, "points", point_slug(p["method"], p["param"]) + ".jsonl")
+      if not os.path.isfile(log):
+        raise UserError(f"{log} does not exist: the point's episode log is needed to re-price it")
+      played.append([Episode.from_json(r) for r in io.read_jsonl(log)])
+    estimate(costs, points, played)
+  except UserError as e:
+    print(f"cost: error: {e}", file=sys.stderr)
+    return 2
+  print(f"prices: {costs['source']}\n")
+  print("| method | operating point | high calls % | model ms/step measured | estimated | speed-up estimated |")
+  print("|---|---|---:|---:|---:|---:|")
+  for p in points:
+    print(f"| {p['method']} | {p['param'] or '—'} | {100 * p['high_ratio']:.1f} | {p['model_ms_per_step']:.1f} | "
+          f"{p['model_ms_per_step_est']:.2f} | {p['speedup_est']:.2f}× |")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
