@@ -282,3 +282,74 @@ def test_kl_st_resume_after_a_kill_is_exact(tmp_path, monkeypatch):
     np.testing.assert_array_equal(a, b)
   final = lambda p: json.loads((p / "tb" / "metrics.jsonl").read_text().splitlines()[-1])
   assert final(tmp_path / "run") == final(tmp_path / "ref")     # the last epoch's params agree too
+
+
+# --- router inputs beyond z -----------------------------------------------------------------------
+
+def _scored_episodes(seed: int, episodes: int = 4, dim: int = 6):
+  """Logged episodes as collect writes them: z and both tiers' action log-scores at every step."""
+  from mpr.agent.agent import encode_z
+  from mpr.records import Episode, Step
+  rng = np.random.default_rng(seed)
+  out = []
+  for e in range(episodes):
+    steps = [Step(t=t, observation="", admissible=["a", "b", "c"], action="a", precision="hi",
+                  z=encode_z(rng.normal(size=dim)),
+                  probe_logits={k: [round(float(x), 5) for x in rng.normal(size=3) * 3] for k in ("hi", "lo")})
+             for t in range(int(rng.integers(2, 9)))]
+    out.append(Episode(f"g{e}", "pick_and_place_simple", 0, "", steps, won=bool(e % 2)))
+  return out
+
+
+def test_router_inputs_are_the_same_from_a_table_a_log_and_a_live_route():
+  from mpr.agent.agent import Probe, decode_z
+  from mpr.envs.rollout import EpisodeView
+  from mpr.router import features
+  from mpr.stages.collect import step_table
+  eps = _scored_episodes(0)
+  table = step_table(eps, "hi", "lo", "high_low")
+  inputs = ("z", "entropy", "margin", "prev_entropy", "prev_margin", "step")
+  x = features.featurize(inputs, table).z
+  assert x.shape == (table.num_steps, features.width(inputs, 6)) == (table.num_steps, 11)
+  np.testing.assert_allclose(x, np.concatenate([features.episode_inputs(inputs, e, "lo") for e in eps]))
+  e, t = eps[1], len(eps[1].steps) - 1
+  row = table.offsets[1] + t
+  assert x[row, 6:].tolist() == pytest.approx([table.low_entropy[row], table.low_margin[row],
+                                               table.low_entropy[row - 1], table.low_margin[row - 1], t / 50])
+  assert x[table.offsets[1], 8:].tolist() == pytest.approx([0.0, 1.0, 0.0])       # t = 0: no previous step
+  z = np.stack([decode_z(s.z) for s in e.steps])
+  live = features.live_inputs(inputs, z, e.steps[:t], np.asarray(e.steps[t].probe_logits["lo"]) + 1e-7, "lo")
+  np.testing.assert_allclose(live, x[table.offsets[1]:row + 1], atol=1e-6)
+  # The router route reads the same inputs live, and has the low tier score every step for them.
+  cfg = _cfg(inputs=inputs)
+  params = model.init_params(cfg, embed_dim=11, seed=0)
+  route = routes.router_route(params, cfg, "hi", "lo")
+  assert route.embed == "lo" and route.probe == ("lo",)
+  assert routes.router_route(params, _cfg(inputs=("z", "step")), "hi", "lo").probe == ()
+  view = EpisodeView(index=0, game=None, seed=0, goal="", t=t, observation="", admissible=("a", "b", "c"),
+                     expert_action=None, steps=tuple(e.steps[:t]), slot=0)
+  _, p = route.choose([view], Probe(z=[z], logits={"lo": [np.asarray(e.steps[t].probe_logits["lo"])]}))
+  np.testing.assert_allclose(p, routes.table_p_high(params, cfg, table)[row:row + 1], atol=1e-6)
+
+
+def test_router_inputs_are_checked_and_saved_with_the_router(tmp_path):
+  from mpr.router import features
+  for bad in ((), ("z", "z"), ("z", "logits")):
+    with pytest.raises(UserError, match="router.inputs must be distinct names"):
+      features.check(bad)
+  cfg = _cfg(inputs=("z", "entropy"))
+  model.save_router(str(tmp_path / "r"), cfg, model.init_params(cfg, embed_dim=9), {})
+  loaded, _, _ = model.load_router(str(tmp_path / "r"))
+  assert loaded.inputs == ("z", "entropy") and loaded.to_dict() == cfg.to_dict()
+
+
+def test_kl_st_with_the_low_tiers_entropy_learns_labels_carried_by_it(tmp_path):
+  """Labels that only the entropy input carries: z alone cannot learn them, z + entropy can."""
+  def table(seed):
+    t = _table(seed, episodes=40)
+    t.low_entropy = (3 * np.random.default_rng(seed).random(t.num_steps)).astype(np.float32)   # nats, as for ~20 commands
+    t.d = np.exp(t.low_entropy)
+    return t
+  _, with_entropy = sl.train(_cfg(inputs=("z", "entropy")), _sl(epochs=15), table(20), table(21), str(tmp_path / "a"))
+  _, z_only = sl.train(_cfg(), _sl(epochs=15), table(20), table(21), str(tmp_path / "b"))
+  assert with_entropy["val_auroc"] > 0.9 and z_only["val_auroc"] < 0.7, (with_entropy["val_auroc"], z_only["val_auroc"])

@@ -4,6 +4,7 @@
   ...:runlocal                       the reduced pipeline of the README's main command
   ...:low=int2,high=bf16             the two tiers (default bf16 / int2-mse-emb: chosen on valid_train, BENCHMARKS.md)
   ...:engine=textworld               every episode on the real engine (the same episodes as on FastEnv)
+  --config.router.inputs="('z','entropy','margin')"   the router also reads the low tier's entropy / margin
 
 Stages: collect (both tiers score every step of train / valid_train episodes; z_t from the low
 tier) → router_sl (KL-ST) → router_grpo (from the KL-ST router; `router_grpo_scratch`: from a

@@ -49,6 +49,8 @@ MODES = ("score", "generate")
 # Step embeddings z are stored (and routed on) at this precision: half the log size of float32, and a
 # router reading live z and one replaying logged z see the same numbers (computed in float32, held in float16).
 Z_DTYPE = np.float16
+# Decimals of the action log-scores a probe logs (Step.probe_logits); routes that read them live round alike.
+PROBE_DECIMALS = 5
 
 
 @dataclasses.dataclass
@@ -298,7 +300,7 @@ class Agent:
       if p_high is not None:
         info["p_high"] = float(p_high[i])
       if probe.logits:
-        info["probe_logits"] = {m: [round(float(x), 5) for x in lg[i]] for m, lg in probe.logits.items()}
+        info["probe_logits"] = {m: [round(float(x), PROBE_DECIMALS) for x in lg[i]] for m, lg in probe.logits.items()}
       if self.record_z:
         info["z"] = encode_z(row.z[-1])
       if v.expert_action is not None:

@@ -43,9 +43,12 @@ def router_config(**overrides) -> ml_collections.ConfigDict:
   c.max_len = 32         # L_max: most recent steps seen; ALFWorld episodes run up to 50 steps
   c.pooling = "last"     # "last": the current step's slot, which attends to the whole history; "mean": masked mean
   c.dropout = 0.0        # on attention weights, residual branches and the input; the step table is small
+  c.inputs = ("z",)      # what it reads per step (mpr.router.features): the paper's z, optionally cheap signals
   unknown = sorted(set(overrides) - set(c.keys()))
   if unknown:
     raise UserError(f"unknown router config field {unknown[0]!r} (fields: {', '.join(sorted(c.keys()))})")
+  if "inputs" in overrides:       # a saved router.json holds a list
+    overrides = {**overrides, "inputs": tuple(overrides["inputs"])}
   c.update(overrides)
   return c
 

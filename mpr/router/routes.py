@@ -24,7 +24,7 @@ import numpy as np
 from mpr.agent.agent import Probe, Route
 from mpr.envs.rollout import EpisodeView
 from mpr.errors import UserError
-from mpr.router import data, grpo, labels, model
+from mpr.router import data, features, grpo, labels, model
 
 
 def _by_rule(high: str, low: str, wants_high: Sequence[bool]) -> list[str]:
@@ -73,7 +73,7 @@ def collect_route(high: str, low: str, act: str, seed: int, p: float = 0.5) -> R
 
 
 def router_p_high(params: dict, cfg: ml_collections.ConfigDict, zs: Sequence[np.ndarray]) -> np.ndarray:
-  """p(high) for each episode's embedding history [t+1, D], batched in power-of-two buckets.
+  """p(high) for each episode's history of router inputs [t+1, F], batched in power-of-two buckets.
 
   Each history's last `max_len` steps are right-aligned in the window, as `data.windows` lays out
   training rows; padding rows see one zero step (never an empty row)."""
@@ -94,6 +94,7 @@ def router_p_high(params: dict, cfg: ml_collections.ConfigDict, zs: Sequence[np.
 def table_p_high(params: dict, cfg: ml_collections.ConfigDict, table: data.StepTable,
                  batch_size: int = 512) -> np.ndarray:
   """p(high) at every step of a collected table, each from its own history window."""
+  table = features.featurize(cfg.inputs, table)
   rows = np.arange(table.num_steps)
   return np.concatenate([np.asarray(model.p_high(params, cfg, zw, mask))[:n]
                          for n, _, zw, mask in data.fixed_batches(table, rows, cfg.max_len, batch_size)])
@@ -103,11 +104,15 @@ def router_route(params: dict, cfg: ml_collections.ConfigDict, high: str, low: s
                  sample_seed: Optional[int] = None, temperature: float = 1.0,
                  salt: Callable[[EpisodeView], int] = lambda v: 0) -> Route:
   """The learned router: high when p(high) ≥ k, or, with `sample_seed`, high drawn from p(high)
-  at `temperature` (GRPO rollouts; `salt` tells a group's episodes of the same game apart)."""
+  at `temperature` (GRPO rollouts; `salt` tells a group's episodes of the same game apart). Inputs
+  beyond z make the low tier score every step before the route decides."""
+  inputs = features.check(cfg.inputs)
   def choose(views, probe: Probe):
-    p = router_p_high(params, cfg, probe.z)
+    lows = probe.logits.get(low, [None] * len(views))
+    p = router_p_high(params, cfg, [features.live_inputs(inputs, z, v.steps, lg, low)
+                                    for v, z, lg in zip(views, probe.z, lows)])
     if sample_seed is None:
       return _by_rule(high, low, p >= k), p
     q = grpo.tempered_p_high(p, temperature)
     return _by_rule(high, low, [v.rng(sample_seed, salt(v)).random() < qi for v, qi in zip(views, q)]), p
-  return Route(choose, embed=low)
+  return Route(choose, embed=low, probe=(low,) if features.needs_low_scores(inputs) else ())

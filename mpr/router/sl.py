@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from mpr import hosts
 from mpr.errors import UserError
-from mpr.router import data
+from mpr.router import data, features
 from mpr.router import labels as labels_lib
 from mpr.router.model import HIGH, Router, from_config, init_params, save_router
 from mpr.train import checkpoints
@@ -128,6 +128,8 @@ def train(router_cfg: ml_collections.ConfigDict, sl_cfg: ml_collections.ConfigDi
 
   `meta` is stored with the saved router (e.g. which tiers and embedding it was trained for)."""
   data.validate(train_table)
+  inputs = features.check(router_cfg.inputs)
+  train_table, val_table = features.featurize(inputs, train_table), features.featurize(inputs, val_table)
   dim = train_table.z.shape[1]
   data.validate(val_table, dim)
   if sl_cfg.batch_size < 1 or sl_cfg.epochs < 1 or sl_cfg.patience < 1:

@@ -26,6 +26,7 @@ import logging
 import os
 import types
 import zlib
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +38,7 @@ from mpr.agent import agent as agent_lib, models
 from mpr.envs.pool import open_pool
 from mpr.errors import UserError
 from mpr.records import Episode
-from mpr.router import data, grpo
+from mpr.router import data, features, grpo
 from mpr.router.model import HIGH, Router, from_config, init_params, load_router, save_router
 from mpr.router.routes import router_route
 from mpr.stages import collect
@@ -52,15 +53,16 @@ READS = ("collect", "router_sl")     # this workdir's stages it builds on (mpr.s
 
 # --- decisions of one iteration ---------------------------------------------------------------------
 
-def decisions(groups: list[list[Episode]], high: str, lam: float, eps: float, temperature: float,
-              loss_mean: str = "decision") -> dict:
-  """Flattened routing decisions of an iteration's groups: z, offsets, actions, logp_old, advantages,
-  loss weights (grpo.decision_weights), and the share of groups whose episodes did not all end alike.
+def decisions(groups: list[list[Episode]], high: str, low: str, inputs: Sequence[str], lam: float, eps: float,
+              temperature: float, loss_mean: str = "decision") -> dict:
+  """Flattened routing decisions of an iteration's groups: the router's inputs at each (features.INPUTS),
+  offsets, actions, logp_old, advantages, loss weights (grpo.decision_weights), and the share of groups
+  whose episodes did not all end alike.
 
   logp_old is the log-probability of each decision under the distribution it was sampled from (the
   router's p(high) recorded in the step, tempered), as the PPO ratio needs.
   """
-  z, actions, logp_old, adv, offsets, rewards = [], [], [], [], [0], []
+  x, actions, logp_old, adv, offsets, rewards = [], [], [], [], [0], []
   for group in groups:
     r = np.array([grpo.episode_reward(e.won, sum(s.precision == high for s in e.steps), len(e.steps), lam)
                   for e in group])
@@ -68,13 +70,13 @@ def decisions(groups: list[list[Episode]], high: str, lam: float, eps: float, te
     for e, a in zip(group, grpo.group_advantages(r, eps)):
       q = grpo.tempered_p_high([s.p_high for s in e.steps], temperature)
       high_step = np.array([s.precision == high for s in e.steps])
-      z.extend(agent_lib.decode_z(s.z) for s in e.steps)
+      x.append(features.episode_inputs(inputs, e, low))
       actions.extend(np.where(high_step, HIGH, 1 - HIGH))
       logp_old.extend(np.log(np.where(high_step, q, 1 - q)))
       adv.extend([a] * len(e.steps))
       offsets.append(offsets[-1] + len(e.steps))
   offsets = np.asarray(offsets, np.int64)
-  return {"z": np.stack(z).astype(np.float32), "offsets": offsets,
+  return {"inputs": np.concatenate(x).astype(np.float32), "offsets": offsets,
           "actions": np.asarray(actions, np.int32), "logp_old": np.asarray(logp_old, np.float32),
           "adv": np.asarray(adv, np.float32), "rewards": np.concatenate(rewards),
           "weights": grpo.decision_weights(np.diff(offsets), loss_mean),
@@ -108,7 +110,7 @@ def optimise(model: Router, params, opt_state, opt, dec: dict, ref_params, gc, r
   """`gc.epochs_per_iter` passes of GRPO updates over one iteration's decisions; → params, state, metrics."""
   n, size = len(dec["actions"]), gc.batch_size
   rows = np.arange(n)
-  zw_all, mask_all = data.windows(dec["z"], dec["offsets"], rows, model.max_len)
+  zw_all, mask_all = data.windows(dec["inputs"], dec["offsets"], rows, model.max_len)
   beta = float(gc.beta) if ref_params is not None else 0.0
   logits_ref = np.zeros((n, 2), np.float32)
   if ref_params is not None:
@@ -149,7 +151,7 @@ def run(config, sdir: str, scratch: bool = False) -> dict:
   variants = policy.variants([tiers.high, tiers.low])
   ref_params = None
   if scratch:
-    params = init_params(config.router, policy.cfg.hidden_size, gc.seed)
+    params = init_params(config.router, features.width(config.router.inputs, policy.cfg.hidden_size), gc.seed)
   else:
     ref_dir = os.path.join(os.path.dirname(sdir), "router_sl", "router")
     cfg, ref_params, meta = load_router(ref_dir)
@@ -183,7 +185,8 @@ def run(config, sdir: str, scratch: bool = False) -> dict:
         factory = lambda: agent_lib.from_config(config.agent, policy.tok, variants, rows=pool.num_slots,
                                                 route=route, seed=config.seed, record_z=True)
         groups = _play(pool, factory, chosen, gc, os.path.join(sdir, "rollouts", f"iter_{it:03d}.jsonl"))
-        dec = decisions(groups, tiers.high, gc.lam, gc.eps, gc.sample_temperature, gc.loss_mean)
+        dec = decisions(groups, tiers.high, tiers.low, config.router.inputs, gc.lam, gc.eps, gc.sample_temperature,
+                        gc.loss_mean)
         params, opt_state, m = optimise(model, params, opt_state, opt, dec, ref_params, gc,
                                         np.random.default_rng([gc.seed, it, 1]))
         eps = [e for g in groups for e in g]
