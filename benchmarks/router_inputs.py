@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from mpr import io
+from mpr import io, provenance
 from mpr.router import data, features, labels, sl
 
 INPUT_SETS = (("z",), ("z", "entropy", "margin"), ("z", "prev_entropy", "prev_margin", "step"),
@@ -74,7 +74,8 @@ def main() -> None:
   io.atomic_write_text(os.path.join(args.out, "table.md"), table)
   io.atomic_write_json(os.path.join(args.out, "results.json"),
                        {"collect": os.path.abspath(args.collect), "tau": tau, "seeds": seeds, "rows": rows,
-                        "val_steps": int(known.sum()), "positive_rate": float(y.mean())})
+                        "val_steps": int(known.sum()), "positive_rate": float(y.mean()),
+                        "provenance": provenance.snapshot()})
   print(table)
 
 
