@@ -57,10 +57,11 @@ def snapshot() -> dict:
 
 
 def summary(runs: Sequence[dict]) -> dict:
-  """{"commits": [...], "dirty": bool, "mixed": bool}: what a table needs to say about its code."""
-  commits = list(dict.fromkeys((r.get("git") or {}).get("commit") or "unknown" for r in runs))
-  return {"commits": commits, "dirty": any((r.get("git") or {}).get("dirty") for r in runs),
-          "mixed": len(commits) > 1}
+  """{"commits": [...], "dirty": bool, "mixed": bool}: what a table needs to say about its code (every
+  host's, where a run had several)."""
+  gits = [h.get("git") or {} for r in runs for h in r.get("hosts", [r])]
+  commits = list(dict.fromkeys(g.get("commit") or "unknown" for g in gits))
+  return {"commits": commits, "dirty": any(g.get("dirty") for g in gits), "mixed": len(commits) > 1}
 
 
 def caveat(s: dict) -> str:

@@ -64,6 +64,9 @@ def test_summary_and_caveat_name_mixed_and_dirty_code():
   note = provenance.caveat(s)
   assert "aaaaaaa, bbbbbbb" in note and "uncommitted" in note
   assert "outside a git checkout" in provenance.caveat(provenance.summary([{"git": None}]))
+  # One run on two hosts, the second on other code: the result is mixed.
+  two_hosts = {**clean, "hosts": [clean, other]}
+  assert provenance.summary([two_hosts]) == {"commits": ["a" * 40, "b" * 40], "dirty": True, "mixed": True}
 
 
 def test_summary_md_of_a_dirty_run_says_so(tmp_path, monkeypatch):

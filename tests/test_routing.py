@@ -243,6 +243,8 @@ def test_pipeline_end_to_end_on_a_few_real_games(tmp_path, alfworld_data, run_ho
   assert shares[0] and shares[1] and not {e[0] for e in shares[0]} & {e[0] for e in shares[1]}
   assert sorted(shares[0] + shares[1]) == played(tmp_path / "collect" / "episodes_train.jsonl")
   assert [json.loads(x)["iteration"] for x in open(two / "router_grpo" / "iterations.jsonl")] == [1, 2]
+  runs = json.load(open(two / "collect" / "provenance.json"))["runs"]
+  assert len(runs) == 1 and [h["processes"] for h in runs[0]["hosts"]] == [2, 2]   # every host's code
   assert [json.loads(x)["step"] for x in open(two / "router_grpo" / "tb" / "metrics.jsonl")] == [1, 2]
   assert (two / "router_grpo" / "ckpt" / "2").is_dir() and (two / "router_grpo" / "router" / "router.json").exists()
   fixed = lambda root: {(pt["method"], pt["success"], pt["high_ratio"])

@@ -158,6 +158,7 @@ def _run_once(name: str, module: ModuleType, config: ml_collections.ConfigDict, 
     if "env" in module.CONFIG_KEYS:     # the engine every episode of the stage was played on
       metrics = {**metrics, "engine": config.env.engine}
     metrics["provenance"] = provenance.summary(runs)
+    hosts.sync(f"stage done in {sdir}")      # every host has written its summary.md before the note
     _note_provenance(sdir, metrics["provenance"])
     io.atomic_write_json(metrics_path, metrics)
   return metrics
@@ -172,10 +173,20 @@ def _note_provenance(sdir: str, summary: dict) -> None:
 
 
 def _record_run(sdir: str) -> list[dict]:
-  """Appends this run to the stage's provenance.json (resumes add entries) and returns all of them."""
+  """Appends this run to the stage's provenance.json (resumes add entries) and returns all of them.
+
+  On several hosts the entry is host 0's and lists every host's snapshot under "hosts": a host running
+  other code makes the result mixed."""
   path = os.path.join(sdir, "provenance.json")
   runs = io.read_json(path)["runs"] if os.path.exists(path) else []
-  runs.append(provenance.snapshot())
+  snap = provenance.snapshot()
+  if hosts.count() > 1:
+    io.atomic_write_json(hosts.host_path(path), snap)
+    hosts.sync(f"provenance of {sdir}")
+    stem, ext = os.path.splitext(path)
+    snap["hosts"] = [io.read_json(f"{stem}.host{i}{ext}") for i in range(hosts.count())]
+    hosts.sync(f"provenance of {sdir} read")      # before host 0 rewrites provenance.json
+  runs.append(snap)
   if hosts.is_primary():
     io.atomic_write_json(path, {"runs": runs})
   return runs
