@@ -9,9 +9,9 @@ import dataclasses
 from typing import Any, Optional
 
 
-# The work of one variant in one step, by kind: tokens it prefilled (catching up on the context),
-# scored (admissible commands, score mode) and decoded (generate mode). The cost model
-# (mpr.eval.cost) prices each kind per tier.
+# The work of one variant in one step: its forward passes ("calls") and tokens by kind, prefilled
+# (catching up on the context), scored (admissible commands, score mode) and decoded (generate mode).
+# The cost model (mpr.eval.cost) prices a call and a token of each kind per tier.
 WORK_KINDS = ("prefill", "score", "decode")
 
 
@@ -27,7 +27,7 @@ class Step:
   p_high: Optional[float] = None        # the router's p(high), when a router decided
   model_seconds: float = 0.0            # every model call of the step, the router's included
   router_seconds: float = 0.0
-  tokens: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)  # variant -> {WORK_KINDS: n}
+  tokens: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)  # variant -> {"calls", WORK_KINDS: n}
   action_probs: Optional[list[float]] = None     # score mode: the distribution the action was drawn from
   action_logprob: Optional[float] = None
   generated: Optional[str] = None       # generate mode: the acting variant's text ...
@@ -43,8 +43,9 @@ class Step:
     return sum(w.get(kind, 0) for w in self.tokens.values())
 
 
-# Logs written before these values were Step fields carried them in `extra`, and token totals
-# without the variant: both still load.
+# Logs written before these values were Step fields carried them in `extra`, and token totals without
+# the variant: both still load, the totals under UNATTRIBUTED (which the cost model cannot price).
+UNATTRIBUTED = "unattributed (an older log)"
 _LEGACY_TOTALS = {"tokens_prefilled": "prefill", "tokens_scored": "score", "tokens_decoded": "decode"}
 
 
@@ -55,7 +56,7 @@ def _step_from_json(d: dict[str, Any]) -> Step:
   for k in STEP_FIELDS & set(extra):
     d.setdefault(k, extra.pop(k))
   if any(totals.values()) and "tokens" not in d:
-    d["tokens"] = {d.get("precision") or "?": totals}
+    d["tokens"] = {UNATTRIBUTED: totals}
   return Step(**d, extra=extra)
 
 

@@ -14,7 +14,7 @@ PRICES = {"hi": {"call": 3.0, "prefill": 0.05, "score": 0.02, "decode": 0.0},
 
 def _ms(tier, work):
   p = PRICES[tier]
-  return p["call"] + sum(p[k] * n for k, n in work.items())
+  return sum(p["call" if k == "calls" else k] * n for k, n in work.items())
 
 
 def _episode(work_per_step, router_ms=0.2, extra_ms=()):
@@ -29,7 +29,7 @@ def _episode(work_per_step, router_ms=0.2, extra_ms=()):
 
 def _single(tier, seed):
   rng = np.random.default_rng(seed)
-  return [_episode([{tier: {"prefill": int(rng.integers(10, 200)), "score": int(rng.integers(50, 300))}}
+  return [_episode([{tier: {"calls": 1, "prefill": int(rng.integers(10, 200)), "score": int(rng.integers(50, 300))}}
                     for _ in range(30)], extra_ms=(5000.0,))]       # the first step compiles
 
 
@@ -41,8 +41,10 @@ def test_fit_recovers_each_tiers_prices_and_ignores_compiles():
 
 def test_a_routed_run_is_charged_both_tiers_where_both_ran():
   costs = cost.fit({"hi": _single("hi", 0), "lo": _single("lo", 1)})
-  # The low tier embeds every step; the high tier acts on the second and catches up on 120 tokens.
-  steps = [{"lo": {"prefill": 40, "score": 90}}, {"lo": {"prefill": 40}, "hi": {"prefill": 120, "score": 90}}]
+  # The low tier embeds every step (and scores in a second pass on the first); the high tier acts on
+  # the second step and catches up on 120 tokens.
+  steps = [{"lo": {"calls": 2, "prefill": 40, "score": 90}},
+           {"lo": {"calls": 1, "prefill": 40}, "hi": {"calls": 1, "prefill": 120, "score": 90}}]
   want = (_ms("lo", steps[0]["lo"]) + _ms("lo", steps[1]["lo"]) + _ms("hi", steps[1]["hi"])) / 2 + 0.2
   assert cost.step_ms(costs, [_episode(steps)]) == pytest.approx(want, abs=1e-6)
   table = {**costs, "router_ms": 0.0}            # a table's router time replaces the measured one
@@ -54,7 +56,7 @@ def test_a_routed_run_is_charged_both_tiers_where_both_ran():
 
 def test_fit_needs_steps_where_the_tier_ran_alone():
   with pytest.raises(UserError, match="0 steps where hi ran alone"):
-    cost.fit({"hi": [_episode([{"lo": {"prefill": 1}}])]})
+    cost.fit({"hi": [_episode([{"lo": {"calls": 1, "prefill": 1}}])]})
 
 
 def test_price_tables_load_and_bad_ones_fail_in_one_line(tmp_path):
@@ -75,13 +77,14 @@ def test_price_tables_load_and_bad_ones_fail_in_one_line(tmp_path):
 
 def test_a_finished_evaluation_is_repriced_from_its_logs(tmp_path, capsys):
   from mpr import io
-  from mpr.stages.route_eval import point_slug
+  from mpr.stages.route_eval import point_log
   (tmp_path / "points").mkdir()
   runs = {("high only", None): _single("hi", 0), ("low only", None): _single("lo", 1),
-          ("KL-ST", "q=0.20 K=0.5"): [_episode([{"lo": {"prefill": 40}, "hi": {"prefill": 120, "score": 90}}] * 4)]}
+          ("KL-ST", "q=0.20 K=0.5"): [_episode([{"lo": {"calls": 1, "prefill": 40},
+                                                 "hi": {"calls": 1, "prefill": 120, "score": 90}}] * 4)]}
   points = []
   for (method, param), eps in runs.items():
-    io.atomic_write_text(str(tmp_path / "points" / (point_slug(method, param) + ".jsonl")),
+    io.atomic_write_text(point_log(str(tmp_path), method, param),
                          "".join(json.dumps(e.to_json()) + "\n" for e in eps))
     points.append({"method": method, "param": param, "high_ratio": 0.5, "model_ms_per_step": 1.0,
                    "mean_steps": float(np.mean([len(e.steps) for e in eps]))})
@@ -91,7 +94,7 @@ def test_a_finished_evaluation_is_repriced_from_its_logs(tmp_path, capsys):
   assert cost.main([str(tmp_path), str(prices)]) == 0
   out = capsys.readouterr().out
   hi_ms = np.mean([_ms("hi", s.tokens["hi"]) for s in runs["high only", None][0].steps])
-  mixed_ms = _ms("lo", {"prefill": 40}) + _ms("hi", {"prefill": 120, "score": 90})
+  mixed_ms = _ms("lo", {"calls": 1, "prefill": 40}) + _ms("hi", {"calls": 1, "prefill": 120, "score": 90})
   want = hi_ms * 30 / (mixed_ms * 4)
   assert f"| KL-ST | q=0.20 K=0.5 | 50.0 | 1.0 | {mixed_ms:.2f} | {want:.2f}× |" in out
   assert cost.main([str(tmp_path / "nowhere"), str(prices)]) == 2

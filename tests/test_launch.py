@@ -223,7 +223,7 @@ def test_eval_kill_and_resume_gives_identical_episodes(tmp_path, alfworld_data):
   p = _launch([*args, "--workdir", str(run)])
   assert p.returncode == 0, p.stderr[-3000:]
   for name in ("bf16", "int4"):
-    read = lambda d: sorted((json.loads(l)["game"], [(s["action"], s["extra"]["action_probs"]) for s in json.loads(l)["steps"]])
+    read = lambda d: sorted((json.loads(l)["game"], [(s["action"], s["action_probs"]) for s in json.loads(l)["steps"]])
                             for l in open(d / "eval" / f"episodes_valid_seen_{name}.jsonl"))
     assert read(run) == read(ref) and len(read(run)) == 3
   got, want = (json.load(open(d / "eval" / "metrics.json"))["precisions"] for d in (run, ref))

@@ -134,11 +134,11 @@ def test_table_save_load_concat_and_errors(tmp_path):
 
 def test_mismatched_embedding_width_is_a_clear_error():
   t = _table(4, dim=64)
-  with pytest.raises(UserError, match="embedding width 64 does not match the router's 128"):
+  with pytest.raises(UserError, match="step input width 64 does not match the router.s 128"):
     data.validate(t, embed_dim=128)
   params = model.init_params(_cfg(), embed_dim=128, seed=0)
   zw, mask = data.windows(t.z, t.offsets, np.arange(4), 8)
-  with pytest.raises(UserError, match="embedding width 64 does not match the router's 128"):
+  with pytest.raises(UserError, match="step input width 64 does not match the router.s 128"):
     model.p_high(params, _cfg(), zw, mask)
 
 

@@ -57,8 +57,10 @@ def test_embeddings_and_probes_equal_fresh_computations(policy, variants, valid_
     np.testing.assert_allclose(agent_lib.decode_z(d.info["z"]), want_z, atol=2e-2, rtol=2e-2)  # z is stored f16
     np.testing.assert_allclose(row.z[-1], want_z, atol=1e-2, rtol=1e-2)     # bf16 activations
     for name in ("f32", "int4"):
+      # int4 embeds and scores in one pass on its cache, the reference in two from scratch: with bf16
+      # activations the continuations' log-probs (sums over ~5 tokens) round apart by a few 1e-2.
       np.testing.assert_allclose(d.info["probe_logits"][name], _log_scores(variants[name], tok, ctx, _view(game, t).admissible),
-                                 atol=5e-3)
+                                 atol=5e-3 if name == "f32" else 5e-2)
     assert d.info["precision"] == ("f32" if t % 3 == 0 else "int4")
     acting = d.info["probe_logits"][d.info["precision"]]
     assert d.action == _view(game, t).admissible[int(np.argmax(acting))]   # acted on the probed scores
@@ -73,11 +75,13 @@ def test_steps_record_each_tiers_work_for_the_cost_model(policy, variants, valid
   for t in range(7):
     d = agent([_view(valid_seen[0], t)])[0]
     work, length = d.info["tokens"], agent.rows[0].history.length
-    assert set(work) == {"int4", "f32"} if t % 3 == 2 else {"int4"}
+    assert set(work) == ({"int4", "f32"} if t % 3 == 2 else {"int4"})
     for name, w in work.items():
       cached[name] += w["prefill"]
       assert cached[name] == length                           # caught up on exactly the context it lacked
       assert (w.get("score", 0) > 0) == (name == d.info["precision"]) and "decode" not in w
+      # Passes: the embedding's prefill, then scoring when the embedding tier acts; one fused pass otherwise.
+      assert w["calls"] == (2 if name == "int4" == d.info["precision"] else 1)
   assert 0 < cached["f32"] < cached["int4"] == length           # f32 last ran at step 5: it lags
 
 

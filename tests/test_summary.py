@@ -1,7 +1,7 @@
 import pytest
 
 from mpr.eval import summary
-from mpr.records import Episode, Step
+from mpr.records import UNATTRIBUTED, Episode, Step
 
 
 def _ep(task, won, n):
@@ -47,6 +47,7 @@ def test_episode_logs_written_before_typed_step_fields_still_load():
   e = Episode.from_json(old)
   s = e.steps[0]
   assert e.reset_seconds == 0.5 and e.extra == {}
-  assert s.tokens == {"int4": {"prefill": 40, "score": 9, "decode": 0}} and s.work("score") == 9
+  # Old totals did not say which variant did the work: kept, but unattributed (the cost model refuses them).
+  assert s.tokens == {UNATTRIBUTED: {"prefill": 40, "score": 9, "decode": 0}} and s.work("score") == 9
   assert (s.router_seconds, s.z, s.action_probs, s.extra) == (0.001, "AAA=", [1.0], {"other": 1})
   assert Episode.from_json(e.to_json()) == e

@@ -49,8 +49,7 @@ MODES = ("score", "generate")
 # Step embeddings z are stored (and routed on) at this precision: half the log size of float32, and a
 # router reading live z and one replaying logged z see the same numbers (computed in float32, held in float16).
 Z_DTYPE = np.float16
-# Decimals of the action log-scores a probe logs (Step.probe_logits); routes that read them live round alike.
-PROBE_DECIMALS = 5
+PROBE_DECIMALS = 5        # of the action log-scores a probe logs (logged_scores)
 
 
 @dataclasses.dataclass
@@ -229,14 +228,16 @@ class Agent:
     work = [{} for _ in range(n)]                   # per episode: variant -> {kind: tokens} (records.WORK_KINDS)
     last: dict[str, dict] = {}                      # variant -> {slot: last hidden}, once caught up
 
-    def count(i: int, name: str, kind: str, tokens: int):
+    def count(i: int, name: str, kind: str, n: int):
       w = work[i].setdefault(name, {})
-      w[kind] = w.get(kind, 0) + int(tokens)
+      w[kind] = w.get(kind, 0) + int(n)
 
-    def timed(share: list[int], fn):                # fn's wall time, shared evenly by `share`
+    def timed(share: list[int], fn, name: str):     # one forward pass of `name`: its wall time shared by `share`
       t0 = time.perf_counter()
       out = fn()
       seconds[share] += (time.perf_counter() - t0) / len(share)
+      for i in share:
+        count(i, name, "calls", 1)
       return out
 
     def ready(name: str, share: list[int], score: bool = False):
@@ -246,7 +247,7 @@ class Agent:
       together = score and todo == share
       if todo:
         lasts, counts, z, scored = timed(todo, lambda: self._prefill(name, todo, views, rows,
-                                                                     name == route.embed, together))
+                                                                     name == route.embed, together), name)
         last[name].update(lasts)
         for i in todo:
           count(i, name, "prefill", counts[slots[i]])
@@ -255,17 +256,18 @@ class Agent:
         if together:
           return scored
       if score:
-        return timed(share, lambda: self._logits(name, share, last[name], views, rows))
+        return timed(share, lambda: self._logits(name, share, last[name], views, rows), name)
       return None
 
     everyone = list(range(n))
     scored: dict[str, list] = {}                    # variant -> per episode (log-scores, tokens scored)
     probe = Probe(z=[], logits={})
-    if route.embed is not None:
-      ready(route.embed, everyone)
+    embedded = None
+    if route.embed is not None:      # a probed embedding variant scores in the same pass
+      embedded = ready(route.embed, everyone, score=route.embed in route.probe)
       probe.z = [np.stack(r.z) for r in rows]
     for name in route.probe:
-      scored[name] = ready(name, everyone, score=True)
+      scored[name] = embedded if name == route.embed else ready(name, everyone, score=True)
       probe.logits[name] = [lg for lg, _ in scored[name]]
       for i, (_, k) in enumerate(scored[name]):
         count(i, name, "score", k)
@@ -282,7 +284,8 @@ class Agent:
       group = [i for i, m in enumerate(names) if m == name]
       if self.mode == "generate":
         ready(name, group)
-        for i, (action, info, k) in zip(group, timed(group, lambda: self._generate(name, group, last[name], views))):
+        for i, (action, info, k) in zip(group, timed(group, lambda: self._generate(name, group, last[name], views),
+                                                     name)):
           picks[i] = action, info
           count(i, name, "decode", k)
         continue
@@ -300,7 +303,7 @@ class Agent:
       if p_high is not None:
         info["p_high"] = float(p_high[i])
       if probe.logits:
-        info["probe_logits"] = {m: [round(float(x), PROBE_DECIMALS) for x in lg[i]] for m, lg in probe.logits.items()}
+        info["probe_logits"] = {m: logged_scores(lg[i]) for m, lg in probe.logits.items()}
       if self.record_z:
         info["z"] = encode_z(row.z[-1])
       if v.expert_action is not None:
@@ -376,6 +379,11 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 def _rounded(p: np.ndarray) -> list[float]:
   return [round(float(x), 6) for x in p]
+
+
+def logged_scores(scores: np.ndarray) -> list[float]:
+  """Action log-scores as a probe logs them (Step.probe_logits); routes reading them live round alike."""
+  return [round(float(x), PROBE_DECIMALS) for x in scores]
 
 
 def encode_z(z: np.ndarray) -> str:

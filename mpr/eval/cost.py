@@ -6,18 +6,20 @@
 
   python -m mpr.eval.cost WORKDIR/route_eval h100_costs.json   # a finished evaluation, re-priced
 
-Every step records, per variant, the tokens it prefilled (catch-up on the context: the whole new turn,
-or everything since it last ran after a switch), scored (score mode: the admissible commands) and decoded
-(generate mode) — records.Step.tokens. A variant that ran in a step costs
+Every step records, per variant, its forward passes and the tokens it prefilled (catch-up on the
+context: the whole new turn, or everything since it last ran after a switch), scored (score mode: the
+admissible commands) and decoded (generate mode) — records.Step.tokens. A variant costs in a step
 
-  call + prefill·n_prefill + score·n_score + decode·n_decode      (ms)
+  call·n_calls + prefill·n_prefill + score·n_score + decode·n_decode      (ms)
 
 and a step costs the sum over its variants plus its router time. So a routed step is charged what it
 really runs: the low tier's embedding on every step, catch-up prefill when an episode switches tiers,
 and probes that score with both tiers. Prices are fitted per tier by non-negative least squares on the
 steps where that tier ran alone (the single-tier runs), leaving out compile outliers; or read from a
 JSON table of the same shape, e.g. latencies measured on an accelerator, where CPU wall clock says
-nothing about the speed-up a deployment would see:
+nothing about the speed-up a deployment would see. A call's time is shared by the episodes in it, so
+prices fitted with several episodes in flight (env.num_slots > 1) assume calls as full as the fitted
+runs'; a routed run splits its batch between tiers, so its calls are charged below their cost there.
 
   {"tiers": {"bf16": {"call": 4.1, "prefill": 0.02, "score": 0.02, "decode": 6.3}, "int4": {...}},
    "router_ms": 0.1, "source": "H100, benchmarks/..."}
@@ -47,7 +49,7 @@ Costs = dict   # {"tiers": {tier: {price: ms}}, "router_ms": Optional[float], "s
 
 def _features(step, tier: str) -> np.ndarray:
   w = step.tokens.get(tier, {})
-  return np.array([1.0] + [w.get(k, 0) for k in WORK_KINDS], np.float64)
+  return np.array([w.get(k, 0) for k in ("calls",) + WORK_KINDS], np.float64)
 
 
 def fit(runs: Mapping[str, Sequence[Episode]], outlier: float = 10.0) -> Costs:
@@ -115,10 +117,12 @@ def estimate(costs: Costs, points: Sequence[dict], played: Sequence[Sequence[Epi
   """Adds the estimate to each evaluated point (route_eval's dicts; the first is high only, the base):
   model ms per step and s per episode at these prices, and the speed-up over the base per episode."""
   for p, episodes in zip(points, played):
-    p["model_ms_per_step_est"] = step_ms(costs, episodes)
-    p["model_s_per_episode_est"] = 1e-3 * p["model_ms_per_step_est"] * p["mean_steps"]
+    ms = p["model_ms_per_step_est"] = step_ms(costs, episodes)
+    p["model_s_per_episode_est"] = None if ms is None else 1e-3 * ms * p["mean_steps"]
+  base = points[0]["model_s_per_episode_est"]
   for p in points:
-    p["speedup_est"] = points[0]["model_s_per_episode_est"] / max(p["model_s_per_episode_est"], 1e-12)
+    s = p["model_s_per_episode_est"]
+    p["speedup_est"] = None if s is None or base is None else base / max(s, 1e-12)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -127,7 +131,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   ap.add_argument("stage_dir", help="WORKDIR/route_eval of a finished run")
   ap.add_argument("prices", help="a price table (JSON)")
   args = ap.parse_args(argv)
-  from mpr.stages.route_eval import point_slug   # the stage names its episode logs
+  from mpr.stages.route_eval import point_log   # the stage names its episode logs
   try:
     costs = load_table(args.prices)
     path = os.path.join(args.stage_dir, "results.json")
@@ -137,7 +141,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       points = json.load(f)["points"]
     played = []
     for p in points:
-      log = os.path.join(args.stage_dir, "points", point_slug(p["method"], p["param"]) + ".jsonl")
+      log = point_log(args.stage_dir, p["method"], p["param"])
       if not os.path.isfile(log):
         raise UserError(f"{log} does not exist: the point's episode log is needed to re-price it")
       played.append([Episode.from_json(r) for r in io.read_jsonl(log)])
@@ -149,8 +153,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   print("| method | operating point | high calls % | model ms/step measured | estimated | speed-up estimated |")
   print("|---|---|---:|---:|---:|---:|")
   for p in points:
+    est = "—" if p["speedup_est"] is None else f"{p['model_ms_per_step_est']:.2f} | {p['speedup_est']:.2f}×"
     print(f"| {p['method']} | {p['param'] or '—'} | {100 * p['high_ratio']:.1f} | {p['model_ms_per_step']:.1f} | "
-          f"{p['model_ms_per_step_est']:.2f} | {p['speedup_est']:.2f}× |")
+          f"{est} |")
   return 0
 
 

@@ -11,7 +11,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from mpr.envs.games import TASK_TYPES
-from mpr.records import WORK_KINDS, Episode
+from mpr.records import Episode
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -84,7 +84,9 @@ def step_costs(episodes: Sequence[Episode]) -> dict[str, float]:
       "router_ms": 1e3 * mean(lambda s: s.router_seconds),
       "env_ms": 1e3 * mean(lambda s: s.env_seconds),
       "reset_s": float(np.mean([e.reset_seconds for e in episodes])) if episodes else 0.0,
-      **{f"tokens_{kind}": mean(lambda s: s.work(kind)) for kind in WORK_KINDS},
+      "tokens_prefilled": mean(lambda s: s.work("prefill")),
+      "tokens_scored": mean(lambda s: s.work("score")),
+      "tokens_decoded": mean(lambda s: s.work("decode")),
       "mapped": mean(lambda s: s.mapped),
       "invalid": mean(lambda s: s.action not in s.admissible),
   }

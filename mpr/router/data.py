@@ -61,7 +61,8 @@ def validate(table: StepTable, embed_dim: Optional[int] = None) -> None:
   if len(table.games) != e or table.won.shape != (e,):
     raise UserError(f"step table: {e} episodes but {len(table.games)} games and {table.won.shape[0]} won flags")
   if embed_dim is not None and table.z.shape[1] != embed_dim:
-    raise UserError(f"embedding width {table.z.shape[1]} does not match the router's {embed_dim}")
+    raise UserError(f"step input width {table.z.shape[1]} does not match the router's {embed_dim} "
+                    f"(another embedding model, or other router.inputs?)")
 
 
 def concat(tables: Sequence[StepTable]) -> StepTable:

@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from mpr.agent.agent import PROBE_DECIMALS, decode_z
+from mpr.agent.agent import decode_z, logged_scores
 from mpr.errors import UserError
 from mpr.records import Episode, Step
 from mpr.router import data, labels
@@ -101,5 +101,5 @@ def live_inputs(inputs: Sequence[str], z: np.ndarray, steps: Sequence[Step], log
   """[t+1, F] during a rollout: z [t+1, D] so far, the episode's logged steps, the low tier's log-scores now."""
   history = []
   if needs_low_scores(inputs):
-    history = [_low_logits(s, low) for s in steps] + [np.round(np.asarray(logits, np.float64), PROBE_DECIMALS)]
+    history = [_low_logits(s, low) for s in steps] + [np.asarray(logged_scores(logits), np.float64)]
   return _matrix(inputs, z, *_scores(inputs, history), np.array([0, len(z)]))

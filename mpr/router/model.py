@@ -1,4 +1,5 @@
-"""The router: a small Transformer encoder over the history of frozen step embeddings.
+"""The router: a small Transformer encoder over the history of each step's inputs (the paper's frozen step
+embedding z_t, optionally with cheap signals: mpr.router.features).
 
   cfg = router_config(width=64)
   params = init_params(cfg, embed_dim=D, seed=0)
@@ -6,7 +7,8 @@
   save_router(dir, cfg, params, {"tau": tau}); cfg, params, meta = load_router(dir)
 
 Axes: B rows, L history slots (the last `max_len` steps, right-aligned as `mpr.router.data.windows`
-makes them: padding on the left, the current step at slot L-1), D embedding width, W model width.
+makes them: padding on the left, the current step at slot L-1), D the width of one step's inputs
+(router.json's `embed_dim`: z's width, plus one per extra input), W model width.
 Logits are [B, 2] with index HIGH = 1 the high-precision tier and 0 the low one.
 
 Padded slots are zeroed before any arithmetic and masked as attention keys, so whatever they hold
@@ -138,7 +140,8 @@ def p_high(params: dict, cfg: ml_collections.ConfigDict, z, mask) -> jax.Array:
   passing every ragged batch size.
   """
   if z.shape[-1] != embed_dim(params):
-    raise UserError(f"embedding width {z.shape[-1]} does not match the router's {embed_dim(params)}")
+    raise UserError(f"step input width {z.shape[-1]} does not match the router's {embed_dim(params)} "
+                    f"(another embedding model, or other router.inputs?)")
   return _p_high(from_config(cfg), params, jnp.asarray(z, jnp.float32), jnp.asarray(mask, bool))
 
 

@@ -42,8 +42,8 @@ def comparison_table(results: dict, reference: str, title: str) -> str:
     fid = f"{f['kl']:.4f} | {100 * f['argmax_agreement']:.1f}" if f and f["tokens"] else "— | —"
     lines.append(f"| {name} | {r['weight_bytes'] / 2**20:.2f} | {100 * o['success']:.1f} | "
                  f"{100 * lo:.1f}–{100 * hi:.1f} | {delta} | {fid} | {o['mean_steps']:.1f} | {c['model_ms']:.1f} | "
-                 f"{c['env_ms']:.1f} | {c['tokens_prefill']:.0f} | "
-                 f"{c['tokens_score'] + c['tokens_decode']:.0f} | {100 * c['mapped']:.1f} |")
+                 f"{c['env_ms']:.1f} | {c['tokens_prefilled']:.0f} | "
+                 f"{c['tokens_scored'] + c['tokens_decoded']:.0f} | {100 * c['mapped']:.1f} |")
   return "\n".join(lines) + "\n"
 
 

@@ -96,6 +96,11 @@ def point_slug(method: str, param) -> str:
   return re.sub(r"[^A-Za-z0-9.=_-]+", "_", f"{method}_{param}" if param else method)
 
 
+def point_log(sdir: str, method: str, param) -> str:
+  """The episode log of a point in a route_eval folder."""
+  return os.path.join(sdir, "points", point_slug(method, param) + ".jsonl")
+
+
 def run(config, sdir: str) -> dict:
   env, ec, tiers = config.env, config.eval, config.tiers
   collect.check_tiers(tiers)
@@ -133,8 +138,7 @@ def run(config, sdir: str) -> dict:
     def play(method: str, param, route, share=None, matches=None) -> dict:
       agent = agent_lib.from_config(config.agent, policy.tok, variants, rows=pool.num_slots, route=route,
                                     seed=config.seed)
-      eps = play_logged(pool, [(g, config.seed) for g in games], agent,
-                        os.path.join(sdir, "points", point_slug(method, param) + ".jsonl"),
+      eps = play_logged(pool, [(g, config.seed) for g in games], agent, point_log(sdir, method, param),
                         progress=f"{method} {param or ''}".strip())
       points.append({**point(method, param, eps, hi, share), **({"matches": matches} if matches else {})})
       played.append(eps)

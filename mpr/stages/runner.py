@@ -4,7 +4,8 @@
   DIR/<stage>/inputs.json    digests of what else it reads: model files, game source, earlier stages
   DIR/<stage>/log.txt        everything the stage logged (log.host<i>.txt from host i > 0 of a multi-host run)
   DIR/<stage>/provenance.json  one entry per run of the stage (start and every resume): git commit and
-                             dirty flag, package versions, devices (mpr.provenance)
+                             dirty flag, package versions, devices (mpr.provenance); every host's
+                             when several run it
   DIR/<stage>/metrics.json   written atomically when the stage finishes: its presence means done
                              (with the env engine its episodes were played on, for stages that play,
                              and the provenance summary: commits, dirty, mixed)
@@ -185,7 +186,8 @@ def _record_run(sdir: str) -> list[dict]:
     hosts.sync(f"provenance of {sdir}")
     stem, ext = os.path.splitext(path)
     snap["hosts"] = [io.read_json(f"{stem}.host{i}{ext}") for i in range(hosts.count())]
-    hosts.sync(f"provenance of {sdir} read")      # before host 0 rewrites provenance.json
+    hosts.sync(f"provenance of {sdir} read")      # every host has read every file before they go
+    os.remove(hosts.host_path(path))
   runs.append(snap)
   if hosts.is_primary():
     io.atomic_write_json(path, {"runs": runs})
