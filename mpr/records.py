@@ -9,9 +9,11 @@ import dataclasses
 from typing import Any, Optional
 
 
-# The work of one variant in one step: its forward passes ("calls") and tokens by kind, prefilled
-# (catching up on the context), scored (admissible commands, score mode) and decoded (generate mode).
-# The cost model (mpr.eval.cost) prices a call and a token of each kind per tier.
+# The work of one variant in one step: its forward passes by kind (prefill only, e.g. the embedding;
+# scoring commands, with or without a prefill in the same pass; a decode loop) and its tokens by kind,
+# prefilled (catching up on the context), scored (admissible commands, score mode) and decoded (generate
+# mode). The cost model (mpr.eval.cost) prices each per tier.
+PASS_KINDS = ("prefill_calls", "score_calls", "decode_calls")
 WORK_KINDS = ("prefill", "score", "decode")
 
 
@@ -27,7 +29,7 @@ class Step:
   p_high: Optional[float] = None        # the router's p(high), when a router decided
   model_seconds: float = 0.0            # every model call of the step, the router's included
   router_seconds: float = 0.0
-  tokens: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)  # variant -> {"calls", WORK_KINDS: n}
+  tokens: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)  # variant -> {PASS_KINDS, WORK_KINDS: n}
   action_probs: Optional[list[float]] = None     # score mode: the distribution the action was drawn from
   action_logprob: Optional[float] = None
   generated: Optional[str] = None       # generate mode: the acting variant's text ...

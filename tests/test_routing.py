@@ -81,7 +81,9 @@ def test_steps_record_each_tiers_work_for_the_cost_model(policy, variants, valid
       assert cached[name] == length                           # caught up on exactly the context it lacked
       assert (w.get("score", 0) > 0) == (name == d.info["precision"]) and "decode" not in w
       # Passes: the embedding's prefill, then scoring when the embedding tier acts; one fused pass otherwise.
-      assert w["calls"] == (2 if name == "int4" == d.info["precision"] else 1)
+      want = ({"prefill_calls": 1, "score_calls": 1} if name == "int4" == d.info["precision"]
+              else {"prefill_calls": 1} if name == "int4" else {"score_calls": 1})
+      assert {k: v for k, v in w.items() if k.endswith("_calls")} == want
   assert 0 < cached["f32"] < cached["int4"] == length           # f32 last ran at step 5: it lags
 
 
@@ -188,12 +190,13 @@ def test_pipeline_end_to_end_on_a_few_real_games(tmp_path, alfworld_data, run_ho
   assert set(res["setting"]["cost_model"]["tiers"]) == {tiers["high"], tiers["low"]}
   assert by["high only"]["speedup_est"] == 1.0 and all(pt["model_ms_per_step_est"] > 0 for pt in res["points"])
   prices = tmp_path / "prices.json"
-  prices.write_text(json.dumps({"tiers": {t: {"call": 1.0, "prefill": 0.0, "score": 0.0, "decode": 0.0}
-                                          for t in (tiers["high"], tiers["low"])}, "router_ms": 0.0}))
+  one_ms_a_pass = {"prefill_calls": 1.0, "score_calls": 1.0, "decode_calls": 1.0, "prefill": 0.0, "score": 0.0,
+                   "decode": 0.0}
+  prices.write_text(json.dumps({"tiers": {t: one_ms_a_pass for t in (tiers["high"], tiers["low"])}, "router_ms": 0.0}))
   p = subprocess.run([sys.executable, "-m", "mpr.eval.cost", str(tmp_path / "route_eval"), str(prices)],
                      cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert p.returncode == 0, p.stderr[-3000:]
-  assert "| high only | — | 100.0 |" in p.stdout and "| 1.00 | 1.00× |" in p.stdout   # one call a step
+  assert "| high only | — | 100.0 |" in p.stdout and "| 1.00 | 1.00× |" in p.stdout   # one pass a step
   # route_eval with only the KL-ST router: the same games, its points and their random baselines.
   solo = tmp_path / "solo"
   for stage in ("collect", "router_sl"):

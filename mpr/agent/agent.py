@@ -232,12 +232,12 @@ class Agent:
       w = work[i].setdefault(name, {})
       w[kind] = w.get(kind, 0) + int(n)
 
-    def timed(share: list[int], fn, name: str):     # one forward pass of `name`: its wall time shared by `share`
-      t0 = time.perf_counter()
+    def timed(share: list[int], fn, name: str, kind: str):   # one pass of `name` (records.PASS_KINDS),
+      t0 = time.perf_counter()                                  # its wall time shared by `share`
       out = fn()
       seconds[share] += (time.perf_counter() - t0) / len(share)
       for i in share:
-        count(i, name, "calls", 1)
+        count(i, name, kind, 1)
       return out
 
     def ready(name: str, share: list[int], score: bool = False):
@@ -247,7 +247,8 @@ class Agent:
       together = score and todo == share
       if todo:
         lasts, counts, z, scored = timed(todo, lambda: self._prefill(name, todo, views, rows,
-                                                                     name == route.embed, together), name)
+                                                                     name == route.embed, together),
+                                         name, "score_calls" if together else "prefill_calls")
         last[name].update(lasts)
         for i in todo:
           count(i, name, "prefill", counts[slots[i]])
@@ -256,7 +257,7 @@ class Agent:
         if together:
           return scored
       if score:
-        return timed(share, lambda: self._logits(name, share, last[name], views, rows), name)
+        return timed(share, lambda: self._logits(name, share, last[name], views, rows), name, "score_calls")
       return None
 
     everyone = list(range(n))
@@ -285,7 +286,7 @@ class Agent:
       if self.mode == "generate":
         ready(name, group)
         for i, (action, info, k) in zip(group, timed(group, lambda: self._generate(name, group, last[name], views),
-                                                     name)):
+                                                     name, "decode_calls")):
           picks[i] = action, info
           count(i, name, "decode", k)
         continue

@@ -1,27 +1,30 @@
-"""What a step costs, from the work it did: per-tier prices of a model call and of each token.
+"""What a step costs, from the work it did: per-tier prices of each kind of forward pass and of each token.
 
-  costs = fit({"bf16": high_only_episodes, "int2": low_only_episodes})   # prices measured on this machine
-  costs = load_table("h100_costs.json")                                 # or prices measured elsewhere
+  costs = fit([high_only, low_only, routed], ["bf16", "int2"])   # prices measured on this machine
+  costs = load_table("h100_costs.json")                         # or prices measured elsewhere
   ms = step_ms(costs, episodes)            # mean model ms per step those prices give a routed run
 
   python -m mpr.eval.cost WORKDIR/route_eval h100_costs.json   # a finished evaluation, re-priced
 
-Every step records, per variant, its forward passes and the tokens it prefilled (catch-up on the
-context: the whole new turn, or everything since it last ran after a switch), scored (score mode: the
-admissible commands) and decoded (generate mode) — records.Step.tokens. A variant costs in a step
+Every step records, per variant, its forward passes by kind (prefill only, as the embedding's; scoring
+the commands, with the catch-up prefill in the same pass or not; a decode loop) and the tokens it
+prefilled (catch-up on the context: the whole new turn, or everything since it last ran after a
+switch), scored (score mode: the admissible commands) and decoded (generate mode) —
+records.Step.tokens. A variant costs in a step
 
-  call·n_calls + prefill·n_prefill + score·n_score + decode·n_decode      (ms)
+  Σ_kinds price_kind · n_kind      over PRICES (records.PASS_KINDS + records.WORK_KINDS), in ms
 
 and a step costs the sum over its variants plus its router time. So a routed step is charged what it
 really runs: the low tier's embedding on every step, catch-up prefill when an episode switches tiers,
-and probes that score with both tiers. Prices are fitted per tier by non-negative least squares on the
-steps where that tier ran alone (the single-tier runs), leaving out compile outliers; or read from a
-JSON table of the same shape, e.g. latencies measured on an accelerator, where CPU wall clock says
-nothing about the speed-up a deployment would see. A call's time is shared by the episodes in it, so
-prices fitted with several episodes in flight (env.num_slots > 1) assume calls as full as the fitted
-runs'; a routed run splits its batch between tiers, so its calls are charged below their cost there.
+and probes that score with both tiers. Prices are fitted jointly by non-negative least squares on the
+steps of several runs (route_eval: all its points; single-tier runs alone never show a prefill-only
+pass), leaving out each run's compile outliers; or read from a JSON table of the same shape, e.g.
+latencies measured on an accelerator, where CPU wall clock says nothing about the speed-up a
+deployment would see. A pass's time is shared by the episodes in it, so prices fitted with several
+episodes in flight (env.num_slots > 1) hold for passes as full as the fitted runs'.
 
-  {"tiers": {"bf16": {"call": 4.1, "prefill": 0.02, "score": 0.02, "decode": 6.3}, "int4": {...}},
+  {"tiers": {"bf16": {"prefill_calls": 3.0, "score_calls": 4.1, "decode_calls": 0.5, "prefill": 0.02,
+                      "score": 0.02, "decode": 6.3}, "int4": {...}},
    "router_ms": 0.1, "source": "H100, benchmarks/..."}
 
 `router_ms` is optional (default: the router time each run measured). benchmarks/tier_prices.py
@@ -33,43 +36,48 @@ import argparse
 import json
 import os
 import sys
-from typing import Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from scipy.optimize import nnls
 
 from mpr import io
 from mpr.errors import UserError
-from mpr.records import WORK_KINDS, Episode
+from mpr.records import PASS_KINDS, WORK_KINDS, Episode
 
-PRICES = ("call",) + WORK_KINDS
+PRICES = PASS_KINDS + WORK_KINDS
 
 Costs = dict   # {"tiers": {tier: {price: ms}}, "router_ms": Optional[float], "source": str}
 
 
 def _features(step, tier: str) -> np.ndarray:
   w = step.tokens.get(tier, {})
-  return np.array([w.get(k, 0) for k in ("calls",) + WORK_KINDS], np.float64)
+  return np.array([w.get(k, 0) for k in PRICES], np.float64)
 
 
-def fit(runs: Mapping[str, Sequence[Episode]], outlier: float = 10.0) -> Costs:
-  """Per-tier prices from runs where each tier acted alone (tier -> its episodes).
+def fit(runs: Sequence[Sequence[Episode]], tiers: Sequence[str], outlier: float = 10.0) -> Costs:
+  """Prices of `tiers`, fitted jointly to every step of `runs` (each a list of episodes).
 
-  Steps slower than `outlier` × the run's median are compiles, not the tier's cost (as in
-  summary.step_costs). A kind of work a run never did (decode in score mode) gets price 0."""
-  tiers = {}
-  for tier, episodes in runs.items():
-    steps = [s for e in episodes for s in e.steps if set(s.tokens) == {tier}]
-    if len(steps) < len(PRICES):
-      raise UserError(f"cost model: {len(steps)} steps where {tier} ran alone; need at least {len(PRICES)}")
-    x = np.stack([_features(s, tier) for s in steps])
-    y = np.array([1e3 * (s.model_seconds - s.router_seconds) for s in steps])
-    keep = y <= outlier * np.median(y)
-    used = x[keep].any(axis=0)
-    price = np.zeros(len(PRICES))
-    price[used] = nnls(x[keep][:, used], y[keep])[0]
-    tiers[tier] = dict(zip(PRICES, map(float, price)))
-  return {"tiers": tiers, "router_ms": None, "source": "fitted to this run's single-tier points"}
+  Steps slower than `outlier` × their run's median are compiles, not the tiers' cost (as in
+  summary.step_costs). A kind of work no step did (decode in score mode) gets price 0."""
+  x, y = [], []
+  for episodes in runs:
+    steps = [s for e in episodes for s in e.steps]
+    others = sorted({t for s in steps for t in s.tokens} - set(tiers))
+    if others:
+      raise UserError(f"cost model: steps ran tier(s) {others}, not among {list(tiers)}")
+    ms = np.array([1e3 * (s.model_seconds - s.router_seconds) for s in steps])
+    keep = ms <= outlier * np.median(ms) if steps else np.zeros(0, bool)
+    x += [np.concatenate([_features(s, t) for t in tiers]) for s, k in zip(steps, keep) if k]
+    y += list(ms[keep])
+  used = np.stack(x).any(axis=0) if x else np.zeros(0, bool)
+  if len(y) < max(1, 2 * used.sum()):
+    raise UserError(f"cost model: {len(y)} steps cannot price {int(used.sum())} kinds of work")
+  price = np.zeros(len(tiers) * len(PRICES))
+  price[used] = nnls(np.stack(x)[:, used], np.asarray(y))[0]
+  return {"tiers": {t: dict(zip(PRICES, map(float, price[i * len(PRICES):(i + 1) * len(PRICES)])))
+                    for i, t in enumerate(tiers)},
+          "router_ms": None, "source": "fitted to the steps of every point of this run"}
 
 
 def _is_ms(v) -> bool:

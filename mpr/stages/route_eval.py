@@ -17,8 +17,8 @@ in mpr.eval.report), high ratio (share of steps on the high tier), and cost: mod
 (every model call of a step: embedding, probes, router, acting; mean ms per step without compile
 outliers × mean steps) → measured speed-up vs high only; and the cost model's estimate (mpr.eval.cost):
 each step priced by the calls and tokens each tier ran in it (catch-up prefill on switches and the low
-tier's embedding included), at per-tier prices fitted to this run's high-only and low-only points
-(`python -m mpr.eval.cost` re-prices the logged points with another device's prices). Episode logs per
+tier's embedding included), at per-tier prices fitted to all this run's points (`python -m
+mpr.eval.cost` re-prices the logged points with another device's prices). Episode logs per
 point under points/ make the stage resumable. Writes results.json, table1.md, table2.md, pareto.png / pareto.svg (mpr.eval.report) and
 prints Table 1.
 """
@@ -155,7 +155,7 @@ def run(config, sdir: str) -> dict:
       for method, (make, fmt) in rules.items():
         play(method, f"q={q:.2f} " + fmt.format(th[method][q]), make(hi, lo, th[method][q]), q)
 
-  costs = cost.fit({hi: played[0], lo: played[1]})     # the high-only and low-only points
+  costs = cost.fit(played, [hi, lo])
   cost.estimate(costs, points, played)
   for p in points:
     p["speedup"] = points[0]["model_s_per_episode"] / max(p["model_s_per_episode"], 1e-12)
