@@ -225,7 +225,7 @@ class Agent:
     slots = [v.slot for v in views]
     n, route = len(views), self.route
     seconds = np.zeros(n)                           # model time charged to each episode's step
-    work = [{} for _ in range(n)]                   # per episode: variant -> {kind: tokens} (records.WORK_KINDS)
+    work = [{} for _ in range(n)]                   # per episode: variant -> {kind: n} (records.PASS_KINDS, WORK_KINDS)
     last: dict[str, dict] = {}                      # variant -> {slot: last hidden}, once caught up
 
     def count(i: int, name: str, kind: str, n: int):
@@ -239,6 +239,11 @@ class Agent:
       for i in share:
         count(i, name, kind, 1)
       return out
+
+    def scored_by(name: str, share: list[int], got):   # counts the tokens `name` scored for `share`
+      for i, (_, k) in zip(share, got):
+        count(i, name, "score", k)
+      return got
 
     def ready(name: str, share: list[int], score: bool = False):
       """Catches `name` up on `share`; with `score`, also their (log-scores, tokens scored), in
@@ -255,9 +260,10 @@ class Agent:
           if z:   # rounded to the stored precision: the router sees what the logs replay (encode_z)
             rows[i].z.append(np.asarray(z[slots[i]], Z_DTYPE).astype(np.float32))
         if together:
-          return scored
+          return scored_by(name, share, scored)
       if score:
-        return timed(share, lambda: self._logits(name, share, last[name], views, rows), name, "score_calls")
+        return scored_by(name, share, timed(share, lambda: self._logits(name, share, last[name], views, rows),
+                                            name, "score_calls"))
       return None
 
     everyone = list(range(n))
@@ -270,8 +276,6 @@ class Agent:
     for name in route.probe:
       scored[name] = embedded if name == route.embed else ready(name, everyone, score=True)
       probe.logits[name] = [lg for lg, _ in scored[name]]
-      for i, (_, k) in enumerate(scored[name]):
-        count(i, name, "score", k)
     t0 = time.perf_counter()
     names, p_high = route.choose(views, probe)
     router_seconds = (time.perf_counter() - t0) / n
@@ -290,12 +294,9 @@ class Agent:
           picks[i] = action, info
           count(i, name, "decode", k)
         continue
-      probed = name in scored
-      got = [scored[name][i] for i in group] if probed else ready(name, group, score=True)
-      for i, (lg, k) in zip(group, got):
+      got = [scored[name][i] for i in group] if name in scored else ready(name, group, score=True)
+      for i, (lg, _) in zip(group, got):
         picks[i] = self._pick(name, views[i], lg)
-        if not probed:
-          count(i, name, "score", k)
     decisions = []
     for i, (v, row, (action, info)) in enumerate(zip(views, rows, picks)):
       row.action = action

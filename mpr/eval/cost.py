@@ -43,6 +43,7 @@ from scipy.optimize import nnls
 
 from mpr import io
 from mpr.errors import UserError
+from mpr.eval import summary
 from mpr.records import PASS_KINDS, WORK_KINDS, Episode
 
 PRICES = PASS_KINDS + WORK_KINDS
@@ -55,11 +56,11 @@ def _features(step, tier: str) -> np.ndarray:
   return np.array([w.get(k, 0) for k in PRICES], np.float64)
 
 
-def fit(runs: Sequence[Sequence[Episode]], tiers: Sequence[str], outlier: float = 10.0) -> Costs:
+def fit(runs: Sequence[Sequence[Episode]], tiers: Sequence[str]) -> Costs:
   """Prices of `tiers`, fitted jointly to every step of `runs` (each a list of episodes).
 
-  Steps slower than `outlier` × their run's median are compiles, not the tiers' cost (as in
-  summary.step_costs). A kind of work no step did (decode in score mode) gets price 0."""
+  A run's compile steps (summary.steady) are not the tiers' cost. A kind of work no step did (decode in
+  score mode) gets price 0."""
   x, y = [], []
   for episodes in runs:
     steps = [s for e in episodes for s in e.steps]
@@ -67,7 +68,7 @@ def fit(runs: Sequence[Sequence[Episode]], tiers: Sequence[str], outlier: float 
     if others:
       raise UserError(f"cost model: steps ran tier(s) {others}, not among {list(tiers)}")
     ms = np.array([1e3 * (s.model_seconds - s.router_seconds) for s in steps])
-    keep = ms <= outlier * np.median(ms) if steps else np.zeros(0, bool)
+    keep = summary.steady(ms)
     x += [np.concatenate([_features(s, t) for t in tiers]) for s, k in zip(steps, keep) if k]
     y += list(ms[keep])
   used = np.stack(x).any(axis=0) if x else np.zeros(0, bool)
@@ -114,9 +115,10 @@ def step_ms(costs: Costs, episodes: Sequence[Episode]) -> Optional[float]:
   missing = sorted({t for s in steps for t in s.tokens} - set(costs["tiers"]))
   if missing:
     raise UserError(f"cost model: no prices for tier(s) {missing}; it has {sorted(costs['tiers'])}")
+  prices = {t: np.array([p[k] for k in PRICES]) for t, p in costs["tiers"].items()}
   total = 0.0
   for s in steps:
-    total += sum(float(np.dot([costs["tiers"][t][p] for p in PRICES], _features(s, t))) for t in s.tokens)
+    total += sum(float(prices[t] @ _features(s, t)) for t in s.tokens)
     total += 1e3 * s.router_seconds if costs["router_ms"] is None else costs["router_ms"]
   return total / len(steps)
 
@@ -161,7 +163,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   print("| method | operating point | high calls % | model ms/step measured | estimated | speed-up estimated |")
   print("|---|---|---:|---:|---:|---:|")
   for p in points:
-    est = "—" if p["speedup_est"] is None else f"{p['model_ms_per_step_est']:.2f} | {p['speedup_est']:.2f}×"
+    est = "— | —" if p["speedup_est"] is None else f"{p['model_ms_per_step_est']:.2f} | {p['speedup_est']:.2f}×"
     print(f"| {p['method']} | {p['param'] or '—'} | {100 * p['high_ratio']:.1f} | {p['model_ms_per_step']:.1f} | "
           f"{est} |")
   return 0

@@ -66,6 +66,14 @@ def markdown_table(summary: dict, title: str = "") -> str:
   return "\n".join(lines) + "\n"
 
 
+COMPILE_OUTLIER = 10.0   # a step slower than this × its run's median step compiled something
+
+
+def steady(ms: np.ndarray) -> np.ndarray:
+  """Which of a run's step times are not compiles (see step_costs)."""
+  return ms <= COMPILE_OUTLIER * np.median(ms) if len(ms) else np.zeros(0, bool)
+
+
 def step_costs(episodes: Sequence[Episode]) -> dict[str, float]:
   """Per-step means of what a step cost, and how often the action had to be repaired.
 
@@ -76,7 +84,7 @@ def step_costs(episodes: Sequence[Episode]) -> dict[str, float]:
   n = max(len(steps), 1)
   mean = lambda f: float(sum(f(s) for s in steps) / n)
   ms = np.asarray([1e3 * s.model_seconds for s in steps])
-  keep = ms <= 10 * np.median(ms) if steps else np.zeros(0, bool)
+  keep = steady(ms)
   return {
       "steps": len(steps),
       "model_ms": float(ms[keep].mean()) if steps else 0.0,
