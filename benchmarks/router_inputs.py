@@ -58,8 +58,8 @@ def main() -> None:
       cfg = c.router.copy_and_resolve_references()
       cfg.inputs = inputs
       sc = {k: v for k, v in c.router_sl.to_dict().items() if k != "data"}
-      _, r = sl.train(cfg, sl.sl_config(**{**sc, "seed": seed}), train, val,
-                      os.path.join(args.out, "routers", f"{row['inputs']}_seed{seed}"))
+      _, r = sl.train(cfg, sl.sl_config(**sc), train, val,
+                      os.path.join(args.out, "routers", f"{row['inputs']}_seed{seed}"), seed=seed)
       row["auroc"].append(r["val_auroc"])
       row["ap"].append(r["val_ap"])
     rows.append(row)

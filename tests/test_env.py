@@ -81,3 +81,20 @@ def test_missing_split_falls_back_to_generated_with_notice(tmp_path):
   assert notes[0].startswith("notice:") and "generated" in notes[0] and "\n" not in notes[0]
   with pytest.raises(UserError, match="alfworld-download"):
     find_games("valid_unseen", source="real", data_dir=str(tmp_path / "nothing"))
+
+
+def test_generated_only_split_is_generated_even_beside_real_data(tmp_path, alfworld_data):
+  """test_generated has no released counterpart: it is generated (no notice) wherever real data lives, on
+  seen floor plans, and differs from the other splits' games of the same seed; `real` refuses it."""
+  from mpr.envs import generate
+  notes = []
+  games = find_games("test_generated", source="auto", data_dir=alfworld_data, generated_dir=str(tmp_path),
+                     num_generated=2, seed=100, notify=notes.append)
+  assert len(games) == 2 and not notes and {g.split for g in games} == {"test_generated"}
+  assert all("trial_G100_" in g.game_id for g in games)
+  scenes = {int(g.game_id.split("/")[0].rsplit("-", 1)[1]) for g in games}
+  assert scenes <= set(generate.split_scenes("test_generated")) and not scenes & generate.UNSEEN_SCENES
+  seen = find_games("valid_seen", source="generated", generated_dir=str(tmp_path), num_generated=2, seed=100)
+  check_disjoint(seen, games, "test")
+  with pytest.raises(UserError, match="only as generated games"):
+    find_games("test_generated", source="real", data_dir=alfworld_data)

@@ -11,8 +11,8 @@ from mpr.router import grpo
 
 
 def test_config_defaults_and_overrides():
-  c = grpo.grpo_config(lam=0.5)
-  assert (c.group_size, c.lam, c.clip, c.beta, c.epochs_per_iter) == (8, 0.5, 0.2, 0.1, 2)
+  c = grpo.grpo_config(lams=(0.5,))
+  assert (c.group_size, c.lams, c.clip, c.beta, c.epochs_per_iter, c.seeds) == (8, (0.5,), 0.2, 0.1, 2, (0,))
 
 
 def test_episode_reward_by_hand():

@@ -194,3 +194,34 @@ def test_bad_points_are_user_errors(bad, tmp_path):
     with pytest.raises(UserError):
       fn(bad)
   assert not os.listdir(tmp_path)
+
+
+def test_table3_spreads_each_router_over_its_seeds(tmp_path):
+  games = [f"g{i}" for i in range(10)]
+  def with_outcomes(p, wins, seed=None):
+    p = {**p, "n": 10, "success": wins / 10, "ci": [0.0, 1.0], "outcomes": {g: i < wins for i, g in enumerate(games)}}
+    return p if seed is None else {**p, "seed": seed}
+  points = [with_outcomes(_pt("high only", None, 0.9, 1.0), 9),
+            with_outcomes(_pt("KL-ST", "K=0.5", 0.8, 0.21, share=0.2), 8, seed=0)]
+  seeds = [with_outcomes(_pt("KL-ST", "K=0.4 seed=1", 0.6, 0.19, share=0.2), 6, seed=1),
+           with_outcomes(_pt("KL-ST", "K=0.6 seed=2", 0.7, 0.20, share=0.2), 7, seed=2)]
+  rows = [r for r in report.table3(points, seeds).splitlines() if r.startswith("| KL-ST |")]
+  assert [r.split("|")[3].strip() for r in rows] == ["0", "1", "2", "**mean ± sd (3)**"]
+  assert rows[1].split("|")[5].strip() == "60.0" and rows[1].split("|")[6].strip().startswith("-30.0 [")
+  # success 80 / 60 / 70: mean 70.0, sample sd 10.0; high 21 / 19 / 20: mean 20.0 ± 1.0; Δ vs high −20.0
+  assert [c.strip() for c in rows[3].split("|")[4:7]] == ["20.0 ± 1.0", "**70.0 ± 10.0**", "-20.0"]
+  paths = report.write_report(points, str(tmp_path), shares=(0.2,), seed_points=seeds)
+  assert os.path.exists(paths["table3.md"])
+  assert [p["seed"] for p in json.load(open(paths["results.json"]))["seed_points"]] == [1, 2]
+
+
+def test_learning_curves_plot_every_run(tmp_path):
+  rows = lambda r0: [{"iteration": i + 1, "reward": r0 + 0.1 * i, "success": 0.5, "high_ratio": 0.3, "kl_ref": 0.01 * i}
+                     for i in range(3)]
+  png, svg = str(tmp_path / "c.png"), str(tmp_path / "c.svg")
+  report.learning_curves({"lam=0.1_seed=0": rows(0.2), "lam=0.5_seed=0": rows(0.1)}, png, svg, title="GRPO")
+  assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+  text = open(svg).read()
+  assert "lam=0.1_seed=0" in text and "lam=0.5_seed=0" in text and "KL to reference" in text
+  with pytest.raises(UserError, match="can write"):
+    report.learning_curves({"a": rows(0.0)}, str(tmp_path / "c.pdf"))

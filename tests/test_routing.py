@@ -148,13 +148,20 @@ def _pipeline_args(workdir, *extra):
           *extra]
 
 
+# The full run's shape at toy size: two router seeds, a λ sweep, and a generated evaluation split.
+SWEEP = ("--config.router_sl.seeds=(0,1)", "--config.router_grpo.seeds=(0,1)", "--config.router_grpo.lams=(0.1,0.5)",
+         "--config.eval.generated_split=test_generated", "--config.eval.generated_games=2",
+         "--config.eval.seed_shares=(0.2,)")
+
+
 def test_pipeline_end_to_end_on_a_few_real_games(tmp_path, alfworld_data, run_hosts):
-  """collect → KL-ST → GRPO (and from scratch) → every method on valid_seen → Table 1 and the plot;
+  """collect → KL-ST (two seeds) → GRPO (a λ sweep kept on validation, two seeds; and from scratch) → every
+  method on valid_seen + generated test games → Tables 1–3 and the plots, for both splits and each alone;
   resumed after a kill mid-GRPO; and run again as two jax.distributed hosts sharing the workdir."""
   every = "--config.stages=('collect','router_sl','router_grpo','router_grpo_scratch','route_eval')"
-  p = subprocess.run(_pipeline_args(tmp_path, every), cwd=ROOT, capture_output=True, text=True, timeout=1500)
+  p = subprocess.run(_pipeline_args(tmp_path, every, *SWEEP), cwd=ROOT, capture_output=True, text=True, timeout=1500)
   assert p.returncode == 0, p.stderr[-3000:]
-  assert "Table 1" in p.stdout and "| KL-ST + GRPO |" in p.stdout
+  assert "Table 1" in p.stdout and "| KL-ST + GRPO |" in p.stdout and "Table 3" in p.stdout
   col = json.load(open(tmp_path / "collect" / "metrics.json"))
   assert col["train"]["games"] == 3 and col["train"]["embed_dim"] > 0
   res = json.load(open(tmp_path / "route_eval" / "results.json"))
@@ -165,28 +172,47 @@ def test_pipeline_end_to_end_on_a_few_real_games(tmp_path, alfworld_data, run_ho
   assert by["high only"]["high_ratio"] == 1.0 and by["low only"]["high_ratio"] == 0.0
   assert (tmp_path / "route_eval" / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   svg = (tmp_path / "route_eval" / "pareto.svg").read_text()   # the caption wraps between its fields
-  assert "valid_seen" in svg and "3 episodes/point · seed 0 · fast engine" in svg
+  assert "valid_seen+test_generated" in svg and "5 episodes/point · seed 0 · fast engine" in svg
+  # Each split alone has its own tables, with random played at each router point's realised share on that split.
+  for i, (split, n) in enumerate((("valid_seen", 3), ("test_generated", 2))):
+    alone = json.load(open(tmp_path / "route_eval" / split / "results.json"))
+    assert all(len(pt["outcomes"]) == n for pt in alone["points"]) and set(alone["vs_random"]) == set(res["vs_random"])
+    for gaps in alone["vs_random"].values():
+      for r in gaps:      # random's p per split, in split order: "p=<valid_seen>/<test_generated> (...)"
+        assert r["baseline_param"].split()[0][2:].split("/")[i] == f"{r['high_ratio']:.3f}"
+  # The second router seed plays at the seed share: Table 3 holds both seeds of KL-ST and KL-ST + GRPO.
+  assert {(pt["method"], pt["seed"]) for pt in res["seed_points"]} == {("KL-ST", 1), ("KL-ST + GRPO", 1)}
+  assert "| KL-ST + GRPO | 20.0% | **mean ± sd (2)** |" in open(tmp_path / "route_eval" / "table3.md").read()
   grpo = json.load(open(tmp_path / "router_grpo" / "metrics.json"))
   assert [r["iteration"] for r in grpo["iterations"]] == [1, 2]
-  # GRPO learns from the decisions its rollouts made: p(high) recomputed from the logged embeddings under
-  # the router that played iteration 1 (the KL-ST router) is the p(high) each step recorded.
-  from mpr.router import data as router_data
+  # λ kept on validation; the other seed trained at it; both kept routers saved; curves plotted.
+  assert grpo["lam"] in (0.1, 0.5) and [r["lam"] for r in grpo["selection"]] == [0.1, 0.5]
+  assert set(grpo["runs"]) == {"lam=0.1_decision_seed=0", "lam=0.5_decision_seed=0", f"lam={grpo['lam']:g}_decision_seed=1"}
+  assert (tmp_path / "router_grpo" / "seed_1" / "router" / "router.json").exists()
+  assert (tmp_path / "router_grpo" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  scratch = json.load(open(tmp_path / "router_grpo_scratch" / "metrics.json"))
+  assert scratch["lam"] == grpo["lam"] and list(scratch["runs"]) == [f"lam={grpo['lam']:g}_decision_seed=0"]
+  # GRPO learns from the decisions its rollouts made: p(high) recomputed from the logged inputs under the
+  # router that played iteration 1 (the KL-ST router of its seed) is the p(high) each step recorded.
+  from mpr.router import data as router_data, features
   from mpr.router.model import load_router, p_high
+  from mpr.records import Episode
   cfg, sl_params, _ = load_router(str(tmp_path / "router_sl" / "router"))
-  eps = [json.loads(x) for x in open(tmp_path / "router_grpo" / "rollouts" / "iter_000.jsonl")]
-  z = np.stack([agent_lib.decode_z(s["z"]) for e in eps for s in e["steps"]])
-  offsets = np.cumsum([0] + [len(e["steps"]) for e in eps])
-  zw, mask = router_data.windows(z, offsets, np.arange(len(z)), cfg.max_len)
-  recorded = np.array([s["p_high"] for e in eps for s in e["steps"]])
+  tiers = json.load(open(tmp_path / "route_eval" / "config.json"))["tiers"]
+  run0 = tmp_path / "router_grpo" / "runs" / f"lam={grpo['lam']:g}_decision_seed=0"
+  eps = [Episode.from_json(json.loads(x)) for x in open(run0 / "rollouts" / "iter_000.jsonl")]
+  x = np.concatenate([features.episode_inputs(cfg.inputs, e, tiers["low"]) for e in eps])
+  offsets = np.cumsum([0] + [len(e.steps) for e in eps])
+  zw, mask = router_data.windows(x, offsets, np.arange(len(x)), cfg.max_len)
+  recorded = np.array([s.p_high for e in eps for s in e.steps])
   np.testing.assert_allclose(np.asarray(p_high(sl_params, cfg, zw, mask)), recorded, rtol=1e-5, atol=1e-6)
   # Every method plays at the one pre-set share; each router point has its random point, matched.
   assert {pt["share"] for pt in res["points"] if pt["method"] not in ("high only", "low only")} == {0.2}
   assert set(res["vs_random"]) == {"KL-ST", "KL-ST + GRPO", "GRPO only"}
-  assert all(len(pt["outcomes"]) == 3 for pt in res["points"])
+  assert all(len(pt["outcomes"]) == 5 for pt in res["points"])
   assert set(res["vs_high_only"]) == {f"{pt['method']} {pt['param']}" if pt["param"] else pt["method"]
                                       for pt in res["points"] if pt["method"] != "high only"}
   # The cost model prices both tiers from the single-tier points, and re-prices the logged points.
-  tiers = json.load(open(tmp_path / "route_eval" / "config.json"))["tiers"]
   assert set(res["setting"]["cost_model"]["tiers"]) == {tiers["high"], tiers["low"]}
   assert by["high only"]["speedup_est"] == 1.0 and all(pt["model_ms_per_step_est"] > 0 for pt in res["points"])
   prices = tmp_path / "prices.json"
@@ -201,46 +227,48 @@ def test_pipeline_end_to_end_on_a_few_real_games(tmp_path, alfworld_data, run_ho
   solo = tmp_path / "solo"
   for stage in ("collect", "router_sl"):
     shutil.copytree(tmp_path / stage, solo / stage)
-  p = subprocess.run(_pipeline_args(solo, "--config.stages=('route_eval',)", "--config.eval.num_games=2"),
+  p = subprocess.run(_pipeline_args(solo, "--config.stages=('route_eval',)", "--config.eval.num_games=2", *SWEEP),
                      cwd=ROOT, capture_output=True, text=True, timeout=900)
   assert p.returncode == 0, p.stderr[-3000:]
   solo_res = json.load(open(solo / "route_eval" / "results.json"))
   assert {pt["method"] for pt in solo_res["points"]} & {"KL-ST + GRPO", "GRPO only"} == set()
   assert list(solo_res["vs_random"]) == ["KL-ST"]
 
-  # Resume after a kill mid-GRPO: drop iteration 2's checkpoint and half its episodes, run again.
-  from mpr.router.model import load_router
-  _, want, _ = load_router(str(tmp_path / "router_grpo" / "router"))
+  # Resume after a kill mid-GRPO: drop the seed-1 run's iteration 2 checkpoint and half its episodes, run again.
+  _, want, _ = load_router(str(tmp_path / "router_grpo" / "seed_1" / "router"))
   sdir = tmp_path / "router_grpo"
   for name in ("metrics.json", "summary.md"):
     os.remove(sdir / name)
   shutil.rmtree(sdir / "router")
-  shutil.rmtree(sdir / "ckpt" / "2")
-  log = sdir / "rollouts" / "iter_001.jsonl"
+  shutil.rmtree(sdir / "seed_1")
+  run1 = sdir / "runs" / f"lam={grpo['lam']:g}_decision_seed=1"
+  shutil.rmtree(run1 / "ckpt" / "2")
+  log = run1 / "rollouts" / "iter_001.jsonl"
   routed = lambda text: sorted((r["game"], r["seed"], [(s["precision"], s["action"]) for s in r["steps"]])
                                for r in map(json.loads, text.splitlines()))
   before = routed(log.read_text())
   lines = log.read_text().splitlines(keepends=True)
   log.write_text("".join(lines[:len(lines) // 2]) + lines[len(lines) // 2][:40])   # and a torn line
-  p = subprocess.run(_pipeline_args(tmp_path, "--config.stages=('router_grpo',)"), cwd=ROOT, capture_output=True,
-                     text=True, timeout=900)
+  p = subprocess.run(_pipeline_args(tmp_path, "--config.stages=('router_grpo',)", *SWEEP), cwd=ROOT,
+                     capture_output=True, text=True, timeout=900)
   assert p.returncode == 0, p.stderr[-3000:]
   assert routed(log.read_text()) == before            # the same routing decisions and actions
+  assert json.load(open(sdir / "metrics.json"))["lam"] == grpo["lam"]     # the selection is replayed from its logs
   # The partly logged wave is replayed whole, in the same batches: the same z, the same router.
-  _, got = load_router(str(sdir / "router"))[:2]
+  _, got = load_router(str(sdir / "seed_1" / "router"))[:2]
   for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
   # τ outside the collected KL range: one line, exit 2 (in a fresh workdir over the same data).
   other = tmp_path / "tau"
   shutil.copytree(tmp_path / "collect", other / "collect")
-  _exit_2(_pipeline_args(other, "--config.stages=('router_sl',)", "--config.router_sl.tau=50.0"),
+  _exit_2(_pipeline_args(other, "--config.stages=('router_sl',)", "--config.router_sl.tau=50.0", *SWEEP),
           "outside the KL data range")
 
   # Two hosts: each plays its share of every stage's episodes into its own log, all train on the merged
   # logs. The episodes are the one-host run's; logs and checkpoints that one host owns are written once.
   two = tmp_path / "two_hosts"
-  procs = run_hosts(_pipeline_args(two), 2, timeout=1500)
+  procs = run_hosts(_pipeline_args(two, *SWEEP), 2, timeout=1500)
   for p in procs:
     assert p.returncode == 0, p.stderr[-3000:]
     assert "| KL-ST + GRPO |" in p.stdout
@@ -249,11 +277,13 @@ def test_pipeline_end_to_end_on_a_few_real_games(tmp_path, alfworld_data, run_ho
   shares = [played(two / "collect" / f"episodes_train.host{i}.jsonl") for i in range(2)]
   assert shares[0] and shares[1] and not {e[0] for e in shares[0]} & {e[0] for e in shares[1]}
   assert sorted(shares[0] + shares[1]) == played(tmp_path / "collect" / "episodes_train.jsonl")
-  assert [json.loads(x)["iteration"] for x in open(two / "router_grpo" / "iterations.jsonl")] == [1, 2]
+  two_run = two / "router_grpo" / "runs" / f"lam={grpo['lam']:g}_decision_seed=0"
+  assert [json.loads(x)["iteration"] for x in open(two_run / "iterations.jsonl")] == [1, 2]
   runs = json.load(open(two / "collect" / "provenance.json"))["runs"]
   assert len(runs) == 1 and [h["processes"] for h in runs[0]["hosts"]] == [2, 2]   # every host's code
-  assert [json.loads(x)["step"] for x in open(two / "router_grpo" / "tb" / "metrics.jsonl")] == [1, 2]
-  assert (two / "router_grpo" / "ckpt" / "2").is_dir() and (two / "router_grpo" / "router" / "router.json").exists()
+  assert [json.loads(x)["step"] for x in open(two_run / "tb" / "metrics.jsonl")] == [1, 2]
+  assert (two_run / "ckpt" / "2").is_dir() and (two / "router_grpo" / "router" / "router.json").exists()
+  assert json.load(open(two / "router_grpo" / "metrics.json"))["lam"] == grpo["lam"]
   fixed = lambda root: {(pt["method"], pt["success"], pt["high_ratio"])
                         for pt in json.load(open(root / "route_eval" / "results.json"))["points"]
                         if pt["method"] in ("high only", "low only", "first-k")}
@@ -269,6 +299,11 @@ def _exit_2(args, needle):
     ("collect", "--config.tiers.low=int9", "int9"),
     ("router_sl", "--config.router_sl.quantile=0.5", "steps_train.npz"),        # no collect stage ran
     ("router_grpo", "--config.router_grpo.group_size=1", "group_size"),
+    ("router_grpo", "--config.router_grpo.lams=(0.1,0.1)", "router_grpo.lams must be distinct"),
+    ("router_grpo", "--config.router_grpo.loss_means=('episode','mean')", "loss_means must be among"),
+    ("router_sl", "--config.router_sl.seeds=(1,1)", "router_sl.seeds must be distinct"),
+    ("route_eval", "--config.eval.seed_shares=(0.4,)", "must be among eval.shares"),
+    ("route_eval", "--config.eval.generated_split=valid_seen", "would be played twice"),
     ("route_eval", "--config.eval.shares=(0.2,)", "no trained router"),
     ("route_eval", "--config.eval.shares=(0.2,0.2)", "distinct shares"),
     ("collect", "--config.collect.val_split=train", "both 'train'"),

@@ -29,8 +29,14 @@ TASK_TYPES = (
     "pick_two_obj_and_place",
 )
 
-# Splits that `mpr.envs.generate` makes when real data is absent, with the real split sizes.
-GENERATED_SPLIT_SIZES = {"train": 3553, "valid_seen": 140, "valid_train": 200, "valid_unseen": 134}
+# Splits that only `mpr.envs.generate` makes, never the released data: `test_generated` is a fixed
+# evaluation split on the seen floor plans (its name keys its games apart from every other split's),
+# for reporting only, never for training or choosing anything.
+GENERATED_ONLY_SPLITS = {"test_generated": 360}
+
+# Splits that `mpr.envs.generate` makes (when real data is absent: with the real split sizes).
+GENERATED_SPLIT_SIZES = {"train": 3553, "valid_seen": 140, "valid_train": 200, "valid_unseen": 134,
+                         **GENERATED_ONLY_SPLITS}
 
 # The file `mpr.envs.generate` keeps in each generated split folder (real splits have none).
 COMPLETE_MARKER = ".complete"
@@ -128,7 +134,11 @@ def find_games(split: str, *, source: str = "auto", data_dir: Optional[str] = No
   data_dir = real_data_dir(data_dir)
 
   games = None
-  if source in ("auto", "real"):
+  if split in GENERATED_ONLY_SPLITS:
+    if source == "real":
+      raise UserError(f"split {split!r} exists only as generated games (mpr.envs.generate); it needs "
+                      "env.source 'auto' or 'generated', not 'real'")
+  elif source in ("auto", "real"):
     where = f"{split_dir(data_dir, split)} does not exist"
     if os.path.isdir(split_dir(data_dir, split)):
       games = _scan_split(split_dir(data_dir, split), split)

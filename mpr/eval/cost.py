@@ -151,10 +151,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       points = json.load(f)["points"]
     played = []
     for p in points:
-      log = point_log(args.stage_dir, p["method"], p["param"])
-      if not os.path.isfile(log):
-        raise UserError(f"{log} does not exist: the point's episode log is needed to re-price it")
-      played.append([Episode.from_json(r) for r in io.read_jsonl(log)])
+      # A point's episodes: those of its games in its logs (paths relative to results.json; a random point
+      # matched split by split has one per split, a table of one split reads the logs of all).
+      logs = [os.path.join(args.stage_dir, f) for f in p["logs"]] if "logs" in p else \
+             [point_log(args.stage_dir, p["method"], p["param"])]
+      missing = [f for f in logs if not os.path.isfile(f)]
+      if missing:
+        raise UserError(f"{missing[0]} does not exist: the point's episode log is needed to re-price it")
+      episodes = [Episode.from_json(r) for f in logs for r in io.read_jsonl(f)]
+      games = p.get("outcomes")       # None in results written before per-game outcomes
+      played.append([e for e in episodes if games is None or e.game in games])
     estimate(costs, points, played)
   except UserError as e:
     print(f"cost: error: {e}", file=sys.stderr)

@@ -25,6 +25,7 @@ import os
 from typing import Optional, Sequence
 
 import matplotlib
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -276,6 +277,34 @@ def table2(points: Sequence[dict], methods: Sequence[str] = ("KL-ST", "GRPO only
   return "\n".join(lines) + "\n"
 
 
+def table3(points: Sequence[dict], seed_points: Sequence[dict], reference: str = "high only") -> str:
+  """Markdown: the spread over router training seeds. Per router and pre-set share, each seed's success,
+  realised share and paired Δ vs `reference`, then their mean ± sample standard deviation.
+
+  `points` hold the reference seed's points (and the reference); `seed_points` the other seeds' (each
+  with its `seed`) at the shares they were played."""
+  points, seed_points = _check(points), _check(seed_points)
+  ref = next(p for p in points if p["method"] == reference)
+  lines = ["**Table 3.** Spread over router training seeds: success % and Δ in points vs " + reference
+           + " (paired) per seed, then mean ± sd over seeds.", "",
+           "| method | pre-set share | seed | high calls % | success % | Δ vs " + reference + " |",
+           "|---|---:|---:|---:|---:|---|"]
+  keys = sorted({(p["method"], p["share"]) for p in seed_points},
+                key=lambda k: (METHOD_ORDER.index(k[0]) if k[0] in METHOD_ORDER else len(METHOD_ORDER), k[1]))
+  for method, q in keys:
+    rows = [p for p in [_at_share(points, method, q)] if p is not None]
+    rows += sorted((p for p in seed_points if (p["method"], p["share"]) == (method, q)), key=lambda p: p["seed"])
+    for p in rows:
+      lines.append(f"| {method} | {_pct(q)}% | {p.get('seed', '—')} | {_pct(p['high_ratio'])} | "
+                   f"{_pct(p['success'])} | {_delta(_paired(p, ref), p['success'] - ref['success'])} |")
+    succ = np.array([p["success"] for p in rows])
+    high = np.array([p["high_ratio"] for p in rows])
+    sd = lambda x: float(x.std(ddof=1)) if len(x) > 1 else 0.0
+    lines.append(f"| {method} | {_pct(q)}% | **mean ± sd ({len(rows)})** | {_pct(high.mean())} ± {_pct(sd(high))} | "
+                 f"**{_pct(succ.mean())} ± {_pct(sd(succ))}** | {100 * (succ.mean() - ref['success']):+.1f} |")
+  return "\n".join(lines) + "\n"
+
+
 # --- plot ----------------------------------------------------------------------------------------
 
 REFERENCES = ("high only", "low only")   # one tier throughout: horizontal lines, not points at 0% / 100%
@@ -383,11 +412,42 @@ def pareto_plot(points: Sequence[dict], *paths: str, caption: Optional[str] = No
         fig.savefig(f, **_FORMATS[os.path.splitext(path)[1].lower()])
 
 
+CURVES = (("reward", "reward", 1.0), ("success", "success (%)", 100.0), ("high_ratio", "high calls (%)", 100.0),
+          ("kl_ref", "KL to reference", 1.0))
+
+
+def learning_curves(runs: dict[str, Sequence[dict]], *paths: str, title: Optional[str] = None) -> None:
+  """GRPO's learning curves, one line per run (name -> its iteration rows): reward, success, high share
+  and KL to the reference router per iteration, in a 2 × 2 grid, written to each of `paths` atomically."""
+  bad = [p for p in paths if os.path.splitext(p)[1].lower() not in _FORMATS]
+  if bad:
+    raise UserError(f"learning_curves: can write {sorted(_FORMATS)} files, not {bad}")
+  with matplotlib.rc_context(_RC):
+    fig = Figure(figsize=(7.0, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 2, sharex=True).ravel()
+    for (name, rows), color in zip(runs.items(), itertools.cycle(_ROUTER_COLORS)):
+      for ax, (key, label, scale) in zip(axes, CURVES):
+        ax.plot([r["iteration"] for r in rows], [scale * r[key] for r in rows], color=color, linewidth=1.0,
+                marker="o", markersize=2, label=name)
+        ax.set_ylabel(label)
+    for ax in axes[2:]:
+      ax.set_xlabel("iteration")
+    axes[1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, frameon=False)
+    if title:
+      fig.suptitle(title, fontsize=7)
+    for path in paths:
+      with atomic_open(path, "wb") as f:
+        fig.savefig(f, **_FORMATS[os.path.splitext(path)[1].lower()])
+
+
 # --- everything ----------------------------------------------------------------------------------
 
 def write_report(points: Sequence[dict], outdir: str, shares: Sequence[float] = (0.1, 0.2, 0.3, 0.5),
-                 caption: Optional[str] = None, setting: Optional[dict] = None) -> dict[str, str]:
-  """Writes results.json, table1.md, table2.md, pareto.png and pareto.svg under outdir; returns their paths.
+                 caption: Optional[str] = None, setting: Optional[dict] = None,
+                 seed_points: Optional[Sequence[dict]] = None) -> dict[str, str]:
+  """Writes results.json, table1.md, table2.md, pareto.png and pareto.svg under outdir (and table3.md
+  for `seed_points`, the other router seeds' points); returns their paths.
 
   caption: the figure's subtitle (plot_caption: model, tiers, split, episodes, seed, engine); none if
   not given. setting: what the points were played with (e.g. the engine), stored in results.json.
@@ -405,9 +465,12 @@ def write_report(points: Sequence[dict], outdir: str, shares: Sequence[float] = 
       "pareto_speedup": pareto_front(points, "speedup", per_method=False),
       "vs_random": {m: matched_random_gap(points, m) for m in matched},
       "vs_high_only": paired_vs(points) if "high only" in groups else {},
+      **({"seed_points": list(seed_points)} if seed_points else {}),
   }
-  names = ("results.json", "table1.md", "table2.md", "pareto.png", "pareto.svg")
+  names = ("results.json", "table1.md", "table2.md", "pareto.png", "pareto.svg") + (("table3.md",) if seed_points else ())
   paths = {name: os.path.join(outdir, name) for name in names}
+  if seed_points:
+    atomic_write_text(paths["table3.md"], table3(points, seed_points))
   atomic_write_json(paths["results.json"], results)
   atomic_write_text(paths["table1.md"], table1(points, shares=shares))
   atomic_write_text(paths["table2.md"], table2(points, shares=shares))

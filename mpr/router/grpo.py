@@ -25,7 +25,11 @@ from mpr.router.model import HIGH   # index of the high tier in every [..., 2] a
 def grpo_config(**overrides) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.group_size = 8              # G episodes per game; the group mean is the baseline
-  c.lam = 0.1                   # λ: reward lost by routing every step high (cost = high share)
+  # λ: reward lost by routing every step high (cost = high share). Several = a sweep (with loss_means): each
+  # setting trained at the first seed, the one winning most validation games at `select_shares` kept
+  # (stages/router_grpo.py).
+  c.lams = (0.1,)
+  c.select_shares = (0.2, 0.3)
   c.eps = 1e-6                  # added to the group std so near-constant groups stay finite
   c.clip = 0.2                  # PPO ratio clip ε: r is held within [1-ε, 1+ε] per decision
   c.beta = 0.1                  # weight of KL(π ‖ π_KL-ST): keeps the policy near its init
@@ -39,9 +43,10 @@ def grpo_config(**overrides) -> ml_collections.ConfigDict:
   c.sample_temperature = 1.0    # >1 explores more while playing; logp_old follows it
   # How the loss averages decisions: "decision" (every decision weighs the same, so a 50-step episode
   # weighs 5x a 10-step one) or "episode" (each episode's decisions share one unit of weight: the
-  # sequence-level mean, which does not let long failures drown short successes).
-  c.loss_mean = "decision"
-  c.seed = 0                    # routing-sample and batch-order seed
+  # sequence-level mean, which does not let long failures drown short successes). Several = part of the
+  # sweep, kept on validation with λ.
+  c.loss_means = ("decision",)
+  c.seeds = (0,)                # one run per seed (routing samples, game draws, batch order; KL-ST init of that seed)
   c.update(overrides)
   return c
 
@@ -54,7 +59,7 @@ LOSS_MEANS = ("decision", "episode")
 def decision_weights(lengths, loss_mean: str) -> np.ndarray:
   """Per-decision loss weights for episodes of `lengths` decisions under `loss_mean` (see grpo_config)."""
   if loss_mean not in LOSS_MEANS:
-    raise UserError(f"router_grpo.loss_mean must be one of {list(LOSS_MEANS)}, got {loss_mean!r}")
+    raise UserError(f"router_grpo.loss_means must be among {list(LOSS_MEANS)}, got {loss_mean!r}")
   lengths = np.asarray(lengths, np.int64)
   per = np.ones(len(lengths)) if loss_mean == "decision" else 1.0 / np.maximum(lengths, 1)
   return np.repeat(per, lengths).astype(np.float32)

@@ -54,7 +54,9 @@ def sl_config(**overrides) -> ml_collections.ConfigDict:
   c.weight_decay = 0.01    # decoupled, on matrices only (make_optimizer)
   c.clip_norm = 1.0        # global gradient-norm clip
   c.patience = 5           # epochs without a better val AP before stopping
-  c.seed = 0               # init, batch order and dropout
+  # One router per seed (init, batch order, dropout), for the spread over seeds; the first is the
+  # reference run that GRPO starts from and the tables report.
+  c.seeds = (0,)
   c.update(overrides)
   return c
 
@@ -123,8 +125,9 @@ def _known(table: data.StepTable, tau: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def train(router_cfg: ml_collections.ConfigDict, sl_cfg: ml_collections.ConfigDict, train_table: data.StepTable,
-          val_table: data.StepTable, workdir: str, meta: dict | None = None) -> tuple[dict, dict]:
-  """Trains a router from scratch (or resumes in workdir). Returns (best-by-val-AP params, result).
+          val_table: data.StepTable, workdir: str, meta: dict | None = None, seed: int = 0) -> tuple[dict, dict]:
+  """Trains a router from scratch (or resumes in workdir) with `seed` (init, batch order, dropout).
+  Returns (best-by-val-AP params, result).
 
   `meta` is stored with the saved router (e.g. which tiers and embedding it was trained for)."""
   data.validate(train_table)
@@ -147,7 +150,7 @@ def train(router_cfg: ml_collections.ConfigDict, sl_cfg: ml_collections.ConfigDi
   per_epoch = -(-len(tr_rows) // sl_cfg.batch_size)
   total = per_epoch * sl_cfg.epochs
   opt = make_optimizer(sl_cfg, total)
-  params = init_params(router_cfg, dim, sl_cfg.seed)
+  params = init_params(router_cfg, dim, seed)
   # float32 / int32 scalars: a restored checkpoint must compare exactly like the live values did.
   state = {"params": params, "opt_state": opt.init(params), "best_params": jax.tree.map(np.array, params),
            "best_ap": np.asarray(-1.0, np.float32), "best_epoch": np.asarray(0, np.int32),
@@ -157,7 +160,7 @@ def train(router_cfg: ml_collections.ConfigDict, sl_cfg: ml_collections.ConfigDi
     logging.info("router: resumed after epoch %d of %d", done, sl_cfg.epochs)
   params, opt_state = state["params"], state["opt_state"]
   step = done * per_epoch
-  base_key = jax.random.key(sl_cfg.seed)
+  base_key = jax.random.key(seed)
   bar = tqdm(total=total, initial=step, desc="router", unit="step", dynamic_ncols=True)
   try:
     with MetricWriter(os.path.join(workdir, "tb")) as writer:
@@ -165,7 +168,7 @@ def train(router_cfg: ml_collections.ConfigDict, sl_cfg: ml_collections.ConfigDi
         if int(state["bad_epochs"]) >= sl_cfg.patience:
           break
         losses = []
-        for idx, valid in epoch_batches(len(tr_rows), sl_cfg.batch_size, sl_cfg.seed, epoch):
+        for idx, valid in epoch_batches(len(tr_rows), sl_cfg.batch_size, seed, epoch):
           zw, mask = data.windows(train_table.z, train_table.offsets, tr_rows[idx], model.max_len)
           sw = weights[y_tr[idx]] * valid
           params, opt_state, loss = _train_step(model, opt, params, opt_state, zw, mask, y_tr[idx], sw,
@@ -196,7 +199,7 @@ def train(router_cfg: ml_collections.ConfigDict, sl_cfg: ml_collections.ConfigDi
   result = {"tau": tau, "pos_rate_train": float(y_tr.mean()), "pos_rate_val": float(y_va.mean()),
             "n_train": int(len(tr_rows)), "n_val": int(len(va_rows)), "best_epoch": int(state["best_epoch"]),
             "epochs_run": done, "early_stopped": int(state["bad_epochs"]) >= sl_cfg.patience,
-            **{f"val_{k}": v for k, v in val.items()}}
+            "seed": seed, **{f"val_{k}": v for k, v in val.items()}}
   if hosts.is_primary():   # a folder is written by one host (every host holds the same params)
     save_router(os.path.join(workdir, "router"), router_cfg, best_params,
                 {**(meta or {}), "tau": tau, "best_epoch": result["best_epoch"], "val_ap": val["ap"]})

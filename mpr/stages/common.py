@@ -10,11 +10,13 @@ from mpr import hosts, io
 from mpr.envs.games import GameSpec, describe, find_games, select_games
 from mpr.envs.pool import Pool
 from mpr.envs.rollout import Policy, rollout
+from mpr.errors import UserError
 from mpr.records import Episode
 
 
-def split_games(config, split: str, num_games: int = 0) -> list[GameSpec]:
-  """The games of `split` (an evenly spaced subset of `num_games` when > 0).
+def split_games(config, split: str, num_games: int = 0, seed: int | None = None) -> list[GameSpec]:
+  """The games of `split` (an evenly spaced subset of `num_games` when > 0); generated ones with
+  `seed` (default: the run's).
 
   Where games are generated, only `num_games` are made: game i of a generated split does not
   depend on how many there are, and generating costs ~2 CPU-s a game.
@@ -22,10 +24,24 @@ def split_games(config, split: str, num_games: int = 0) -> list[GameSpec]:
   env = config.env
   games = find_games(split, source=env.source, data_dir=env.data_dir or None,
                      generated_dir=env.generated_dir or None, task_types=tuple(env.task_types),
-                     seed=config.seed, num_generated=num_games or None)
+                     seed=config.seed if seed is None else seed, num_generated=num_games or None)
   chosen = select_games(games, num_games)
   logging.info("games: %s: %d of %d %s", split, len(chosen), len(games), describe(games))
   return chosen
+
+
+def check_seeds(seeds, name: str) -> tuple[int, ...]:
+  """A non-empty tuple of distinct non-negative seeds, else a one-line error naming the config key."""
+  seeds = tuple(seeds) if isinstance(seeds, (tuple, list)) else (seeds,)
+  if not seeds or len(set(seeds)) < len(seeds) or not all(isinstance(s, int) and s >= 0 for s in seeds):
+    raise UserError(f"{name} must be distinct non-negative integers, got {seeds!r}")
+  return seeds
+
+
+def router_dir(stage_dir: str, seed: int, seeds) -> str:
+  """Where a router stage keeps the router of `seed`: the first of `seeds` (the reference run, which
+  later stages build on) in router/, the others in seed_<seed>/router/."""
+  return os.path.join(stage_dir, "router" if seed == seeds[0] else f"seed_{seed}/router")
 
 
 def play_logged(pool: Pool, jobs: Sequence[tuple[GameSpec, int]], policy: Policy, path: str,

@@ -15,8 +15,16 @@ keyed by game and member), router and optimizer state are checkpointed after eve
 the sampled routes depend only on (router params, seed, iteration, game, member, step) — a killed run
 replays nothing it logged and ends with the router an uninterrupted run gives.
 
-`router_grpo` starts from the KL-ST router of this workdir's `router_sl/`; `router_grpo_scratch`
-starts from a random router with no reference (β ignored): the GRPO-only ablation.
+Runs: each setting (λ, loss mean) and seed trains in runs/lam=<λ>_<loss mean>_seed=<seed>/ (rollouts,
+iterations.jsonl, checkpoints, TensorBoard). A sweep (several `lams` × `loss_means`) trains each setting at
+the first seed and keeps the one whose router wins most `collect.val_split` games at the pre-set shares
+`select_shares` (those plays are logged under select/); the other `seeds` then train at that setting. The kept routers go to router/ (first seed) and
+seed_<s>/router/; summary.md holds the selection and every run's iterations, curves.png / .svg their
+learning curves (reward, success, high share, KL).
+
+`router_grpo` starts each seed from the KL-ST router of the same seed in this workdir's `router_sl/`;
+`router_grpo_scratch` starts from a random router with no reference (β ignored), once (the first
+seed) at the setting router_grpo kept: the GRPO-only ablation.
 """
 from __future__ import annotations
 
@@ -40,9 +48,10 @@ from mpr.errors import UserError
 from mpr.records import Episode
 from mpr.router import data, features, grpo
 from mpr.router.model import HIGH, Router, from_config, init_params, load_router, save_router
-from mpr.router.routes import router_route
+from mpr.eval import report
+from mpr.router.routes import router_route, table_p_high
 from mpr.stages import collect
-from mpr.stages.common import play_logged, split_games
+from mpr.stages.common import check_seeds, play_logged, router_dir, split_games
 from mpr.stages.router_sl import router_meta
 from mpr.train import checkpoints
 from mpr.train.metrics import MetricWriter
@@ -140,55 +149,49 @@ def _play(pool, agent_factory, games, gc, path: str) -> list[list[Episode]]:
   return [eps[i:i + gc.group_size] for i in range(0, len(eps), gc.group_size)]
 
 
-def run(config, sdir: str, scratch: bool = False) -> dict:
-  gc, tiers = config.router_grpo, config.tiers
-  collect.check_tiers(tiers)
-  if gc.group_size < 2:
-    raise UserError(f"router_grpo.group_size must be >= 2 (a group's mean is the baseline), got {gc.group_size}")
-  grpo.decision_weights([1], gc.loss_mean)     # an unknown loss_mean fails before any episode is played
-  model = from_config(config.router)
-  policy = models.load(config.model)
-  variants = policy.variants([tiers.high, tiers.low])
-  ref_params = None
-  if scratch:
-    params = init_params(config.router, features.width(config.router.inputs, policy.cfg.hidden_size), gc.seed)
+def setting_name(setting: tuple[float, str]) -> str:
+  lam, loss_mean = setting
+  return f"lam={lam:g}_{loss_mean}"
+
+
+def run_name(setting: tuple[float, str], seed: int) -> str:
+  return f"{setting_name(setting)}_seed={seed}"
+
+
+def _train(pool, config, policy, variants, games, setting: tuple[float, str], seed: int, rdir: str,
+           ref_params) -> tuple[dict, list[dict]]:
+  """One GRPO run at setting (λ, loss_mean) and `seed` in `rdir`, from `ref_params` (the KL-ST router, also
+  the KL reference) or, when None, from a random router; resumes by finished iterations. → (params, rows)."""
+  lam, loss_mean = setting
+  gc, tiers, model = config.router_grpo, config.tiers, from_config(config.router)
+  if ref_params is None:
+    params = init_params(config.router, features.width(config.router.inputs, policy.cfg.hidden_size), seed)
   else:
-    ref_dir = os.path.join(os.path.dirname(sdir), "router_sl", "router")
-    cfg, ref_params, meta = load_router(ref_dir)
-    if (meta.get("low"), meta.get("high")) != (tiers.low, tiers.high):
-      raise UserError(f"{ref_dir} was trained for tiers {meta.get('high')}/{meta.get('low')}, "
-                      f"not {tiers.high}/{tiers.low}")
-    if cfg.to_dict() != config.router.to_dict():
-      raise UserError(f"{ref_dir} has another router architecture than config.router")
     params = jax.tree.map(jnp.array, ref_params)     # a copy: the update donates its params
-  if gc.num_games < gc.games_per_iter:
-    raise UserError(f"router_grpo.num_games={gc.num_games} must be >= games_per_iter={gc.games_per_iter}")
-  games = split_games(config, config.collect.split, gc.num_games)
   opt = optax.chain(optax.clip_by_global_norm(gc.clip_norm), optax.adam(gc.lr))
   state = {"params": params, "opt_state": opt.init(params)}
-  mgr, start, state = checkpoints.restore_latest(os.path.join(sdir, "ckpt"), state)   # by finished iterations
+  mgr, start, state = checkpoints.restore_latest(os.path.join(rdir, "ckpt"), state)   # by finished iterations
   if start:
-    logging.info("router_grpo: resumed after iteration %d of %d", start, gc.iterations)
+    logging.info("router_grpo %s: resumed after iteration %d of %d", os.path.basename(rdir), start, gc.iterations)
   params, opt_state = state["params"], state["opt_state"]
-  iter_path = os.path.join(sdir, "iterations.jsonl")
+  iter_path = os.path.join(rdir, "iterations.jsonl")
   history = {r["iteration"]: r for r in (io.read_jsonl(iter_path) if os.path.exists(iter_path) else [])}
   try:
-    with open_pool(config.env) as pool, \
-         MetricWriter(os.path.join(sdir, "tb")) as writer, \
+    with MetricWriter(os.path.join(rdir, "tb")) as writer, \
          (io.JsonlLog(iter_path) if hosts.is_primary() else contextlib.nullcontext()) as log:  # one writer
       for it in range(start, gc.iterations):
-        pick = np.random.default_rng([gc.seed, it]).choice(len(games), min(gc.games_per_iter, len(games)), replace=False)
+        pick = np.random.default_rng([seed, it]).choice(len(games), min(gc.games_per_iter, len(games)), replace=False)
         chosen = [games[i] for i in np.sort(pick)]
-        sample_seed = zlib.crc32(f"{gc.seed}/{it}".encode())
+        sample_seed = zlib.crc32(f"{seed}/{it}".encode())
         route = router_route(params, config.router, tiers.high, tiers.low, sample_seed=sample_seed,
                              temperature=gc.sample_temperature)
         factory = lambda: agent_lib.from_config(config.agent, policy.tok, variants, rows=pool.num_slots,
                                                 route=route, seed=config.seed, record_z=True)
-        groups = _play(pool, factory, chosen, gc, os.path.join(sdir, "rollouts", f"iter_{it:03d}.jsonl"))
-        dec = decisions(groups, tiers.high, tiers.low, config.router.inputs, gc.lam, gc.eps, gc.sample_temperature,
-                        gc.loss_mean)
+        groups = _play(pool, factory, chosen, gc, os.path.join(rdir, "rollouts", f"iter_{it:03d}.jsonl"))
+        dec = decisions(groups, tiers.high, tiers.low, config.router.inputs, lam, gc.eps, gc.sample_temperature,
+                        loss_mean)
         params, opt_state, m = optimise(model, params, opt_state, opt, dec, ref_params, gc,
-                                        np.random.default_rng([gc.seed, it, 1]))
+                                        np.random.default_rng([seed, it, 1]))
         eps = [e for g in groups for e in g]
         row = {"iteration": it + 1, "reward": float(dec["rewards"].mean()),
                "success": float(np.mean([e.won for e in eps])),
@@ -203,21 +206,151 @@ def run(config, sdir: str, scratch: bool = False) -> dict:
   finally:
     mgr.wait_until_finished()
     mgr.close()
-  meta = {**router_meta(config), "grpo": {"iterations": gc.iterations, "init": "scratch" if scratch else "router_sl"}}
+  return params, [history[i] for i in sorted(history)]
+
+
+def _select(pool, config, policy, variants, trained: dict[tuple[float, str], dict], sdir: str):
+  """The setting (λ, loss_mean) whose router wins most validation games at the pre-set shares
+  `router_grpo.select_shares` (each threshold sends that share of the collected validation steps high,
+  as in route_eval); ties go to the earlier setting. → (setting, one row per setting)."""
+  cc, gc, tiers = config.collect, config.router_grpo, config.tiers
+  val_table = data.load(collect.table_path(os.path.join(os.path.dirname(sdir), "collect"), cc.val_split))
+  games = split_games(config, cc.val_split, cc.val_games)
+  rows = []
+  for setting, params in trained.items():
+    p_val = table_p_high(params, config.router, val_table)
+    name = setting_name(setting)
+    row = {"lam": setting[0], "loss_mean": setting[1], "success": {}, "high_ratio": {}}
+    for q in map(float, gc.select_shares):
+      k = float(np.quantile(p_val, 1 - q))
+      agent = agent_lib.from_config(config.agent, policy.tok, variants, rows=pool.num_slots, seed=config.seed,
+                                    route=router_route(params, config.router, tiers.high, tiers.low, k=k))
+      eps = play_logged(pool, [(g, config.seed) for g in games], agent,
+                        os.path.join(sdir, "select", f"{name}_q={q:.2f}.jsonl"), progress=f"select {name} q={q:.2f}")
+      steps = [s for e in eps for s in e.steps]
+      row["success"][f"{q:g}"] = float(np.mean([e.won for e in eps]))
+      row["high_ratio"][f"{q:g}"] = float(np.mean([s.precision == tiers.high for s in steps]))
+    row["score"] = float(np.mean(list(row["success"].values())))
+    rows.append(row)
+  best = max(rows, key=lambda r: r["score"])    # max keeps the first of equals
+  return (best["lam"], best["loss_mean"]), rows
+
+
+def settings(gc) -> list[tuple[float, str]]:
+  """The (λ, loss_mean) settings of a sweep: every λ of `lams` with every mean of `loss_means`."""
+  tup = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v,)
+  lams, means = tup(gc.lams), tup(gc.loss_means)
+  if not lams or len(set(lams)) < len(lams) or not all(isinstance(x, (int, float)) and x >= 0 for x in lams):
+    raise UserError(f"router_grpo.lams must be distinct non-negative numbers, got {lams!r}")
+  if not means or len(set(means)) < len(means):
+    raise UserError(f"router_grpo.loss_means must be distinct, got {means!r}")
+  for m in means:
+    grpo.decision_weights([1], m)          # an unknown mean fails before any episode is played
+  out = [(float(lam), m) for lam in lams for m in means]
+  if len(out) > 1 and not all(0 < float(q) < 1 for q in gc.select_shares):
+    raise UserError(f"router_grpo.select_shares must be shares strictly between 0 and 1, got {list(gc.select_shares)}")
+  return out
+
+
+def chosen_setting(config, wdir: str) -> tuple[float, str]:
+  """The (λ, loss_mean) the router_grpo stage of `wdir` kept (the only one when the sweep has one)."""
+  sweep = settings(config.router_grpo)
+  if len(sweep) == 1:
+    return sweep[0]
+  path = os.path.join(wdir, "router_grpo", "metrics.json")
+  if not os.path.exists(path):
+    raise UserError(f"router_grpo_scratch trains at the setting router_grpo kept from its sweep: run router_grpo "
+                    f"first ({path} does not exist)")
+  m = io.read_json(path)
+  return float(m["lam"]), m["loss_mean"]
+
+
+def run(config, sdir: str, scratch: bool = False) -> dict:
+  gc, tiers = config.router_grpo, config.tiers
+  collect.check_tiers(tiers)
+  if gc.group_size < 2:
+    raise UserError(f"router_grpo.group_size must be >= 2 (a group's mean is the baseline), got {gc.group_size}")
+  seeds, sweep = check_seeds(gc.seeds, "router_grpo.seeds"), settings(gc)
+  if gc.num_games < gc.games_per_iter:
+    raise UserError(f"router_grpo.num_games={gc.num_games} must be >= games_per_iter={gc.games_per_iter}")
+  wdir = os.path.dirname(sdir)
+  policy = models.load(config.model)
+  variants = policy.variants([tiers.high, tiers.low])
+
+  def reference(seed: int):
+    """The KL-ST router of `seed` (GRPO's init and KL reference), or None for the scratch ablation."""
+    if scratch:
+      return None
+    if seed not in tuple(config.router_sl.seeds):
+      raise UserError(f"router_grpo seed {seed} has no KL-ST router to start from (router_sl.seeds = "
+                      f"{list(config.router_sl.seeds)})")
+    ref_dir = router_dir(os.path.join(wdir, "router_sl"), seed, tuple(config.router_sl.seeds))
+    cfg, params, meta = load_router(ref_dir)
+    if (meta.get("low"), meta.get("high")) != (tiers.low, tiers.high):
+      raise UserError(f"{ref_dir} was trained for tiers {meta.get('high')}/{meta.get('low')}, "
+                      f"not {tiers.high}/{tiers.low}")
+    if cfg.to_dict() != config.router.to_dict():
+      raise UserError(f"{ref_dir} has another router architecture than config.router")
+    return params
+
+  # The ablation is trained once (the reference seed) at the setting router_grpo kept.
+  if scratch:
+    sweep = [chosen_setting(config, wdir)]
+  games = split_games(config, config.collect.split, gc.num_games)
+  runs: dict[tuple[tuple[float, str], int], tuple[dict, list[dict]]] = {}
+  selection = None
+  with open_pool(config.env) as pool:
+    def train(setting, seed):
+      runs[(setting, seed)] = _train(pool, config, policy, variants, games, setting, seed,
+                                     os.path.join(sdir, "runs", run_name(setting, seed)), reference(seed))
+    for setting in sweep:
+      train(setting, seeds[0])
+    kept_setting = sweep[0]
+    if len(sweep) > 1:
+      kept_setting, selection = _select(pool, config, policy, variants,
+                                        {st: runs[(st, seeds[0])][0] for st in sweep}, sdir)
+      logging.info("router_grpo: %s kept on %s", run_name(kept_setting, seeds[0]), config.collect.val_split)
+    for seed in ([] if scratch else seeds[1:]):
+      train(kept_setting, seed)
+  lam, loss_mean = kept_setting
+  meta = {**router_meta(config), "grpo": {"iterations": gc.iterations, "lam": lam, "loss_mean": loss_mean,
+                                          "init": "scratch" if scratch else "router_sl"}}
+  kept = [seeds[0]] if scratch else list(seeds)
   if hosts.is_primary():   # a folder is written by one host (every host holds the same params)
-    save_router(os.path.join(sdir, "router"), config.router, params, meta)
-  rows = [history[i] for i in sorted(history)]
-  ref = "KL to uniform (no reference)" if scratch else "KL to KL-ST"
-  lines = [f"| iteration | reward | success % | high % | p(high) | groups with a success signal % | clip frac | {ref} |",
-           "|---:|---:|---:|---:|---:|---:|---:|---:|"]
-  lines += [f"| {r['iteration']} | {r['reward']:.3f} | {100 * r['success']:.1f} | {100 * r['high_ratio']:.1f} | "
-            f"{r['p_high']:.3f} | {100 * r['success_signal']:.0f} | {r['clip_fraction']:.3f} | {r['kl_ref']:.4f} |"
-            for r in rows]
-  text = f"### {'router_grpo_scratch' if scratch else 'router_grpo'}\n\n" + "\n".join(lines) + "\n"
+    for seed in kept:
+      save_router(router_dir(sdir, seed, seeds), config.router, runs[(kept_setting, seed)][0], {**meta, "seed": seed})
+  curves = {run_name(*key): rows for key, (_, rows) in runs.items()}
+  if hosts.is_primary():
+    report.learning_curves(curves, os.path.join(sdir, "curves.png"), os.path.join(sdir, "curves.svg"),
+                           title=f"{'GRPO from scratch' if scratch else 'GRPO from KL-ST'}: {tiers.high} / {tiers.low}")
+  text = _summary(curves, selection, kept_setting, scratch, config.collect.val_split)
   io.atomic_write_text(os.path.join(sdir, "summary.md"), text)
   print(text)
-  return {"iterations": rows}
+  return {"lam": lam, "loss_mean": loss_mean, "seeds": kept, "runs": curves,
+          **({"selection": selection} if selection else {}), "iterations": runs[(kept_setting, seeds[0])][1]}
+
+
+def _summary(curves: dict[str, list[dict]], selection, kept: tuple[float, str], scratch: bool, val_split: str) -> str:
+  ref = "KL to uniform (no reference)" if scratch else "KL to KL-ST"
+  text = f"### {'router_grpo_scratch' if scratch else 'router_grpo'}\n\n"
+  if selection:
+    shares = list(selection[0]["success"])
+    text += (f"Kept on {val_split}: **λ = {kept[0]:g}, {kept[1]} mean** (most games won at the pre-set shares, mean "
+             "over shares)\n\n| λ | loss mean | " + " | ".join(f"success % at {100 * float(q):.0f}% [realised high %]"
+                                                              for q in shares)
+             + " | mean % |\n|---:|---|" + "---:|" * (len(shares) + 1) + "\n")
+    text += "".join(f"| {r['lam']:g} | {r['loss_mean']} | " + " | ".join(
+        f"{100 * r['success'][q]:.1f} [{100 * r['high_ratio'][q]:.1f}]" for q in shares) + f" | {100 * r['score']:.1f} |\n"
+        for r in selection) + "\n"
+  for name, rows in curves.items():
+    text += (f"#### {name}\n\n| iteration | reward | success % | high % | p(high) | groups with a success signal % | "
+             f"clip frac | {ref} |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+    text += "".join(f"| {r['iteration']} | {r['reward']:.3f} | {100 * r['success']:.1f} | {100 * r['high_ratio']:.1f} | "
+                    f"{r['p_high']:.3f} | {100 * r['success_signal']:.0f} | {r['clip_fraction']:.3f} | {r['kl_ref']:.4f} |\n"
+                    for r in rows) + "\n"
+  return text
 
 
 # The GRPO-only ablation: the same stage from a random router (registered in launch.py).
-SCRATCH = types.SimpleNamespace(CONFIG_KEYS=CONFIG_KEYS, READS=("collect",), run=functools.partial(run, scratch=True))
+SCRATCH = types.SimpleNamespace(CONFIG_KEYS=CONFIG_KEYS, READS=("collect", "router_grpo"),
+                                run=functools.partial(run, scratch=True))
