@@ -242,7 +242,7 @@ def test_pipeline_end_to_end_on_a_few_real_games(tmp_path, alfworld_data, run_ho
   shutil.rmtree(sdir / "router")
   shutil.rmtree(sdir / "seed_1")
   run1 = sdir / "runs" / f"lam={grpo['lam']:g}_decision_seed=1"
-  shutil.rmtree(run1 / "ckpt" / "2")
+  shutil.rmtree(_latest_checkpoint(run1))
   log = run1 / "rollouts" / "iter_001.jsonl"
   routed = lambda text: sorted((r["game"], r["seed"], [(s["precision"], s["action"]) for s in r["steps"]])
                                for r in map(json.loads, text.splitlines()))
@@ -282,12 +282,17 @@ def test_pipeline_end_to_end_on_a_few_real_games(tmp_path, alfworld_data, run_ho
   runs = json.load(open(two / "collect" / "provenance.json"))["runs"]
   assert len(runs) == 1 and [h["processes"] for h in runs[0]["hosts"]] == [2, 2]   # every host's code
   assert [json.loads(x)["step"] for x in open(two_run / "tb" / "metrics.jsonl")] == [1, 2]
-  assert (two_run / "ckpt" / "2").is_dir() and (two / "router_grpo" / "router" / "router.json").exists()
+  assert _latest_checkpoint(two_run).is_dir() and (two / "router_grpo" / "router" / "router.json").exists()
   assert json.load(open(two / "router_grpo" / "metrics.json"))["lam"] == grpo["lam"]
   fixed = lambda root: {(pt["method"], pt["success"], pt["high_ratio"])
                         for pt in json.load(open(root / "route_eval" / "results.json"))["points"]
                         if pt["method"] in ("high only", "low only", "first-k")}
   assert fixed(two) == fixed(tmp_path)
+
+
+def _latest_checkpoint(run_dir):
+  """The newest orbax checkpoint folder of a training run (mpr.train.loop keeps one)."""
+  return max((p for p in (run_dir / "ckpt").iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
 
 
 def _exit_2(args, needle):
@@ -302,7 +307,7 @@ def _exit_2(args, needle):
     ("router_grpo", "--config.router_grpo.lams=(0.1,0.1)", "router_grpo.lams must be distinct"),
     ("router_grpo", "--config.router_grpo.loss_means=('episode','mean')", "loss_means must be among"),
     ("router_sl", "--config.router_sl.seeds=(1,1)", "router_sl.seeds must be distinct"),
-    ("route_eval", "--config.eval.seed_shares=(0.4,)", "must be among eval.shares"),
+    ("route_eval", "--config.router_sl.seeds=(0,1) --config.eval.seed_shares=(0.4,)", "must be among eval.shares"),
     ("route_eval", "--config.eval.generated_split=valid_seen", "would be played twice"),
     ("route_eval", "--config.eval.shares=(0.2,)", "no trained router"),
     ("route_eval", "--config.eval.shares=(0.2,0.2)", "distinct shares"),
@@ -315,7 +320,7 @@ def test_pipeline_bad_inputs_are_one_line_exit_2(tmp_path, alfworld_data, stage,
     data.save(str(tmp_path / "collect" / "steps_train.npz"), data.StepTable(
         z=np.zeros((2, 4), np.float32), d=np.array([0.0, 1.0], np.float32), offsets=np.array([0, 2]),
         low_entropy=np.zeros(2, np.float32), low_margin=np.ones(2, np.float32), games=["g"], won=np.array([True])))
-  _exit_2(_pipeline_args(tmp_path, f"--config.stages=('{stage}',)", override), needle)
+  _exit_2(_pipeline_args(tmp_path, f"--config.stages=('{stage}',)", *override.split()), needle)
 
 
 def test_operating_points_send_the_preset_share_of_validation_steps_high():

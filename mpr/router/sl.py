@@ -12,17 +12,17 @@
 
 Batches: the known-KL steps are shuffled per epoch by a generator seeded with (seed, epoch), cut into
 `batch_size` rows (the last one padded with weight-0 rows, so one compiled shape serves all), and
-each row becomes its history window (`data.windows`). Resume: an orbax checkpoint after every epoch
-holds the params, optimizer state, best params and early-stopping counters; a restarted call
-continues from the last finished epoch and, since batch order and dropout keys are pure functions
-of (seed, epoch, step), ends with the same params as an uninterrupted run.
+each row becomes its history window (`data.windows`). The loop is mpr.train.loop's (an epoch is a
+round): its checkpoint after every epoch holds the params, optimizer state, best params and
+early-stopping counters; a restarted call continues from the last finished epoch and, since batch
+order and dropout keys are pure functions of (seed, epoch, step), ends with the same params as an
+uninterrupted run.
 
 Writes workdir/{ckpt/, tb/metrics.jsonl, router/{router.json, params.msgpack}}.
 """
 from __future__ import annotations
 
 import functools
-import logging
 import os
 
 import jax
@@ -30,16 +30,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from tqdm import tqdm
 
 from mpr import hosts
 from mpr.errors import UserError
 from mpr.router import data, features
 from mpr.router import labels as labels_lib
 from mpr.router.model import HIGH, Router, from_config, init_params, save_router
-from mpr.train import checkpoints
+from mpr.train import loop
 from mpr.train.lm import make_optimizer
-from mpr.train.metrics import MetricWriter
 
 
 def sl_config(**overrides) -> ml_collections.ConfigDict:
@@ -148,57 +146,45 @@ def train(router_cfg: ml_collections.ConfigDict, sl_cfg: ml_collections.ConfigDi
   weights = np.asarray(labels_lib.class_weights(y_tr), np.float32)
 
   per_epoch = -(-len(tr_rows) // sl_cfg.batch_size)
-  total = per_epoch * sl_cfg.epochs
-  opt = make_optimizer(sl_cfg, total)
+  opt = make_optimizer(sl_cfg, per_epoch * sl_cfg.epochs)
   params = init_params(router_cfg, dim, seed)
   # float32 / int32 scalars: a restored checkpoint must compare exactly like the live values did.
   state = {"params": params, "opt_state": opt.init(params), "best_params": jax.tree.map(np.array, params),
            "best_ap": np.asarray(-1.0, np.float32), "best_epoch": np.asarray(0, np.int32),
            "bad_epochs": np.asarray(0, np.int32)}
-  mgr, done, state = checkpoints.restore_latest(os.path.join(workdir, "ckpt"), state)   # by finished epochs
-  if done:
-    logging.info("router: resumed after epoch %d of %d", done, sl_cfg.epochs)
-  params, opt_state = state["params"], state["opt_state"]
-  step = done * per_epoch
   base_key = jax.random.key(seed)
-  bar = tqdm(total=total, initial=step, desc="router", unit="step", dynamic_ncols=True)
-  try:
-    with MetricWriter(os.path.join(workdir, "tb")) as writer:
-      for epoch in range(done, sl_cfg.epochs):
-        if int(state["bad_epochs"]) >= sl_cfg.patience:
-          break
-        losses = []
-        for idx, valid in epoch_batches(len(tr_rows), sl_cfg.batch_size, seed, epoch):
-          zw, mask = data.windows(train_table.z, train_table.offsets, tr_rows[idx], model.max_len)
-          sw = weights[y_tr[idx]] * valid
-          params, opt_state, loss = _train_step(model, opt, params, opt_state, zw, mask, y_tr[idx], sw,
-                                                jax.random.fold_in(base_key, step))
-          losses.append(loss)
-          step += 1
-          bar.update(1)
-        val = evaluate(model, params, val_table, va_rows, y_va, weights, sl_cfg.batch_size)
-        if np.float32(val["ap"]) > state["best_ap"]:
-          state.update(best_params=jax.tree.map(np.array, params), best_ap=np.asarray(val["ap"], np.float32),
-                       best_epoch=np.asarray(epoch + 1, np.int32), bad_epochs=np.asarray(0, np.int32))
-        else:
-          state["bad_epochs"] = np.asarray(int(state["bad_epochs"]) + 1, np.int32)
-        state.update(params=params, opt_state=opt_state)
-        train_loss = float(np.mean([float(x) for x in losses]))
-        bar.set_postfix_str(f"loss={train_loss:.4f} val_ap={val['ap']:.3f}", refresh=False)
-        writer.scalars(step, {"train/loss": train_loss, "train/epoch": epoch + 1,
-                              **{f"val/{k}": v for k, v in val.items()}})
-        checkpoints.save(mgr, epoch + 1, state)
-        done = epoch + 1
-  finally:   # an interrupted run still completes the checkpoint it was writing
-    bar.close()
-    mgr.wait_until_finished()
-    mgr.close()
+
+  def batches(epoch, _):
+    for idx, valid in epoch_batches(len(tr_rows), sl_cfg.batch_size, seed, epoch):
+      zw, mask = data.windows(train_table.z, train_table.offsets, tr_rows[idx], model.max_len)
+      yield zw, mask, y_tr[idx], weights[y_tr[idx]] * valid
+
+  def step(state, batch, i):
+    params, opt_state, loss = _train_step(model, opt, state["params"], state["opt_state"], *batch,
+                                          jax.random.fold_in(base_key, i))
+    return {**state, "params": params, "opt_state": opt_state}, {"loss": loss}
+
+  def end_epoch(epoch, state, metrics):
+    val = evaluate(model, state["params"], val_table, va_rows, y_va, weights, sl_cfg.batch_size)
+    if np.float32(val["ap"]) > state["best_ap"]:
+      state = {**state, "best_params": jax.tree.map(np.array, state["params"]),
+               "best_ap": np.asarray(val["ap"], np.float32), "best_epoch": np.asarray(epoch + 1, np.int32),
+               "bad_epochs": np.asarray(0, np.int32)}
+    else:
+      state = {**state, "bad_epochs": np.asarray(int(state["bad_epochs"]) + 1, np.int32)}
+    summary = {"train/loss": float(np.mean([m["loss"] for m in metrics])), "train/epoch": epoch + 1,
+               **{f"val/{k}": v for k, v in val.items()}}
+    return state, summary, int(state["bad_epochs"]) >= sl_cfg.patience
+
+  state, info = loop.train(workdir, state, sl_cfg.epochs, batches, step, end_epoch, label="router",
+                           total_steps=per_epoch * sl_cfg.epochs)
+  done = info["rounds"]
 
   best_params = hosts.from_primary(jax.tree.map(jnp.asarray, state["best_params"]))
   val = evaluate(model, best_params, val_table, va_rows, y_va, weights, sl_cfg.batch_size)
   result = {"tau": tau, "pos_rate_train": float(y_tr.mean()), "pos_rate_val": float(y_va.mean()),
             "n_train": int(len(tr_rows)), "n_val": int(len(va_rows)), "best_epoch": int(state["best_epoch"]),
-            "epochs_run": done, "early_stopped": int(state["bad_epochs"]) >= sl_cfg.patience,
+            "epochs_run": done, "early_stopped": info["stopped"],
             "seed": seed, **{f"val_{k}": v for k, v in val.items()}}
   if hosts.is_primary():   # a folder is written by one host (every host holds the same params)
     save_router(os.path.join(workdir, "router"), router_cfg, best_params,

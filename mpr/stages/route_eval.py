@@ -154,7 +154,8 @@ def run(config, sdir: str) -> dict:
   shares = [float(q) for q in ec.shares]
   if not shares or not all(0.0 < q < 1.0 for q in shares) or len(set(shares)) < len(shares):
     raise UserError(f"eval.shares must be distinct shares strictly between 0 and 1, got {list(ec.shares)}")
-  if not set(map(float, ec.seed_shares)) <= set(shares):
+  several = len(config.router_sl.seeds) > 1 or len(config.router_grpo.seeds) > 1
+  if several and not set(map(float, ec.seed_shares)) <= set(shares):
     raise UserError(f"eval.seed_shares {list(ec.seed_shares)} must be among eval.shares {shares}")
   if ec.generated_split and ec.generated_split == ec.split:
     raise UserError(f"eval.generated_split is eval.split ({ec.split!r}): the games would be played twice")

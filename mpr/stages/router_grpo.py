@@ -45,16 +45,15 @@ from mpr import hosts, io
 from mpr.agent import agent as agent_lib, models
 from mpr.envs.pool import open_pool
 from mpr.errors import UserError
+from mpr.eval import report
 from mpr.records import Episode
 from mpr.router import data, features, grpo
 from mpr.router.model import HIGH, Router, from_config, init_params, load_router, save_router
-from mpr.eval import report
 from mpr.router.routes import router_route, table_p_high
 from mpr.stages import collect
 from mpr.stages.common import check_seeds, play_logged, router_dir, split_games
 from mpr.stages.router_sl import router_meta
-from mpr.train import checkpoints
-from mpr.train.metrics import MetricWriter
+from mpr.train import loop
 
 CONFIG_KEYS = ("seed", "env", "model", "agent", "tiers", "collect", "router", "router_sl", "router_grpo")
 READS = ("collect", "router_sl")     # this workdir's stages it builds on (mpr.stages.runner)
@@ -108,19 +107,11 @@ def _update(model: Router, opt, clip: float, beta: float, temperature: float, pa
   return optax.apply_updates(params, updates), opt_state, {**metrics, "loss": value}
 
 
-def _batches(n: int, size: int, rng: np.random.Generator):
-  perm = rng.permutation(n)
-  for lo in range(0, n, size):
-    idx = perm[lo:lo + size]
-    yield np.pad(idx, (0, size - idx.size)), np.arange(size) < idx.size
-
-
-def optimise(model: Router, params, opt_state, opt, dec: dict, ref_params, gc, rng: np.random.Generator):
-  """`gc.epochs_per_iter` passes of GRPO updates over one iteration's decisions; → params, state, metrics."""
+def decision_batches(model: Router, dec: dict, ref_params, gc, rng: np.random.Generator):
+  """`gc.epochs_per_iter` shuffled passes over one iteration's decisions, in batches of `gc.batch_size`
+  (padded, weight 0): each (windows, mask, actions, logp_old, adv, reference logits, weights)."""
   n, size = len(dec["actions"]), gc.batch_size
-  rows = np.arange(n)
-  zw_all, mask_all = data.windows(dec["inputs"], dec["offsets"], rows, model.max_len)
-  beta = float(gc.beta) if ref_params is not None else 0.0
+  zw_all, mask_all = data.windows(dec["inputs"], dec["offsets"], np.arange(n), model.max_len)
   logits_ref = np.zeros((n, 2), np.float32)
   if ref_params is not None:
     for lo in range(0, n, size):
@@ -129,15 +120,14 @@ def optimise(model: Router, params, opt_state, opt, dec: dict, ref_params, gc, r
       pad = size - len(zb)
       zb, mb = np.pad(zb, ((0, pad), (0, 0), (0, 0))), np.pad(mb, ((0, pad), (0, 0)), constant_values=True)
       logits_ref[sl] = np.asarray(_logits(model, ref_params, zb, mb))[:size - pad]
-  out = []
   for _ in range(gc.epochs_per_iter):
-    for idx, valid in _batches(n, size, rng):
-      params, opt_state, m = _update(model, opt, float(gc.clip), beta, float(gc.sample_temperature), params,
-                                     opt_state, zw_all[idx], mask_all[idx], dec["actions"][idx],
-                                     dec["logp_old"][idx], dec["adv"][idx], logits_ref[idx],
-                                     valid * dec["weights"][idx])
-      out.append({k: float(v) for k, v in m.items()})
-  return params, opt_state, {k: float(np.mean([m[k] for m in out])) for k in out[0]}
+    perm = rng.permutation(n)
+    for lo in range(0, n, size):
+      idx = perm[lo:lo + size]
+      valid = np.arange(size) < idx.size
+      idx = np.pad(idx, (0, size - idx.size))
+      yield (zw_all[idx], mask_all[idx], dec["actions"][idx], dec["logp_old"][idx], dec["adv"][idx],
+             logits_ref[idx], valid * dec["weights"][idx])
 
 
 # --- the stage -----------------------------------------------------------------------------------
@@ -169,44 +159,45 @@ def _train(pool, config, policy, variants, games, setting: tuple[float, str], se
   else:
     params = jax.tree.map(jnp.array, ref_params)     # a copy: the update donates its params
   opt = optax.chain(optax.clip_by_global_norm(gc.clip_norm), optax.adam(gc.lr))
-  state = {"params": params, "opt_state": opt.init(params)}
-  mgr, start, state = checkpoints.restore_latest(os.path.join(rdir, "ckpt"), state)   # by finished iterations
-  if start:
-    logging.info("router_grpo %s: resumed after iteration %d of %d", os.path.basename(rdir), start, gc.iterations)
-  params, opt_state = state["params"], state["opt_state"]
+  beta = float(gc.beta) if ref_params is not None else 0.0
   iter_path = os.path.join(rdir, "iterations.jsonl")
   history = {r["iteration"]: r for r in (io.read_jsonl(iter_path) if os.path.exists(iter_path) else [])}
-  try:
-    with MetricWriter(os.path.join(rdir, "tb")) as writer, \
-         (io.JsonlLog(iter_path) if hosts.is_primary() else contextlib.nullcontext()) as log:  # one writer
-      for it in range(start, gc.iterations):
-        pick = np.random.default_rng([seed, it]).choice(len(games), min(gc.games_per_iter, len(games)), replace=False)
-        chosen = [games[i] for i in np.sort(pick)]
-        sample_seed = zlib.crc32(f"{seed}/{it}".encode())
-        route = router_route(params, config.router, tiers.high, tiers.low, sample_seed=sample_seed,
-                             temperature=gc.sample_temperature)
-        factory = lambda: agent_lib.from_config(config.agent, policy.tok, variants, rows=pool.num_slots,
-                                                route=route, seed=config.seed, record_z=True)
-        groups = _play(pool, factory, chosen, gc, os.path.join(rdir, "rollouts", f"iter_{it:03d}.jsonl"))
-        dec = decisions(groups, tiers.high, tiers.low, config.router.inputs, lam, gc.eps, gc.sample_temperature,
-                        loss_mean)
-        params, opt_state, m = optimise(model, params, opt_state, opt, dec, ref_params, gc,
-                                        np.random.default_rng([seed, it, 1]))
-        eps = [e for g in groups for e in g]
-        row = {"iteration": it + 1, "reward": float(dec["rewards"].mean()),
-               "success": float(np.mean([e.won for e in eps])),
-               "high_ratio": float(np.mean(dec["actions"] == HIGH)), "decisions": int(len(dec["actions"])),
-               "success_signal": dec["success_signal"], **m}
-        writer.scalars(it + 1, {f"grpo/{k}": v for k, v in row.items() if k != "iteration"})
-        if it + 1 not in history and log is not None:
-          log.append(row)
-        history[it + 1] = row
-        saved = checkpoints.save(mgr, it + 1, {"params": params, "opt_state": opt_state})
-        params, opt_state = saved["params"], saved["opt_state"]   # host 0's: every host routes the next rollouts alike
-  finally:
-    mgr.wait_until_finished()
-    mgr.close()
-  return params, [history[i] for i in sorted(history)]
+  played = {}       # the iteration's decisions and episodes, for its summary row
+
+  def batches(it, state):
+    """Plays the iteration's groups with the router it starts from, then yields its decisions' batches."""
+    pick = np.random.default_rng([seed, it]).choice(len(games), min(gc.games_per_iter, len(games)), replace=False)
+    route = router_route(state["params"], config.router, tiers.high, tiers.low,
+                         sample_seed=zlib.crc32(f"{seed}/{it}".encode()), temperature=gc.sample_temperature)
+    factory = lambda: agent_lib.from_config(config.agent, policy.tok, variants, rows=pool.num_slots,
+                                            route=route, seed=config.seed, record_z=True)
+    groups = _play(pool, factory, [games[i] for i in np.sort(pick)], gc,
+                   os.path.join(rdir, "rollouts", f"iter_{it:03d}.jsonl"))
+    played["dec"] = decisions(groups, tiers.high, tiers.low, config.router.inputs, lam, gc.eps,
+                              gc.sample_temperature, loss_mean)
+    played["episodes"] = [e for g in groups for e in g]
+    yield from decision_batches(model, played["dec"], ref_params, gc, np.random.default_rng([seed, it, 1]))
+
+  def step(state, batch, _):
+    params, opt_state, m = _update(model, opt, float(gc.clip), beta, float(gc.sample_temperature),
+                                   state["params"], state["opt_state"], *batch)
+    return {"params": params, "opt_state": opt_state}, m
+
+  def end_iteration(it, state, metrics):
+    dec = played["dec"]
+    row = {"iteration": it + 1, "reward": float(dec["rewards"].mean()),
+           "success": float(np.mean([e.won for e in played["episodes"]])),
+           "high_ratio": float(np.mean(dec["actions"] == HIGH)), "decisions": int(len(dec["actions"])),
+           "success_signal": dec["success_signal"], **{k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}}
+    if it + 1 not in history and log is not None:
+      log.append(row)
+    history[it + 1] = row
+    return state, {f"grpo/{k}": v for k, v in row.items() if k != "iteration"}, False
+
+  with (io.JsonlLog(iter_path) if hosts.is_primary() else contextlib.nullcontext()) as log:   # one writer
+    state, _ = loop.train(rdir, {"params": params, "opt_state": opt.init(params)}, gc.iterations, batches, step,
+                          end_iteration, label=f"grpo {os.path.basename(rdir)}", x="round")
+  return state["params"], [history[i] for i in sorted(history)]
 
 
 def _select(pool, config, policy, variants, trained: dict[tuple[float, str], dict], sdir: str):

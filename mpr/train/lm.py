@@ -5,18 +5,16 @@
 Batches: examples are grouped by length into buckets of `bucket` tokens, and each batch holds about
 `batch_tokens` tokens (fewer rows for longer buckets), so a few compiled shapes serve every batch
 and padding stays under one bucket step. The batch order of every epoch is a pure function of the
-seed and the epoch, which is what makes resume exact: a restart restores the latest checkpoint
-(params, optimizer state, step) and skips the batches already taken.
+seed and the epoch, which is what makes resume exact: the loop (mpr.train.loop, an epoch per round)
+restores the latest checkpoint (params, optimizer state, position) and skips the batches already taken.
 
 Optimizer: AdamW (decoupled weight decay on matrices only) under a linear-warmup cosine schedule,
-with global-norm clipping. Checkpoints: orbax CheckpointManager under workdir/ckpt. Metrics:
-TensorBoard + metrics.jsonl under workdir/tb, and a tqdm bar.
+with global-norm clipping. Checkpoints every `ckpt_every` steps and at each epoch's end under
+workdir/ckpt; metrics every `log_every` steps to TensorBoard + metrics.jsonl under workdir/tb.
 """
 from __future__ import annotations
 
 import functools
-import logging
-import os
 from typing import Sequence
 
 import jax
@@ -24,15 +22,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from tqdm import tqdm
 
 from mpr import hosts
 from mpr.agent.demos import Example
 from mpr.errors import UserError
 from mpr.models.config import ModelConfig
 from mpr.models.decoder import Decoder, init_cache
-from mpr.train import checkpoints
-from mpr.train.metrics import MetricWriter
+from mpr.train import loop
 
 
 def train_config(**overrides) -> ml_collections.ConfigDict:
@@ -145,35 +141,25 @@ def train(cfg: ModelConfig, params, train_examples: Sequence[Example], val_examp
   per_epoch = batches_per_epoch(train_examples, tc)
   total = tc.steps or per_epoch * tc.epochs
   opt = make_optimizer(tc, total)
-  state = {"params": params, "opt_state": opt.init(params), "step": np.zeros((), np.int64)}
-  mgr, latest, state = checkpoints.restore_latest(os.path.join(workdir, "ckpt"), state,
-                                                  save_interval_steps=tc.ckpt_every)
-  if latest:
-    logging.info("%s: resumed at step %d of %d", label, latest, total)
-  step = int(state["step"])
-  params, opt_state = state["params"], state["opt_state"]
   val = None
-  bar = tqdm(total=total, initial=step, desc=label, unit="step", dynamic_ncols=True)
-  try:
-    with MetricWriter(os.path.join(workdir, "tb")) as writer:
-      for epoch in range(step // per_epoch, -(-total // per_epoch)):
-        batches = epoch_batches(train_examples, tc, epoch)
-        for toks, mask, lens in batches[step - epoch * per_epoch:total - epoch * per_epoch]:
-          params, opt_state, loss, gnorm = _train_step(model, opt, params, opt_state, toks, mask, lens)
-          step += 1
-          bar.update(1)
-          if step % tc.log_every == 0 or step == total:
-            bar.set_postfix_str(f"loss={float(loss):.4f}", refresh=False)
-            writer.scalars(step, {"train/loss": loss, "train/grad_norm": gnorm, "train/epoch": epoch})
-          if step % tc.ckpt_every == 0 and step < total:
-            checkpoints.save(mgr, step, {"params": params, "opt_state": opt_state, "step": np.asarray(step, np.int64)})
-        if val_examples:
-          val = evaluate(cfg, params, val_examples, tc)
-          writer.scalars(step, {f"val/{k}": v for k, v in val.items()})
-  finally:   # an interrupted run still completes the checkpoint it was writing
-    bar.close()
-    mgr.wait_until_finished()
-    mgr.close()
+
+  def batches(epoch, _):     # the last epoch of a `steps` run stops at step `total`
+    return epoch_batches(train_examples, tc, epoch)[:total - epoch * per_epoch]
+
+  def step(state, batch, _):
+    params, opt_state, loss, gnorm = _train_step(model, opt, state["params"], state["opt_state"], *batch)
+    return {"params": params, "opt_state": opt_state}, {"loss": loss, "grad_norm": gnorm}
+
+  def end_epoch(epoch, state, metrics):
+    nonlocal val
+    val = evaluate(cfg, state["params"], val_examples, tc) if val_examples else None
+    summary = {"train/epoch": epoch + 1, **({f"val/{k}": v for k, v in val.items()} if val else {})}
+    return state, summary, False
+
+  state, _ = loop.train(workdir, {"params": params, "opt_state": opt.init(params)}, -(-total // per_epoch),
+                        batches, step, end_epoch, label=label, total_steps=total, ckpt_every=tc.ckpt_every,
+                        log_every=tc.log_every)
+  params = state["params"]
   final = {"steps": total, "examples": len(train_examples)}
   if val_examples:
     final.update({f"val_{k}": v for k, v in (val or evaluate(cfg, params, val_examples, tc)).items()})
