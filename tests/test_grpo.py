@@ -12,7 +12,8 @@ from mpr.router import grpo
 
 def test_config_defaults_and_overrides():
   c = grpo.grpo_config(lams=(0.5,))
-  assert (c.group_size, c.lams, c.clip, c.beta, c.epochs_per_iter, c.seeds) == (8, (0.5,), 0.2, 0.1, 2, (0,))
+  assert (c.group_size, c.lams, c.clip, c.beta, c.epochs_per_iter, c.seeds, c.advantages) == \
+         (8, (0.5,), 0.2, 0.1, 2, (0,), ("std",))
 
 
 def test_episode_reward_by_hand():
@@ -31,6 +32,12 @@ def test_group_advantages_by_hand():
   assert adv == pytest.approx([0.52 / (std + 1e-6), 0.46 / (std + 1e-6),
                                -0.44 / (std + 1e-6), -0.54 / (std + 1e-6)])
   assert np.all(grpo.group_advantages([0.1] * 8) == 0.0)     # equal group: exact zeros
+  # "center" keeps a one-outcome group's cost differences at their size; "std" blows them up to ±1.
+  costs = [1 - 0.1 * 0.2, 1 - 0.1 * 0.4]
+  np.testing.assert_allclose(grpo.group_advantages(costs, scale="center"), [0.01, -0.01])
+  np.testing.assert_allclose(grpo.group_advantages(costs), [1.0, -1.0], atol=1e-3)
+  with pytest.raises(UserError, match="advantages must be among"):
+    grpo.group_advantages(costs, scale="max")
   with pytest.raises(UserError):
     grpo.group_advantages([])
 

@@ -26,7 +26,7 @@ from mpr.errors import UserError
 from mpr.models.quant import Precision, Quant, tree_bytes
 
 
-def _is_frozen(path: params_lib.Path, prec: Precision) -> bool:
+def is_frozen(path: params_lib.Path, prec: Precision) -> bool:
   """Float weights a SERVE model of `prec` declares but reads from the frozen tree instead."""
   if path == ("embed", "embedding"):
     return prec.quant_embed
@@ -56,7 +56,7 @@ class Variant:
   prec: Precision
   model: Decoder
   variables: dict            # {"params": float leaves kept, "aqt": frozen tree (quantized only)}
-  placeholders: tuple        # (path, shape) of float weights SERVE declares but never reads (_is_frozen)
+  placeholders: tuple        # (path, shape) of float weights SERVE declares but never reads (is_frozen)
 
   @property
   def weight_bytes(self) -> int:
@@ -98,7 +98,7 @@ class Variant:
     """A variant over ready serving variables (from make_variant, or restored from a checkpoint)."""
     if not prec.quantized:
       return cls(cfg, prec, Decoder(cfg, None, prec.jnp_dtype), variables, ())
-    holes = tuple((p, s) for p, s in expected_shapes(cfg).items() if _is_frozen(p, prec))
+    holes = tuple((p, s) for p, s in expected_shapes(cfg).items() if is_frozen(p, prec))
     return cls(cfg, prec, Decoder(cfg, Quant(prec, "serve"), prec.jnp_dtype), variables, holes)
 
 
@@ -111,12 +111,13 @@ def check_fits(cfg: ModelConfig, prec: Precision) -> None:
                     f"dimensions {sorted(dims)}")
 
 
-def make_variant(cfg: ModelConfig, params: dict, prec: Precision) -> Variant:
-  """The serving variant of float `params` at precision `prec` (quantized ones are frozen here)."""
+def make_variant(cfg: ModelConfig, params: dict, prec: Precision, frozen: dict | None = None) -> Variant:
+  """The serving variant of float `params` at precision `prec` (quantized ones are frozen here, or
+  serve `frozen`, a tree of freeze()'s structure made another way, e.g. by mpr.models.gptq)."""
   dtype = prec.jnp_dtype
   if not prec.quantized:
     return Variant.serve(cfg, prec, {"params": jax.tree.map(lambda x: jnp.asarray(x, dtype), params)})
   check_fits(cfg, prec)
-  kept = {p: jnp.asarray(v, dtype) for p, v in params_lib.flatten(params).items() if not _is_frozen(p, prec)}
-  variables = {"params": params_lib.unflatten(kept), "aqt": freeze(cfg, params, prec)}
+  kept = {p: jnp.asarray(v, dtype) for p, v in params_lib.flatten(params).items() if not is_frozen(p, prec)}
+  variables = {"params": params_lib.unflatten(kept), "aqt": freeze(cfg, params, prec) if frozen is None else frozen}
   return Variant.serve(cfg, prec, variables)

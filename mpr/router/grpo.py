@@ -25,7 +25,8 @@ from mpr.router.model import HIGH   # index of the high tier in every [..., 2] a
 def grpo_config(**overrides) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.group_size = 8              # G episodes per game; the group mean is the baseline
-  # λ: reward lost by routing every step high (cost = high share). Several = a sweep (with loss_means): each
+  # λ: reward lost by routing every step high (cost = high share). Several = a sweep (× loss_means ×
+  # advantages): each
   # setting trained at the first seed, the one winning most validation games at `select_shares` kept
   # (stages/router_grpo.py).
   c.lams = (0.1,)
@@ -46,6 +47,9 @@ def grpo_config(**overrides) -> ml_collections.ConfigDict:
   # sequence-level mean, which does not let long failures drown short successes). Several = part of the
   # sweep, kept on validation with λ.
   c.loss_means = ("decision",)
+  # How a group's advantages are scaled: "std" (divided by the group's reward std, the paper's GRPO) or
+  # "center" (only centred; see group_advantages). Several = part of the sweep.
+  c.advantages = ("std",)
   c.seeds = (0,)                # one run per seed (routing samples, game draws, batch order; KL-ST init of that seed)
   c.update(overrides)
   return c
@@ -73,18 +77,26 @@ def episode_reward(won: bool, high_steps: int, steps: int, lam: float) -> float:
   return float(won) - lam * cost
 
 
-def group_advantages(rewards, eps: float = 1e-6) -> np.ndarray:
-  """A_i = (R_i − mean R) / (std R + eps) over one group [G], population std (ddof 0).
+ADVANTAGES = ("std", "center")
+
+
+def group_advantages(rewards, eps: float = 1e-6, scale: str = "std") -> np.ndarray:
+  """Over one group [G]: A_i = (R_i − mean R) / (std R + eps) with population std (`scale` "std", the
+  paper's GRPO), or A_i = R_i − mean R ("center"). Without the division a group whose episodes all end
+  alike keeps its λ·cost differences at their size, where "std" blows them up to ±1, as large as a
+  success; a group with both outcomes is led by them either way.
 
   A group whose rewards are all equal carries no preference, so it gets exact zeros: computing
   it would turn float rounding of the mean (e.g. of eight 0.1s) into ±1e-11/eps-sized noise.
   """
+  if scale not in ADVANTAGES:
+    raise UserError(f"router_grpo.advantages must be among {list(ADVANTAGES)}, got {scale!r}")
   r = np.asarray(rewards, np.float64)
   if r.ndim != 1 or r.size == 0 or not np.all(np.isfinite(r)):
     raise UserError(f"group_advantages: need a non-empty 1-D finite reward vector, got shape {r.shape}")
   if np.ptp(r) == 0:
     return np.zeros_like(r)
-  return (r - r.mean()) / (r.std() + eps)
+  return (r - r.mean()) / (r.std() + eps) if scale == "std" else r - r.mean()
 
 
 # --- sampling ------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Each iteration picks `games_per_iter` of `num_games` train games (a pure function of seed and iteration) and plays
 each `group_size` times through the ordinary agent loop, routing every step by sampling from the
 current router (at `sample_temperature`). Reward per episode R = won − λ · (high steps / steps); the
-advantage (R − mean R) / (std R + ε) over the game's group is shared by all of that episode's
+advantage (R − mean R) / (std R + ε) over the game's group (or R − mean R, `advantages`) is shared by all of that episode's
 routing decisions; the router takes `epochs_per_iter` passes of clipped-ratio updates over them
 with a β-weighted KL to the KL-ST router (grpo.loss). Only the router learns.
 
@@ -15,8 +15,9 @@ keyed by game and member), router and optimizer state are checkpointed after eve
 the sampled routes depend only on (router params, seed, iteration, game, member, step) — a killed run
 replays nothing it logged and ends with the router an uninterrupted run gives.
 
-Runs: each setting (λ, loss mean) and seed trains in runs/lam=<λ>_<loss mean>_seed=<seed>/ (rollouts,
-iterations.jsonl, checkpoints, TensorBoard). A sweep (several `lams` × `loss_means`) trains each setting at
+Runs: each setting (λ, loss mean, advantage scaling) and seed trains in
+runs/lam=<λ>_<loss mean>_<advantages>_seed=<seed>/ (rollouts, iterations.jsonl, checkpoints, TensorBoard).
+A sweep (several `lams` × `loss_means` × `advantages`) trains each setting at
 the first seed and keeps the one whose router wins most `collect.val_split` games at the pre-set shares
 `select_shares` (those plays are logged under select/); the other `seeds` then train at that setting. The kept routers go to router/ (first seed) and
 seed_<s>/router/; summary.md holds the selection and every run's iterations, curves.png / .svg their
@@ -62,7 +63,7 @@ READS = ("collect", "router_sl")     # this workdir's stages it builds on (mpr.s
 # --- decisions of one iteration ---------------------------------------------------------------------
 
 def decisions(groups: list[list[Episode]], high: str, low: str, inputs: Sequence[str], lam: float, eps: float,
-              temperature: float, loss_mean: str = "decision") -> dict:
+              temperature: float, loss_mean: str = "decision", advantage: str = "std") -> dict:
   """Flattened routing decisions of an iteration's groups: the router's inputs at each (features.INPUTS),
   offsets, actions, logp_old, advantages, loss weights (grpo.decision_weights), and the share of groups
   whose episodes did not all end alike.
@@ -75,7 +76,7 @@ def decisions(groups: list[list[Episode]], high: str, low: str, inputs: Sequence
     r = np.array([grpo.episode_reward(e.won, sum(s.precision == high for s in e.steps), len(e.steps), lam)
                   for e in group])
     rewards.append(r)
-    for e, a in zip(group, grpo.group_advantages(r, eps)):
+    for e, a in zip(group, grpo.group_advantages(r, eps, advantage)):
       q = grpo.tempered_p_high([s.p_high for s in e.steps], temperature)
       high_step = np.array([s.precision == high for s in e.steps])
       x.append(features.episode_inputs(inputs, e, low))
@@ -139,20 +140,23 @@ def _play(pool, agent_factory, games, gc, path: str) -> list[list[Episode]]:
   return [eps[i:i + gc.group_size] for i in range(0, len(eps), gc.group_size)]
 
 
-def setting_name(setting: tuple[float, str]) -> str:
-  lam, loss_mean = setting
-  return f"lam={lam:g}_{loss_mean}"
+Setting = tuple[float, str, str]       # (λ, loss mean, advantage scaling)
 
 
-def run_name(setting: tuple[float, str], seed: int) -> str:
+def setting_name(setting: Setting) -> str:
+  lam, loss_mean, advantage = setting
+  return f"lam={lam:g}_{loss_mean}_{advantage}"
+
+
+def run_name(setting: Setting, seed: int) -> str:
   return f"{setting_name(setting)}_seed={seed}"
 
 
-def _train(pool, config, policy, variants, games, setting: tuple[float, str], seed: int, rdir: str,
+def _train(pool, config, policy, variants, games, setting: Setting, seed: int, rdir: str,
            ref_params) -> tuple[dict, list[dict]]:
-  """One GRPO run at setting (λ, loss_mean) and `seed` in `rdir`, from `ref_params` (the KL-ST router, also
-  the KL reference) or, when None, from a random router; resumes by finished iterations. → (params, rows)."""
-  lam, loss_mean = setting
+  """One GRPO run at `setting` and `seed` in `rdir`, from `ref_params` (the KL-ST router, also the KL
+  reference) or, when None, from a random router; resumes by finished iterations. → (params, rows)."""
+  lam, loss_mean, advantage = setting
   gc, tiers, model = config.router_grpo, config.tiers, from_config(config.router)
   if ref_params is None:
     params = init_params(config.router, features.width(config.router.inputs, policy.cfg.hidden_size), seed)
@@ -174,7 +178,7 @@ def _train(pool, config, policy, variants, games, setting: tuple[float, str], se
     groups = _play(pool, factory, [games[i] for i in np.sort(pick)], gc,
                    os.path.join(rdir, "rollouts", f"iter_{it:03d}.jsonl"))
     played["dec"] = decisions(groups, tiers.high, tiers.low, config.router.inputs, lam, gc.eps,
-                              gc.sample_temperature, loss_mean)
+                              gc.sample_temperature, loss_mean, advantage)
     played["episodes"] = [e for g in groups for e in g]
     yield from decision_batches(model, played["dec"], ref_params, gc, np.random.default_rng([seed, it, 1]))
 
@@ -200,8 +204,8 @@ def _train(pool, config, policy, variants, games, setting: tuple[float, str], se
   return state["params"], [history[i] for i in sorted(history)]
 
 
-def _select(pool, config, policy, variants, trained: dict[tuple[float, str], dict], sdir: str):
-  """The setting (λ, loss_mean) whose router wins most validation games at the pre-set shares
+def _select(pool, config, policy, variants, trained: dict[Setting, dict], sdir: str):
+  """The setting (λ, loss mean, advantage scaling) whose router wins most validation games at the pre-set shares
   `router_grpo.select_shares` (each threshold sends that share of the collected validation steps high,
   as in route_eval); ties go to the earlier setting. → (setting, one row per setting)."""
   cc, gc, tiers = config.collect, config.router_grpo, config.tiers
@@ -211,7 +215,7 @@ def _select(pool, config, policy, variants, trained: dict[tuple[float, str], dic
   for setting, params in trained.items():
     p_val = table_p_high(params, config.router, val_table)
     name = setting_name(setting)
-    row = {"lam": setting[0], "loss_mean": setting[1], "success": {}, "high_ratio": {}}
+    row = {"lam": setting[0], "loss_mean": setting[1], "advantage": setting[2], "success": {}, "high_ratio": {}}
     for q in map(float, gc.select_shares):
       k = float(np.quantile(p_val, 1 - q))
       agent = agent_lib.from_config(config.agent, policy.tok, variants, rows=pool.num_slots, seed=config.seed,
@@ -224,27 +228,32 @@ def _select(pool, config, policy, variants, trained: dict[tuple[float, str], dic
     row["score"] = float(np.mean(list(row["success"].values())))
     rows.append(row)
   best = max(rows, key=lambda r: r["score"])    # max keeps the first of equals
-  return (best["lam"], best["loss_mean"]), rows
+  return (best["lam"], best["loss_mean"], best["advantage"]), rows
 
 
-def settings(gc) -> list[tuple[float, str]]:
-  """The (λ, loss_mean) settings of a sweep: every λ of `lams` with every mean of `loss_means`."""
+def settings(gc) -> list[Setting]:
+  """The settings of a sweep: every λ of `lams` with every mean of `loss_means` and every scaling of
+  `advantages`."""
   tup = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v,)
-  lams, means = tup(gc.lams), tup(gc.loss_means)
+  lams, means, scalings = tup(gc.lams), tup(gc.loss_means), tup(gc.advantages)
   if not lams or len(set(lams)) < len(lams) or not all(isinstance(x, (int, float)) and x >= 0 for x in lams):
     raise UserError(f"router_grpo.lams must be distinct non-negative numbers, got {lams!r}")
   if not means or len(set(means)) < len(means):
     raise UserError(f"router_grpo.loss_means must be distinct, got {means!r}")
+  if not scalings or len(set(scalings)) < len(scalings):
+    raise UserError(f"router_grpo.advantages must be distinct, got {scalings!r}")
   for m in means:
-    grpo.decision_weights([1], m)          # an unknown mean fails before any episode is played
-  out = [(float(lam), m) for lam in lams for m in means]
+    grpo.decision_weights([1], m)          # unknown names fail before any episode is played
+  for a in scalings:
+    grpo.group_advantages([0.0], scale=a)
+  out = [(float(lam), m, a) for lam in lams for m in means for a in scalings]
   if len(out) > 1 and not all(0 < float(q) < 1 for q in gc.select_shares):
     raise UserError(f"router_grpo.select_shares must be shares strictly between 0 and 1, got {list(gc.select_shares)}")
   return out
 
 
-def chosen_setting(config, wdir: str) -> tuple[float, str]:
-  """The (λ, loss_mean) the router_grpo stage of `wdir` kept (the only one when the sweep has one)."""
+def chosen_setting(config, wdir: str) -> Setting:
+  """The setting the router_grpo stage of `wdir` kept (the only one when the sweep has one)."""
   sweep = settings(config.router_grpo)
   if len(sweep) == 1:
     return sweep[0]
@@ -253,7 +262,7 @@ def chosen_setting(config, wdir: str) -> tuple[float, str]:
     raise UserError(f"router_grpo_scratch trains at the setting router_grpo kept from its sweep: run router_grpo "
                     f"first ({path} does not exist)")
   m = io.read_json(path)
-  return float(m["lam"]), m["loss_mean"]
+  return float(m["lam"]), m["loss_mean"], m["advantage"]
 
 
 def run(config, sdir: str, scratch: bool = False) -> dict:
@@ -288,7 +297,7 @@ def run(config, sdir: str, scratch: bool = False) -> dict:
   if scratch:
     sweep = [chosen_setting(config, wdir)]
   games = split_games(config, config.collect.split, gc.num_games)
-  runs: dict[tuple[tuple[float, str], int], tuple[dict, list[dict]]] = {}
+  runs: dict[tuple[Setting, int], tuple[dict, list[dict]]] = {}
   selection = None
   with open_pool(config.env) as pool:
     def train(setting, seed):
@@ -303,9 +312,9 @@ def run(config, sdir: str, scratch: bool = False) -> dict:
       logging.info("router_grpo: %s kept on %s", run_name(kept_setting, seeds[0]), config.collect.val_split)
     for seed in ([] if scratch else seeds[1:]):
       train(kept_setting, seed)
-  lam, loss_mean = kept_setting
+  lam, loss_mean, advantage = kept_setting
   meta = {**router_meta(config), "grpo": {"iterations": gc.iterations, "lam": lam, "loss_mean": loss_mean,
-                                          "init": "scratch" if scratch else "router_sl"}}
+                                          "advantage": advantage, "init": "scratch" if scratch else "router_sl"}}
   kept = [seeds[0]] if scratch else list(seeds)
   if hosts.is_primary():   # a folder is written by one host (every host holds the same params)
     for seed in kept:
@@ -317,20 +326,20 @@ def run(config, sdir: str, scratch: bool = False) -> dict:
   text = _summary(curves, selection, kept_setting, scratch, config.collect.val_split)
   io.atomic_write_text(os.path.join(sdir, "summary.md"), text)
   print(text)
-  return {"lam": lam, "loss_mean": loss_mean, "seeds": kept, "runs": curves,
+  return {"lam": lam, "loss_mean": loss_mean, "advantage": advantage, "seeds": kept, "runs": curves,
           **({"selection": selection} if selection else {}), "iterations": runs[(kept_setting, seeds[0])][1]}
 
 
-def _summary(curves: dict[str, list[dict]], selection, kept: tuple[float, str], scratch: bool, val_split: str) -> str:
+def _summary(curves: dict[str, list[dict]], selection, kept: Setting, scratch: bool, val_split: str) -> str:
   ref = "KL to uniform (no reference)" if scratch else "KL to KL-ST"
   text = f"### {'router_grpo_scratch' if scratch else 'router_grpo'}\n\n"
   if selection:
     shares = list(selection[0]["success"])
-    text += (f"Kept on {val_split}: **λ = {kept[0]:g}, {kept[1]} mean** (most games won at the pre-set shares, mean "
-             "over shares)\n\n| λ | loss mean | " + " | ".join(f"success % at {100 * float(q):.0f}% [realised high %]"
-                                                              for q in shares)
-             + " | mean % |\n|---:|---|" + "---:|" * (len(shares) + 1) + "\n")
-    text += "".join(f"| {r['lam']:g} | {r['loss_mean']} | " + " | ".join(
+    text += (f"Kept on {val_split}: **λ = {kept[0]:g}, {kept[1]} mean, {kept[2]} advantages** (most games won at the "
+             "pre-set shares, mean over shares)\n\n| λ | loss mean | advantages | "
+             + " | ".join(f"success % at {100 * float(q):.0f}% [realised high %]" for q in shares)
+             + " | mean % |\n|---:|---|---|" + "---:|" * (len(shares) + 1) + "\n")
+    text += "".join(f"| {r['lam']:g} | {r['loss_mean']} | {r['advantage']} | " + " | ".join(
         f"{100 * r['success'][q]:.1f} [{100 * r['high_ratio'][q]:.1f}]" for q in shares) + f" | {100 * r['score']:.1f} |\n"
         for r in selection) + "\n"
   for name, rows in curves.items():
