@@ -166,6 +166,7 @@ def run(config, sdir: str) -> dict:
   if ec.generated_split:
     by_split[ec.generated_split] = split_games(config, ec.generated_split, ec.generated_games, seed=ec.generated_seed)
   games = [g for gs in by_split.values() for g in gs]
+  ids = {s: {g.game_id for g in gs} for s, gs in by_split.items()}
   # The games the routers trained on: collect's and GRPO's draws from one split (0 = all of it).
   counts = (config.collect.games, config.router_grpo.num_games)
   check_disjoint(split_games(config, config.collect.split, 0 if 0 in counts else max(counts)), games, "route_eval")
@@ -197,7 +198,7 @@ def run(config, sdir: str) -> dict:
     def matched_random(method: str, param: str, q: float, eps: list[Episode]) -> None:
       """Random routing at the router point's realised high ratio on each split (so each split's table
       has its matched baseline), played as one point."""
-      ratios = {s: _high_ratio([e for e in eps if e.game in {g.game_id for g in gs}], hi) for s, gs in by_split.items()}
+      ratios = {s: _high_ratio([e for e in eps if e.game in ids[s]], hi) for s in by_split}
       label = "/".join(f"{r:.3f}" for r in ratios.values())
       played, logs = [], []
       for s, gs in by_split.items():
@@ -232,7 +233,7 @@ def run(config, sdir: str) -> dict:
   subsets = {"+".join(by_split): games, **(by_split if len(by_split) > 1 else {})}
   text = ""
   for name, sub in subsets.items():
-    points = _points(_subset(entries, {g.game_id for g in sub}), hi, costs)
+    points = _points(_subset(entries, ids.get(name) or {g.game_id for g in sub}), hi, costs)
     is_main = [p.get("seed") in (None, seeds.get(p["method"])) for p in points]
     main = [p for p, m in zip(points, is_main) if m]
     outdir = sdir if sub is games else os.path.join(sdir, name)
@@ -246,7 +247,7 @@ def run(config, sdir: str) -> dict:
     title = f"### {model}: {hi} / {lo} routing on {name} ({len(sub)} games, {env.engine} engine)\n\n"
     text += title + "".join(open(paths[f]).read() + "\n" for f in ("table1.md", "table2.md", "table3.md")
                             if f in paths)
-    result[name] = {"games": len(sub), "points": points}
+    result[name] = {"games": len(sub), "results": os.path.relpath(paths["results.json"], sdir)}
   io.atomic_write_text(os.path.join(sdir, "summary.md"), text)
   print(text)
   return result
