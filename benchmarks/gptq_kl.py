@@ -66,11 +66,12 @@ def main() -> None:
   for bits in args.bits.split(","):
     for calib_name in ("", "-mse"):
       prec = precision(f"int{bits}{calib_name}")
-      t1 = time.time()
-      tiers[prec.name] = make_variant(policy.cfg, policy.params, prec)
-      tiers[f"{prec.name} + GPTQ"] = gptq.make_variant(policy.cfg, policy.params, prec, hs)
-      made[prec.name] = made[f"{prec.name} + GPTQ"] = time.time() - t1
-      print(f"{prec.name}: rounded and GPTQ tiers made in {made[prec.name]:.0f} s", flush=True)
+      for name, make in ((prec.name, lambda: make_variant(policy.cfg, policy.params, prec)),
+                         (f"{prec.name} + GPTQ", lambda: gptq.make_variant(policy.cfg, policy.params, prec, hs))):
+        t1 = time.time()
+        tiers[name] = make()
+        made[name] = time.time() - t1
+      print(f"{prec.name}: rounded in {made[prec.name]:.0f} s, GPTQ in {made[prec.name + ' + GPTQ']:.0f} s", flush=True)
   # One pass over the held-out contexts: the f32 reference's logits are computed once for every tier.
   rows = [{"variant": name, "bits": tiers[name].prec.weight_bits, "kl": fid["kl"],
            "argmax_agreement": fid["argmax_agreement"], "tokens": fid["tokens"], "quantize_s": made[name]}

@@ -305,6 +305,8 @@ def _exit_2(args, needle):
     ("router_sl", "--config.router_sl.quantile=0.5", "steps_train.npz"),        # no collect stage ran
     ("router_grpo", "--config.router_grpo.group_size=1", "group_size"),
     ("router_grpo", "--config.router_grpo.lams=(0.1,0.1)", "router_grpo.lams must be distinct"),
+    ("router_grpo", "--config.router_grpo.seeds=(0,1)", "have no KL-ST router to start from"),
+    ("router_grpo", "--config.router_grpo.lams=(0.1,0.1000001)", "name the same run folder"),
     ("router_grpo", "--config.router_grpo.loss_means=('episode','mean')", "loss_means must be among"),
     ("router_grpo", "--config.router_grpo.advantages=('center','max')", "advantages must be among"),
     ("router_sl", "--config.router_sl.seeds=(1,1)", "router_sl.seeds must be distinct"),

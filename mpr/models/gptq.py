@@ -32,10 +32,9 @@ from mpr.models import params as params_lib, variants
 from mpr.models.config import ModelConfig
 from mpr.models.decoder import Decoder, init_cache
 from mpr.models.layers import Linear
-from mpr.models.quant import Precision
+from mpr.models.quant import MSE_RATIOS, Precision, grid
 
 Path = tuple[str, ...]
-_MSE_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)
 
 
 # --- calibration ----------------------------------------------------------------------------------
@@ -82,16 +81,11 @@ def hessians(cfg: ModelConfig, params: dict, sequences: Iterable[np.ndarray], he
 
 # --- the solver -----------------------------------------------------------------------------------
 
-def _grid(prec: Precision) -> tuple[float, float]:
-  """AQT's symmetric grid: scale = absmax / bound, integers within ±(bound − 1/2)."""
-  bound = 2.0 ** (prec.weight_bits - 1) - 0.5
-  return bound, bound - 0.5
-
-
 def _scales(w: np.ndarray, prec: Precision) -> np.ndarray:
   """Per output channel of w [k, out] (one group of inputs): the scale at the calibration's clip ratio
-  (absmax, a fixed clip, or per channel the ratio with the least rounding error)."""
-  bound, top = _grid(prec)
+  (absmax, a fixed clip, or per channel the ratio of quant.MSE_RATIOS with the least rounding error),
+  on quant.grid: the grid the other variants use."""
+  bound, top = grid(prec.weight_bits)
   absmax = np.abs(w).max(axis=0)
   scale_at = lambda r: np.where(absmax > 0, absmax * r / bound, 1.0)
   if prec.calibration == "clip":
@@ -99,8 +93,8 @@ def _scales(w: np.ndarray, prec: Precision) -> np.ndarray:
   if prec.calibration != "mse":
     return scale_at(1.0)
   err = lambda s: ((np.clip(np.round(w / s), -top, top) * s - w) ** 2).sum(axis=0)
-  best, best_err = scale_at(_MSE_RATIOS[0]), err(scale_at(_MSE_RATIOS[0]))
-  for r in _MSE_RATIOS[1:]:
+  best, best_err = scale_at(MSE_RATIOS[0]), err(scale_at(MSE_RATIOS[0]))
+  for r in MSE_RATIOS[1:]:
     s = scale_at(r)
     e = err(s)
     best, best_err = np.where(e < best_err, s, best), np.minimum(e, best_err)
@@ -134,7 +128,7 @@ def quantize_kernel(w: np.ndarray, h: np.ndarray, prec: Precision, scale_dtype=j
   w[dead] = 0.0
   h[np.diag_indices(n)] += damp * np.mean(np.diag(h))
   hinv = np.linalg.cholesky(np.linalg.inv(h)).T          # upper: row i holds i's effect on rows > i
-  _, top = _grid(prec)
+  _, top = grid(prec.weight_bits)
   q = np.zeros((n, out), np.float64)
   scales = np.zeros((n // g, out), np.float64)
   for lo in range(0, n, block):

@@ -83,7 +83,14 @@ PRECISIONS = {
     "int2": Precision("int2", weight_bits=2),
 }
 _CALIBRATIONS = ("absmax", "clip", "mse")
-_MSE_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)   # clipping candidates of `mse`
+MSE_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)   # clipping candidates of `mse`
+
+
+def grid(bits: int) -> tuple[float, float]:
+  """AQT's symmetric integer grid for `bits`: (bound, top). scale = absmax / bound; integers within ±top,
+  top = bound − 1/2 (zero preserved, round to nearest even)."""
+  bound = 2.0 ** (bits - 1) - 0.5
+  return bound, bound - 0.5
 _OPTION = re.compile(r"g(?P<group>[1-9]\d*)|(?P<mse>mse)|clip(?P<clip>0?\.\d+|1(\.0*)?)|(?P<head>head)|(?P<emb>emb)")
 
 
@@ -166,7 +173,7 @@ def _aqt_config(p: Precision):
     aqt_config.set_absmax_calib_scale(cfg, p.clip_scale)
   elif p.calibration == "mse":
     # Candidate clipping ratios; AQT keeps, per channel (or group), the one with the best SNR.
-    aqt_config.set_auto_calib_scale(cfg, _MSE_RATIOS)
+    aqt_config.set_auto_calib_scale(cfg, MSE_RATIOS)
   if p.act_bits is not None:
     # Integer × integer must accumulate in int32: without it XLA:CPU takes a 100× slower path (stack.md §4).
     aqt_config.set_accumulator_dtype(cfg, jnp.int32, None, None)
@@ -216,21 +223,21 @@ def quantize_table(table: jax.Array, prec: Precision) -> tuple[jax.Array, jax.Ar
   v, h = table.shape
   g = prec.group_size or h
   w = table.astype(jnp.float32).reshape(v, h // g, g)
-  bound = 2.0 ** (prec.weight_bits - 1) - 0.5
+  bound, top = grid(prec.weight_bits)
   absmax = jnp.max(jnp.abs(w), axis=-1, keepdims=True)
 
-  def grid(ratio):
+  def at(ratio):
     scale = jnp.where(absmax > 0, absmax * ratio / bound, 1.0)
-    q = jnp.round(jnp.clip(w / scale, -(bound - 0.5), bound - 0.5))
+    q = jnp.round(jnp.clip(w / scale, -top, top))
     return q, scale
 
   if prec.calibration != "mse":
-    return grid(prec.clip_scale if prec.calibration == "clip" else 1.0)
+    return at(prec.clip_scale if prec.calibration == "clip" else 1.0)
   # A running best keeps two candidate tables alive, not nine (a 150k-token table is GBs in f32).
-  q, scale = grid(_MSE_RATIOS[0])
+  q, scale = at(MSE_RATIOS[0])
   err = jnp.sum((q * scale - w) ** 2, axis=-1, keepdims=True)
-  for ratio in _MSE_RATIOS[1:]:
-    q_r, scale_r = grid(ratio)
+  for ratio in MSE_RATIOS[1:]:
+    q_r, scale_r = at(ratio)
     err_r = jnp.sum((q_r * scale_r - w) ** 2, axis=-1, keepdims=True)
     better = err_r < err           # ties keep the larger ratio
     q, scale, err = jnp.where(better, q_r, q), jnp.where(better, scale_r, scale), jnp.minimum(err, err_r)

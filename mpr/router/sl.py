@@ -123,11 +123,13 @@ def _known(table: data.StepTable, tau: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def train(router_cfg: ml_collections.ConfigDict, sl_cfg: ml_collections.ConfigDict, train_table: data.StepTable,
-          val_table: data.StepTable, workdir: str, meta: dict | None = None, seed: int = 0) -> tuple[dict, dict]:
-  """Trains a router from scratch (or resumes in workdir) with `seed` (init, batch order, dropout).
-  Returns (best-by-val-AP params, result).
+          val_table: data.StepTable, workdir: str, meta: dict | None = None,
+          seed: int | None = None) -> tuple[dict, dict]:
+  """Trains a router from scratch (or resumes in workdir) with `seed` (init, batch order, dropout;
+  default: the first of sl_cfg.seeds). Returns (best-by-val-AP params, result).
 
   `meta` is stored with the saved router (e.g. which tiers and embedding it was trained for)."""
+  seed = tuple(sl_cfg.seeds)[0] if seed is None else seed
   data.validate(train_table)
   inputs = features.check(router_cfg.inputs)
   train_table, val_table = features.featurize(inputs, train_table), features.featurize(inputs, val_table)

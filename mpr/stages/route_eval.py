@@ -1,4 +1,8 @@
-"""Stage `route_eval`: every routing method at the same pre-set operating points on one split; the paper's tables.
+"""Stage `route_eval`: every routing method at the same pre-set operating points; the paper's tables.
+
+Games: `eval.split`, plus with `eval.generated_split` a fixed generated test split (its own name and
+seed, never trained on or used to choose anything). Tables and plots cover them together (this folder)
+and each alone (<split>/).
 
 Operating points are fixed on validation before any evaluation: for each share q ∈ eval.shares, every
 method's threshold is the one that sends a share q of the collected validation steps (collect.val_split,
@@ -10,7 +14,9 @@ as collect played them) high. Methods:
   first-k                               the first k_q steps high (k_q: the k whose share is nearest q)
   oracle                                high when the true d_t ≥ τ_q: what perfect labels could give
   random                                high with probability p = each router point's realised high
-                                        ratio (the matched baseline; report refuses pairs > 2 points apart)
+                                        ratio on each split (the matched baseline, played split by
+                                        split; report refuses pairs > 2 points apart)
+The routers of the other training seeds play at `eval.seed_shares` (Table 3: the spread over seeds).
 
 Per point: success (overall, per task, 95% Wilson) and per-game outcomes (for the paired comparisons
 in mpr.eval.report), high ratio (share of steps on the high tier), and cost: model seconds per episode
@@ -19,8 +25,9 @@ outliers × mean steps) → measured speed-up vs high only; and the cost model's
 each step priced by the calls and tokens each tier ran in it (catch-up prefill on switches and the low
 tier's embedding included), at per-tier prices fitted to all this run's points (`python -m
 mpr.eval.cost` re-prices the logged points with another device's prices). Episode logs per
-point under points/ make the stage resumable. Writes results.json, table1.md, table2.md, pareto.png / pareto.svg (mpr.eval.report) and
-prints Table 1.
+point under points/ make the stage resumable. Writes results.json, table1.md, table2.md, table3.md
+(with several seeds), pareto.png / pareto.svg (mpr.eval.report) here and per split in <split>/, and
+prints the tables.
 """
 from __future__ import annotations
 
@@ -167,6 +174,9 @@ def run(config, sdir: str) -> dict:
     by_split[ec.generated_split] = split_games(config, ec.generated_split, ec.generated_games, seed=ec.generated_seed)
   games = [g for gs in by_split.values() for g in gs]
   ids = {s: {g.game_id for g in gs} for s, gs in by_split.items()}
+  if len(by_split) > 1 and set.intersection(*ids.values()):
+    raise UserError(f"eval.split and eval.generated_split share game ids (first: {min(set.intersection(*ids.values()))}); "
+                    "give eval.generated_seed a value other than the run's seed")
   # The games the routers trained on: collect's and GRPO's draws from one split (0 = all of it).
   counts = (config.collect.games, config.router_grpo.num_games)
   check_disjoint(split_games(config, config.collect.split, 0 if 0 in counts else max(counts)), games, "route_eval")
@@ -228,7 +238,7 @@ def run(config, sdir: str) -> dict:
   costs = cost.fit([eps for _, eps in entries], [hi, lo])
   model = "tiny policy" if policy.source == models.SHIPPED_TINY else os.path.basename(policy.source.rstrip("/"))
   seeds = {m: _first_seed(routers, m) for m, *_ in routers}
-  result = {"split": ec.split, "games": len(games), "cost_model": costs,
+  result = {"splits": list(by_split), "games": len(games), "cost_model": costs,
             "thresholds": {m: {f"{q:g}": v for q, v in t.items()} for m, t in th.items()}}
   subsets = {"+".join(by_split): games, **(by_split if len(by_split) > 1 else {})}
   text = ""

@@ -247,6 +247,9 @@ def settings(gc) -> list[Setting]:
   for a in scalings:
     grpo.group_advantages([0.0], scale=a)
   out = [(float(lam), m, a) for lam in lams for m in means for a in scalings]
+  names = [setting_name(st) for st in out]
+  if len(set(names)) < len(names):
+    raise UserError(f"router_grpo.lams {lams!r} name the same run folder (λ is written to 6 significant digits)")
   if len(out) > 1 and not all(0 < float(q) < 1 for q in gc.select_shares):
     raise UserError(f"router_grpo.select_shares must be shares strictly between 0 and 1, got {list(gc.select_shares)}")
   return out
@@ -281,9 +284,6 @@ def run(config, sdir: str, scratch: bool = False) -> dict:
     """The KL-ST router of `seed` (GRPO's init and KL reference), or None for the scratch ablation."""
     if scratch:
       return None
-    if seed not in tuple(config.router_sl.seeds):
-      raise UserError(f"router_grpo seed {seed} has no KL-ST router to start from (router_sl.seeds = "
-                      f"{list(config.router_sl.seeds)})")
     ref_dir = router_dir(os.path.join(wdir, "router_sl"), seed, tuple(config.router_sl.seeds))
     cfg, params, meta = load_router(ref_dir)
     if (meta.get("low"), meta.get("high")) != (tiers.low, tiers.high):
@@ -293,6 +293,10 @@ def run(config, sdir: str, scratch: bool = False) -> dict:
       raise UserError(f"{ref_dir} has another router architecture than config.router")
     return params
 
+  missing = [s for s in seeds if s not in tuple(config.router_sl.seeds)]
+  if not scratch and missing:      # before any run: each seed starts from the KL-ST router of that seed
+    raise UserError(f"router_grpo.seeds {missing} have no KL-ST router to start from (router_sl.seeds = "
+                    f"{list(config.router_sl.seeds)})")
   # The ablation is trained once (the reference seed) at the setting router_grpo kept.
   if scratch:
     sweep = [chosen_setting(config, wdir)]

@@ -6,7 +6,10 @@ batch iterator through one jitted step, then ends (validation, early stopping, t
   state, info = loop.train(workdir, state, rounds, batches, step, end_round, label="router")
 
   batches(r, state)      -> the round's batches, a pure function of r and the state the round starts from
-                            (so a restart can skip the ones it already took)
+                            (so a restart can skip the ones it already took). With ckpt_every > 0 a
+                            restart inside a round passes the state it restored, so there batches
+                            must not read the state (BC and KL-ST do not; GRPO, which does, checkpoints
+                            only at the end of its rounds)
   step(state, batch, i)  -> (state, metrics)            i: the global step index (e.g. for dropout keys)
   end_round(r, state, step_metrics) -> (state, metrics, stop)     metrics are logged; stop ends the run
 
@@ -61,11 +64,11 @@ def train(workdir: str, state: Any, rounds: int, batches: Batches, step: Step, e
   if latest:
     logging.info("%s: resumed at round %d of %d (%d steps taken)", label, r + 1 if taken else r, rounds, gstep)
 
-  def save() -> Any:
+  def save() -> tuple[Any, bool]:
     saved = checkpoints.save(mgr, gstep + r, {"state": state, "round": np.asarray(r, np.int64),
                                               "taken": np.asarray(taken, np.int64), "step": np.asarray(gstep, np.int64),
                                               "stopped": np.asarray(stopped, np.int8)})
-    return saved["state"]        # host 0's: every host goes on from the same state
+    return saved["state"], bool(saved["stopped"])     # host 0's: every host goes on (or stops) alike
 
   bar = tqdm(total=total_steps or rounds, initial=gstep if total_steps else r, desc=label,
              unit="step" if total_steps else "round", dynamic_ncols=True)
@@ -78,7 +81,7 @@ def train(workdir: str, state: Any, rounds: int, batches: Batches, step: Step, e
             continue
           if pending:                       # a mid-round checkpoint, once another batch follows
             _finite_losses(metrics[-1], f"step {gstep}")
-            state, pending = save(), False
+            (state, _), pending = save(), False
           state, m = step(state, batch, gstep)
           metrics.append(m)
           taken, gstep = taken + 1, gstep + 1
@@ -97,7 +100,7 @@ def train(workdir: str, state: Any, rounds: int, batches: Batches, step: Step, e
         r, taken, stopped = r + 1, 0, bool(stop)
         if not total_steps:
           bar.update(1)
-        state = save()
+        state, stopped = save()
   finally:   # an interrupted run still completes the checkpoint it was writing
     bar.close()
     mgr.wait_until_finished()
