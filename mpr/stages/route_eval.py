@@ -83,6 +83,11 @@ def inputs(config) -> dict:
   return {"eval games": generated_data_dir(config.env.generated_dir or None, ec.generated_seed)}
 
 
+def share_threshold(p_high: np.ndarray, share: float) -> float:
+  """The router threshold K that sends a share `share` of the validation steps (p(high) at each) high."""
+  return float(np.quantile(p_high, 1 - share))
+
+
 def thresholds(val: data.StepTable, p_high: dict[str, np.ndarray], shares) -> dict[str, dict[float, float | int]]:
   """Per method, per share q: the threshold that sends a share q of the validation steps high.
 
@@ -94,7 +99,7 @@ def thresholds(val: data.StepTable, p_high: dict[str, np.ndarray], shares) -> di
   def k_for(q):
     share = lambda k: np.minimum(k, lengths).sum() / lengths.sum()
     return int(min(range(1, int(lengths.max()) + 1), key=lambda k: (abs(share(k) - q), k)))
-  out = {name: {q: float(np.quantile(p, 1 - q)) for q in shares} for name, p in p_high.items()}
+  out = {name: {q: share_threshold(p, q) for q in shares} for name, p in p_high.items()}
   out["entropy"] = {q: float(np.quantile(val.low_entropy, 1 - q)) for q in shares}
   out["margin"] = {q: float(np.quantile(val.low_margin, q)) for q in shares}
   out["oracle"] = {q: float(np.quantile(val.d, 1 - q)) for q in shares}
@@ -106,7 +111,7 @@ def point(method: str, param, episodes: list[Episode], high: str, share: float |
   s, c = summary_lib.summarize(episodes), summary_lib.step_costs(episodes)
   return {"method": method, "param": param, "share": share, "success": s["overall"]["success"],
           "ci": s["overall"]["success_ci95"], "outcomes": {e.game: bool(e.won) for e in episodes},
-          "n": s["overall"]["n"], "high_ratio": _high_ratio(episodes, high),
+          "n": s["overall"]["n"], "high_ratio": high_ratio(episodes, high),
           "per_task": {t: v["success"] for t, v in s["per_task"].items()},
           "mean_steps": s["overall"]["mean_steps"], "model_ms_per_step": c["model_ms"],
           "compile_steps_dropped": c["compile_steps_dropped"],
@@ -208,7 +213,7 @@ def run(config, sdir: str) -> dict:
     def matched_random(method: str, param: str, q: float, eps: list[Episode]) -> None:
       """Random routing at the router point's realised high ratio on each split (so each split's table
       has its matched baseline), played as one point."""
-      ratios = {s: _high_ratio([e for e in eps if e.game in ids[s]], hi) for s in by_split}
+      ratios = {s: high_ratio([e for e in eps if e.game in ids[s]], hi) for s in by_split}
       label = "/".join(f"{r:.3f}" for r in ratios.values())
       played, logs = [], []
       for s, gs in by_split.items():
@@ -227,7 +232,7 @@ def run(config, sdir: str) -> dict:
         if not first and q not in map(float, ec.seed_shares):
           continue
         # Every seed's router at its own threshold for the share, fixed on the same validation steps.
-        k = th[method][q] if first else float(np.quantile(p_val[(method, seed)], 1 - q))
+        k = th[method][q] if first else share_threshold(p_val[(method, seed)], q)
         param = f"q={q:.2f} K={k:.3f}" + ("" if first else f" seed={seed}")
         eps = add(method, param, routes.router_route(params, cfg, hi, lo, k=k), q, seed=seed)
         if first:
@@ -267,6 +272,7 @@ def _first_seed(routers, method: str) -> int:
   return next(seed for m, seed, *_ in routers if m == method)
 
 
-def _high_ratio(episodes: list[Episode], high: str) -> float:
+def high_ratio(episodes: list[Episode], high: str) -> float:
+  """The share of the episodes' steps played on the high tier."""
   steps = [s for e in episodes for s in e.steps]
   return float(np.mean([s.precision == high for s in steps])) if steps else 0.0

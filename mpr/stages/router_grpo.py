@@ -53,6 +53,7 @@ from mpr.router.model import HIGH, Router, from_config, init_params, load_router
 from mpr.router.routes import router_route, table_p_high
 from mpr.stages import collect
 from mpr.stages.common import check_seeds, play_logged, router_dir, split_games
+from mpr.stages.route_eval import high_ratio, share_threshold
 from mpr.stages.router_sl import router_meta
 from mpr.train import loop
 
@@ -217,14 +218,13 @@ def _select(pool, config, policy, variants, trained: dict[Setting, dict], sdir: 
     name = setting_name(setting)
     row = {"lam": setting[0], "loss_mean": setting[1], "advantage": setting[2], "success": {}, "high_ratio": {}}
     for q in map(float, gc.select_shares):
-      k = float(np.quantile(p_val, 1 - q))
+      route = router_route(params, config.router, tiers.high, tiers.low, k=share_threshold(p_val, q))
       agent = agent_lib.from_config(config.agent, policy.tok, variants, rows=pool.num_slots, seed=config.seed,
-                                    route=router_route(params, config.router, tiers.high, tiers.low, k=k))
+                                    route=route)
       eps = play_logged(pool, [(g, config.seed) for g in games], agent,
                         os.path.join(sdir, "select", f"{name}_q={q:.2f}.jsonl"), progress=f"select {name} q={q:.2f}")
-      steps = [s for e in eps for s in e.steps]
       row["success"][f"{q:g}"] = float(np.mean([e.won for e in eps]))
-      row["high_ratio"][f"{q:g}"] = float(np.mean([s.precision == tiers.high for s in steps]))
+      row["high_ratio"][f"{q:g}"] = high_ratio(eps, tiers.high)
     row["score"] = float(np.mean(list(row["success"].values())))
     rows.append(row)
   best = max(rows, key=lambda r: r["score"])    # max keeps the first of equals
