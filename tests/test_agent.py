@@ -1,9 +1,4 @@
 """The agent: prompt histories, training sequences, the batched multi-precision policy on real games."""
-import json
-import os
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -252,44 +247,6 @@ def test_policy_checkpoint_round_trip_and_bad_paths(tmp_path, policy):
     models.load(models.model_config(path=str(tmp_path)))
   with pytest.raises(UserError, match="tier"):
     models.load(models.model_config(tier="onnx"))
-
-
-_DEVICES_SCRIPT = """
-import json
-from mpr.agent import agent as agent_lib, models
-from mpr.envs.games import find_games
-from mpr.envs.pool import EnvPool
-from mpr.envs.rollout import rollout
-import jax
-def main():
-  pol = models.load(models.model_config())
-  games = find_games("valid_seen", source="real")[:4]
-  with EnvPool(1, 4, max_steps=6) as pool:
-    agent = agent_lib.from_config(agent_lib.agent_config(), pol.tok, pol.variants(["f32"]), rows=4,
-                                  route=agent_lib.fixed("f32"))
-    eps = rollout(pool, [(g, 0) for g in games], agent)
-  print(json.dumps({"devices": jax.local_device_count(),
-                    "sharded": agent.caches["f32"]["k"][0].sharding.num_devices,
-                    "steps": [[[s.action, s.action_probs] for s in e.steps] for e in eps]}))
-if __name__ == "__main__":
-  main()
-"""
-
-
-def test_four_forced_host_devices_give_the_same_episodes(tmp_path, alfworld_data):
-  script = tmp_path / "play.py"
-  script.write_text(_DEVICES_SCRIPT)
-  out = {}
-  for n in (1, 4):
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}", "JAX_PLATFORMS": "cpu"}
-    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=900)
-    assert p.returncode == 0, p.stderr[-3000:]
-    out[n] = json.loads(p.stdout.strip().splitlines()[-1])
-  assert out[1]["devices"] == 1 and out[4]["devices"] == 4 and out[4]["sharded"] == 4
-  for ea, eb in zip(out[1]["steps"], out[4]["steps"]):
-    assert [a for a, _ in ea] == [a for a, _ in eb]
-    for (_, pa), (_, pb) in zip(ea, eb):
-      np.testing.assert_allclose(pa, pb, atol=1e-4)
 
 
 @pytest.mark.parametrize("mode", ["score", "generate"])

@@ -6,9 +6,10 @@ int3 weight-only low tier, on an accelerator. Bring the Hugging Face checkpoint 
       --workdir workdirs/dmr_qwen3_8b
   ...:model=r1-llama-8b,path=/ckpt/DeepSeek-R1-Distill-Llama-8B,low=int3
 
-Devices: the agent shards its episode rows over every local device with jax.sharding (`agent.devices`,
-0 = all; `env.num_slots` must be a multiple of the device count); weights are replicated, so one
-8B bf16 copy (16 GB) plus its int4 sibling must fit each device. Hosts (mpr/hosts.py): run the same
+Devices: the agent runs on a ("data", "model") mesh of the local devices (`agent.devices`, 0 = all):
+episode rows split over "data" (`env.num_slots` a multiple of it), weights and kv heads over "model"
+(`mp=M`, i.e. agent.model_parallel; 1 = weights replicated, so an 8B bf16 copy of 16 GB plus its
+int4 sibling must then fit each device). Hosts (mpr/hosts.py): run the same
 command on every host with one --workdir they all see (NFS, a gcsfuse mount) and --distributed (TPU
 slices and Slurm are detected; elsewhere --coordinator_address=HOST0:PORT --num_processes=N
 --process_id=I); each host plays its share of every stage's episodes on its own devices and all of
@@ -41,7 +42,7 @@ MODELS = {
 
 def get_config(arg=None):
   arg = parse_arg(arg, model="qwen3-8b", path="", low="int4", split="valid_unseen", num_games=0,
-                  workers=14, slots=32)
+                  workers=14, slots=32, mp=1)
   if arg.model not in MODELS:
     raise UserError(f"unknown paper model {arg.model!r}; known: {sorted(MODELS)}")
   if arg.low not in ("int4", "int3"):
@@ -52,7 +53,7 @@ def get_config(arg=None):
   c.stages = ("collect", "router_sl", "router_grpo", "router_grpo_scratch", "route_eval")
   c.env = env_config(num_workers=arg.workers, num_slots=arg.slots)
   c.model = model_config(tier="hf", path=arg.path, max_seq_len=budget + 512)
-  c.agent = agent_config(format=fmt, budget=budget, max_action_tokens=32)
+  c.agent = agent_config(format=fmt, budget=budget, max_action_tokens=32, model_parallel=arg.mp)
   c.tiers = tiers_config("bf16", arg.low)
   c.collect = collect_config(games=1000, val_games=200)
   c.router = router_config(width=128, heads=4, mlp_dim=256, max_len=32)

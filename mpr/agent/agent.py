@@ -21,8 +21,9 @@ switches an episode to another variant, that variant prefills just the tokens it
 every variant rebuild its row. Generated tokens are rolled back and the chosen command re-appended
 through the History, so caches only ever hold the canonical context.
 
-Devices: with a `mesh`, cache rows are sharded over its "data" axis and weights replicated, so a
-batch of episodes is data parallel over all local devices (rows must divide evenly).
+Devices: with a ("data", "model") `mesh` (mpr.models.sharding), cache rows are split over "data"
+(rows must divide evenly) and the weights and kv heads over "model": episodes are data parallel and
+each model tensor parallel, with the same calls as on one device.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from mpr.agent.prompt import Format, History
 from mpr.envs.rollout import Decision, EpisodeView
 from mpr.errors import UserError
-from mpr.models import engine
+from mpr.models import engine, sharding
 from mpr.models.tokenizer import Tokenizer
 from mpr.models.variants import Variant
 
@@ -93,11 +94,6 @@ class _Row:
   z: list = dataclasses.field(default_factory=list)        # step embeddings so far
 
 
-def data_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
-  """A 1-D mesh over all local devices (or `devices`) with the batch axis "data"."""
-  return Mesh(np.asarray(devices if devices is not None else jax.local_devices()), ("data",))
-
-
 class Agent:
   def __init__(self, tok: Tokenizer, fmt: Format, variants: Mapping[str, Variant], *, rows: int,
                budget: int, route: Route, mode: str = "score", length_norm: bool = False,
@@ -109,8 +105,8 @@ class Agent:
     if tok.vocab_size > vocab:
       raise UserError(f"tokenizer has {tok.vocab_size} tokens but the model's vocabulary only {vocab}: "
                       "a tokenizer of another model?")
-    if mesh is not None and rows % mesh.size:
-      raise UserError(f"{rows} episode rows cannot be split evenly over {mesh.size} devices")
+    if mesh is not None and rows % mesh.shape["data"]:
+      raise UserError(f"{rows} episode rows cannot be split evenly over the mesh's {mesh.shape['data']} data shards")
     missing = sorted({route.embed, *route.probe} - {None} - set(variants))
     if missing:
       raise UserError(f"the route needs variant(s) {missing}; the agent has {sorted(variants)}")
@@ -125,15 +121,20 @@ class Agent:
     stop = tok.token_to_id(fmt.stop)
     self.stop_ids = tuple(dict.fromkeys(([stop] if stop is not None else []) + list(tok.eos_ids)))
     self.rows: list[Optional[_Row]] = [None] * rows
+    self.mesh = mesh
     self._rows_sharding = None if mesh is None else NamedSharding(mesh, P("data"))
-    replicated = None if mesh is None else NamedSharding(mesh, P())
-    self.variants = {n: v if mesh is None else dataclasses.replace(v, variables=jax.device_put(v.variables, replicated))
+    self.variants = {n: v if mesh is None else dataclasses.replace(v, variables=sharding.place_variables(mesh, v.variables))
                      for n, v in variants.items()}
     # Room for the context plus the longest action a step may add before the next trim check.
-    self.caches = {n: self._place(v.init_cache(rows, budget + max_action_tokens)) for n, v in self.variants.items()}
+    self.caches = {n: self._place_cache(v.init_cache(rows, budget + max_action_tokens))
+                   for n, v in self.variants.items()}
 
   def _place(self, tree):
+    """Per-row arrays: rows split over the mesh's "data" axis."""
     return tree if self._rows_sharding is None else jax.device_put(tree, self._rows_sharding)
+
+  def _place_cache(self, cache):
+    return cache if self.mesh is None else sharding.place_cache(self.mesh, cache)
 
   # --- per-episode state ---------------------------------------------------------------------
 
@@ -160,7 +161,7 @@ class Agent:
     power-of-two sizes bound the compiled shapes. With a mesh the count stays a multiple of its size.
     """
     n = len(self.rows)
-    floor = 1 if self._rows_sharding is None else self._rows_sharding.mesh.size
+    floor = 1 if self.mesh is None else self.mesh.shape["data"]
     b = max(floor, 1 << max(0, len(slots) - 1).bit_length())
     if b >= n:
       return None, list(slots)
@@ -170,7 +171,7 @@ class Agent:
 
   def _gather(self, name: str, idx: Optional[np.ndarray]):
     cache = self.caches[name]
-    return cache if idx is None else self._place(_take_rows(cache, jnp.asarray(idx)))
+    return cache if idx is None else self._place_cache(_take_rows(cache, jnp.asarray(idx)))
 
   def _stack(self, last: dict, slots: list[int], idx: Optional[np.ndarray]) -> jax.Array:
     """Last hidden states [B, H] in cache-row order (idle rows: zeros, never read)."""
@@ -439,7 +440,8 @@ def agent_config(**overrides):
   c.temperature = 0.0           # 0 = greedy
   c.budget = 768                # context tokens (goal and first step always kept)
   c.max_action_tokens = 24
-  c.devices = 0                 # data-parallel over this many local devices (0 = all)
+  c.devices = 0                 # run on this many local devices (0 = all): a ("data", "model") mesh
+  c.model_parallel = 1          # its "model" axis: weights and kv heads split this many ways (mpr.models.sharding)
   c.update(overrides)
   return c
 
@@ -459,7 +461,7 @@ def from_config(ac, tok: Tokenizer, variants: Mapping[str, Variant], *, rows: in
     if ac.devices > len(devices):
       raise UserError(f"agent.devices={ac.devices} but only {len(devices)} local devices")
     devices = devices[:ac.devices]
-  mesh = data_mesh(devices) if len(devices) > 1 else None
+  mesh = sharding.make_mesh(devices, ac.model_parallel) if len(devices) > 1 or ac.model_parallel > 1 else None
   return Agent(tok, fmt, variants, rows=rows, budget=ac.budget, route=route, mode=ac.mode,
                length_norm=ac.length_norm, temperature=ac.temperature,
                max_action_tokens=ac.max_action_tokens, seed=seed, mesh=mesh, record_z=record_z)
