@@ -87,7 +87,7 @@ for name in ("qwen3_untied", "llama3_scaled"):
       v, cache = variant, variant.init_cache(4, 48)
       if model > 1 or data > 1:
         mesh = sharding.make_mesh(jax.devices()[:data * model], model)
-        v = dataclasses.replace(variant, variables=sharding.place_variables(mesh, variant.variables))
+        v = make_variant(cfg, p, prec, mesh=mesh)        # made split: frozen and cast on the mesh
         cache = sharding.place_cache(mesh, cache)
       last, cache = engine.prefill(v, cache, seqs)
       gen = engine.generate(v, cache, last, max_new_tokens=6)

@@ -453,15 +453,19 @@ def prompt_format(ac):
       ac.format, think=ac.think, list_admissible=ac.list_admissible, examples=tuple(ac.examples))
 
 
-def from_config(ac, tok: Tokenizer, variants: Mapping[str, Variant], *, rows: int, route: Route,
-                seed: int = 0, record_z: bool = False) -> Agent:
-  fmt = prompt_format(ac)
+def mesh_of(ac) -> Optional[Mesh]:
+  """The ("data", "model") mesh the `agent` config section asks for; None on one device. Build the
+  variants on it too (Policy.variants(mesh=)), so their weights are made split, not moved there."""
   devices = jax.local_devices()
   if ac.devices:
     if ac.devices > len(devices):
       raise UserError(f"agent.devices={ac.devices} but only {len(devices)} local devices")
     devices = devices[:ac.devices]
-  mesh = sharding.make_mesh(devices, ac.model_parallel) if len(devices) > 1 or ac.model_parallel > 1 else None
-  return Agent(tok, fmt, variants, rows=rows, budget=ac.budget, route=route, mode=ac.mode,
+  return sharding.make_mesh(devices, ac.model_parallel) if len(devices) > 1 or ac.model_parallel > 1 else None
+
+
+def from_config(ac, tok: Tokenizer, variants: Mapping[str, Variant], *, rows: int, route: Route,
+                seed: int = 0, record_z: bool = False) -> Agent:
+  return Agent(tok, prompt_format(ac), variants, rows=rows, budget=ac.budget, route=route, mode=ac.mode,
                length_norm=ac.length_norm, temperature=ac.temperature,
-               max_action_tokens=ac.max_action_tokens, seed=seed, mesh=mesh, record_z=record_z)
+               max_action_tokens=ac.max_action_tokens, seed=seed, mesh=mesh_of(ac), record_z=record_z)

@@ -11,7 +11,10 @@ import dataclasses
 import os
 import shutil
 
+from typing import Optional
+
 import ml_collections
+from jax.sharding import Mesh
 
 from mpr import io
 from mpr.errors import UserError
@@ -41,8 +44,9 @@ class Policy:
   tok: Tokenizer
   source: str
 
-  def variants(self, names) -> dict[str, Variant]:
-    return {n: make_variant(self.cfg, self.params, precision(n)) for n in names}
+  def variants(self, names, mesh: Optional[Mesh] = None) -> dict[str, Variant]:
+    """One serving variant per precision name, made split over `mesh` if given (agent.mesh_of)."""
+    return {n: make_variant(self.cfg, self.params, precision(n), mesh=mesh) for n in names}
 
 
 def fingerprint(mc) -> dict:

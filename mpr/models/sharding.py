@@ -72,9 +72,14 @@ def variable_specs(variables: Any, model: int) -> Any:
       lambda path, x: param_spec(_names(path), tuple(x.shape), model), variables)
 
 
-def place_variables(mesh: Mesh, variables: Any) -> Any:
+def shardings(mesh: Mesh, variables: Any) -> Any:
+  """NamedShardings for a variables tree (arrays or ShapeDtypeStructs) on `mesh`."""
   specs = variable_specs(variables, mesh.shape["model"])
-  return jax.device_put(variables, jax.tree.map(lambda s: NamedSharding(mesh, s), specs))
+  return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
+
+
+def place_variables(mesh: Mesh, variables: Any) -> Any:
+  return jax.device_put(variables, shardings(mesh, variables))
 
 
 def cache_spec(cache_leaf_shape: tuple[int, ...], model: int) -> P:

@@ -17,8 +17,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
 
-from mpr.models import params as params_lib
+from mpr.models import params as params_lib, sharding
 from mpr.models.config import ModelConfig
 from mpr.models.params import expected_shapes
 from mpr.models.decoder import Decoder, init_cache
@@ -33,21 +35,25 @@ def is_frozen(path: params_lib.Path, prec: Precision) -> bool:
   return path[-1] == "kernel" and (prec.quant_head or path[0] != "lm_head")
 
 
-def freeze(cfg: ModelConfig, params: dict, prec: Precision) -> dict:
-  """AQT CONVERT: the frozen tree (per quantized weight: int values + scales) of a quantized variant."""
+def freeze(cfg: ModelConfig, params: dict, prec: Precision, mesh: Mesh | None = None) -> dict:
+  """AQT CONVERT: the frozen tree (per quantized weight: int values + scales) of a quantized variant.
+  With a `mesh`, the float weights are read and the frozen tree written split over it (sharding.py)."""
   model = Decoder(cfg, Quant(prec, "convert"), prec.jnp_dtype)
   tokens = jnp.zeros((1, 1), jnp.int32)   # weights' quantization does not depend on activations
 
   def forward_and_head(m, *args):   # the head converts only when called
     return m.logits(m(*args)[0])
 
-  @jax.jit
   def convert(p):
     _, state = model.apply({"params": p}, tokens, jnp.ones((1,), jnp.int32),
                            init_cache(cfg, 1, 1, prec.jnp_dtype), method=forward_and_head, mutable=["aqt"])
     return state["aqt"]
 
-  return convert(params)
+  if mesh is None:
+    return jax.jit(convert)(params)
+  placed = sharding.place_variables(mesh, {"params": params})["params"]
+  out = sharding.shardings(mesh, {"aqt": jax.eval_shape(convert, placed)})["aqt"]
+  return jax.jit(convert, out_shardings=out)(placed)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)   # hashed by identity: a static jit argument
@@ -111,13 +117,20 @@ def check_fits(cfg: ModelConfig, prec: Precision) -> None:
                     f"dimensions {sorted(dims)}")
 
 
-def make_variant(cfg: ModelConfig, params: dict, prec: Precision, frozen: dict | None = None) -> Variant:
+def make_variant(cfg: ModelConfig, params: dict, prec: Precision, frozen: dict | None = None,
+                 mesh: Mesh | None = None) -> Variant:
   """The serving variant of float `params` at precision `prec` (quantized ones are frozen here, or
-  serve `frozen`, a tree of freeze()'s structure made another way, e.g. by mpr.models.gptq)."""
+  serve `frozen`, a tree of freeze()'s structure made another way, e.g. by mpr.models.gptq).
+
+  With a `mesh` every array is made split over it (sharding.py) from host memory: no device ever
+  holds a whole float copy of the model."""
   dtype = prec.jnp_dtype
+  place = (lambda tree: jax.tree.map(jnp.asarray, tree)) if mesh is None else functools.partial(sharding.place_variables, mesh)
+  # Host arrays are cast on the host (ml_dtypes has bf16), so a float copy never lands on one device.
+  cast = lambda x: x.astype(dtype) if isinstance(x, np.ndarray) else jnp.asarray(x, dtype)
   if not prec.quantized:
-    return Variant.serve(cfg, prec, {"params": jax.tree.map(lambda x: jnp.asarray(x, dtype), params)})
+    return Variant.serve(cfg, prec, place({"params": jax.tree.map(cast, params)}))
   check_fits(cfg, prec)
-  kept = {p: jnp.asarray(v, dtype) for p, v in params_lib.flatten(params).items() if not is_frozen(p, prec)}
-  variables = {"params": params_lib.unflatten(kept), "aqt": freeze(cfg, params, prec) if frozen is None else frozen}
-  return Variant.serve(cfg, prec, variables)
+  kept = {p: cast(v) for p, v in params_lib.flatten(params).items() if not is_frozen(p, prec)}
+  aqt = freeze(cfg, params, prec, mesh) if frozen is None else place({"aqt": frozen})["aqt"]
+  return Variant.serve(cfg, prec, {"params": place({"params": params_lib.unflatten(kept)})["params"], "aqt": aqt})

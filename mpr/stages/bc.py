@@ -43,7 +43,7 @@ def _dagger_rollouts(config, cfg, params, tok, r: int, rdir: str) -> list[Episod
   games = split_games(config, config.bc.split)
   pick = np.sort(np.random.default_rng([config.seed, r]).choice(len(games), min(dc.games, len(games)), replace=False))
   games = [games[i] for i in pick]
-  variant = make_variant(cfg, params, precision(dc.precision))
+  variant = make_variant(cfg, params, precision(dc.precision), mesh=agent_lib.mesh_of(config.agent))
   with open_pool(env, max_steps=dc.max_steps, expert=config.expert.name) as pool:
     agent = agent_lib.from_config(config.agent, tok, {dc.precision: variant}, rows=pool.num_slots,
                                   route=agent_lib.fixed(dc.precision), seed=config.seed)

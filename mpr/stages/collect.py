@@ -87,7 +87,7 @@ def run(config, sdir: str) -> dict:
   env, cc, tiers = config.env, config.collect, config.tiers
   check_tiers(tiers)
   policy = models.load(config.model)
-  variants = policy.variants([tiers.high, tiers.low])
+  variants = policy.variants([tiers.high, tiers.low], mesh=agent_lib.mesh_of(config.agent))
   route = routes.collect_route(tiers.high, tiers.low, cc.act, config.seed, cc.p_high)
   metrics: dict = {}
   lines = ["| split | games | success % | steps | d mean | d p50 | d p80 | d p95 | low entropy | low margin |",

@@ -57,7 +57,7 @@ def run(config, sdir: str) -> dict:
   reference = None   # (variant, the contexts of its episodes): kept only to compare the others with
   with open_pool(env) as pool:
     for name in ec.precisions:
-      variant = policy.variants([name])[name]
+      variant = policy.variants([name], mesh=agent_lib.mesh_of(config.agent))[name]
       agent = agent_lib.from_config(config.agent, policy.tok, {name: variant}, rows=pool.num_slots,
                                     route=agent_lib.fixed(name), seed=config.seed)
       episodes = play_logged(pool, [(g, config.seed) for g in games], agent,

@@ -129,7 +129,7 @@ def run(config, sdir: str) -> dict:
   tables = breakdown(val_episodes, data.load(collect.table_path(cdir, cc.val_split)).d)
 
   policy = models.load(config.model)
-  variants = policy.variants([hi, lo])
+  variants = policy.variants([hi, lo], mesh=agent_lib.mesh_of(config.agent))
   results: dict = {"tiers": {"high": hi, "low": lo}, "taus": taus, "breakdown": {cc.val_split: tables}, "splits": {}}
   model = "tiny policy" if policy.source == models.SHIPPED_TINY else os.path.basename(policy.source.rstrip("/"))
   text = [f"### KL oracle: {model}, {hi} / {lo}, d = KL {cc.direction}\n"]

@@ -173,7 +173,7 @@ def run(config, sdir: str) -> dict:
     raise UserError(f"eval.generated_split is eval.split ({ec.split!r}): the games would be played twice")
   hi, lo = tiers.high, tiers.low
   policy = models.load(config.model)
-  variants = policy.variants([hi, lo])
+  variants = policy.variants([hi, lo], mesh=agent_lib.mesh_of(config.agent))
   by_split = {ec.split: split_games(config, ec.split, ec.num_games)}
   if ec.generated_split:
     by_split[ec.generated_split] = split_games(config, ec.generated_split, ec.generated_games, seed=ec.generated_seed)

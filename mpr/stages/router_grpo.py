@@ -278,7 +278,7 @@ def run(config, sdir: str, scratch: bool = False) -> dict:
     raise UserError(f"router_grpo.num_games={gc.num_games} must be >= games_per_iter={gc.games_per_iter}")
   wdir = os.path.dirname(sdir)
   policy = models.load(config.model)
-  variants = policy.variants([tiers.high, tiers.low])
+  variants = policy.variants([tiers.high, tiers.low], mesh=agent_lib.mesh_of(config.agent))
 
   def reference(seed: int):
     """The KL-ST router of `seed` (GRPO's init and KL reference), or None for the scratch ablation."""
