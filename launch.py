@@ -21,13 +21,14 @@ from ml_collections import config_flags
 
 from mpr import compile_cache, config_util, hosts
 from mpr.errors import UserError
-from mpr.stages import (bc, collect, evaluate, expert_rollouts, oracle, route_eval, router_grpo, router_sl,
-                        runner, tokenizer)
+from mpr.stages import (bc, collect, convert, evaluate, expert_rollouts, oracle, route_eval, router_grpo,
+                        router_sl, runner, tokenizer)
 
 # The registry: a stage name in a config maps to exactly one module (no getattr on strings).
 STAGES = {
     "bc": bc,
     "collect": collect,
+    "convert": convert,
     "eval": evaluate,
     "expert_rollouts": expert_rollouts,
     "oracle": oracle,

@@ -96,19 +96,31 @@ def _tiny_checkpoint(dst, fixture: str) -> str:
 
 @pytest.mark.parametrize("model, fixture", [("qwen3-8b", "qwen3_tied"), ("r1-llama-8b", "llama3_scaled")])
 def test_paper_config_runs_on_a_tiny_checkpoint_of_its_architecture(tmp_path, alfworld_data, model, fixture):
-  """The paper config through collect (both tiers score, the low one embeds) for two steps, on a 2 × 4
-  ("data", "model") mesh of forced CPU devices."""
+  """The paper config on a 2 × 4 ("data", "model") mesh of forced CPU devices: convert writes both
+  tiers once, collect serves them (both score, the low one embeds) for two steps."""
   import subprocess
   import sys
   ckpt = tmp_path / "ckpt"
   ckpt.mkdir()
-  args = [sys.executable, os.path.join(ROOT, "launch.py"), "--workdir", str(tmp_path / "run"),
-          "--config", os.path.join(ROOT, "experiments/configs/dmr_paper.py") + f":model={model},path={_tiny_checkpoint(ckpt, fixture)},workers=1,slots=2,mp=4",
-          "--config.stages=('collect',)", "--config.collect.games=1", "--config.collect.val_games=1",
-          "--config.env.max_steps=2", "--config.agent.budget=3072", "--config.model.max_seq_len=4096"]
+  config = os.path.join(ROOT, "experiments/configs/dmr_paper.py") + \
+      f":model={model},path={_tiny_checkpoint(ckpt, fixture)},workers=1,slots=2,mp=4"
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-  p = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+
+  def launch(workdir, stages):
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "launch.py"), "--workdir", str(workdir), "--config", config,
+         f"--config.stages={stages}", "--config.collect.games=1", "--config.collect.val_games=1",
+         "--config.env.max_steps=2", "--config.agent.budget=3072", "--config.model.max_seq_len=4096"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+
+  p = launch(tmp_path / "run", "('convert','collect')")
   assert p.returncode == 0, p.stderr[-3000:]
   m = json.load(open(tmp_path / "run" / "collect" / "metrics.json"))
   assert json.load(open(tmp_path / "run" / "collect" / "provenance.json"))["runs"][0]["devices"] == 8
+  converted = json.load(open(tmp_path / "run" / "convert" / "metrics.json"))
+  assert converted["int4"]["bytes"] < converted["bf16"]["bytes"] / 2
+  assert json.load(open(tmp_path / "run" / "collect" / "inputs.json"))["stage convert"]    # it read them
+  # Listed after a stage that serves the model, convert is refused before any episode.
+  late = launch(tmp_path / "late", "('collect','convert')")
+  assert late.returncode == 2 and "list it before collect" in late.stderr, late.stderr[-2000:]
   assert m["train"]["steps"] == 2 and m["train"]["embed_dim"] == 64

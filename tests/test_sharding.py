@@ -68,9 +68,9 @@ def test_model_axis_must_divide_the_devices():
 _LOGITS_SCRIPT = """
 import dataclasses, json, sys
 import jax, jax.numpy as jnp, numpy as np
-from mpr.models import engine, sharding
+from mpr.models import checkpoint, engine, memory, sharding
 from mpr.models.hf import load_hf
-from mpr.models.quant import precision
+from mpr.models.quant import leaf_bits, precision
 from mpr.models.variants import make_variant
 out = {}
 for name in ("qwen3_untied", "llama3_scaled"):
@@ -95,6 +95,20 @@ for name in ("qwen3_untied", "llama3_scaled"):
           "logits": np.asarray(v.logits(last)).tolist(), "tokens": gen.tokens.tolist(),
           "cache_spec": list(gen.cache["k"][0].sharding.spec) if model > 1 else [],
           "q_spec": str(jax.tree.leaves(v.variables["aqt" if prec.quantized else "params"]["layer_0"]["attn"]["q"])[0].sharding.spec) if model > 1 else ""}
+  # What one device holds is what the memory plan says it holds.
+  mesh = sharding.make_mesh(jax.devices(), 4)
+  for tier in ("bf16", "int4-g16"):
+    v = make_variant(cfg, params, precision(tier), mesh=mesh)
+    bits = sum(leaf_bits(sh.data) for x in jax.tree.leaves(v.variables) for sh in x.addressable_shards
+               if sh.device == jax.devices()[0])
+    out[f"{name}/{tier}/bytes"] = [bits // 8, memory.weight_bytes(cfg, tier, 4)]
+    # Converted once, restored straight into the split layout: the same arrays, the same shards.
+    path = f"{sys.argv[2]}/{name}_{tier}"
+    checkpoint.save_variant(path, v)
+    back = checkpoint.load_variant(path, mesh)
+    same = jax.tree.map(lambda a, b: bool((np.asarray(a) == np.asarray(b)).all()) and a.sharding == b.sharding,
+                        v.variables, back.variables)
+    out[f"{name}/{tier}/restored"] = all(jax.tree.leaves(same))
 print(json.dumps(out))
 """
 
@@ -106,8 +120,8 @@ def _forced(n: int, script: str, *args: str) -> dict:
   return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def test_eight_devices_give_single_device_logits_for_qwen3_and_llama():
-  out = _forced(8, _LOGITS_SCRIPT, FIX)
+def test_eight_devices_give_single_device_logits_for_qwen3_and_llama(tmp_path):
+  out = _forced(8, _LOGITS_SCRIPT, FIX, str(tmp_path))
   for name in ("qwen3_untied", "llama3_scaled"):
     for tier in ("bf16", "int4"):
       ref = out[f"{name}/{tier}/1x1"]
@@ -119,6 +133,10 @@ def test_eight_devices_give_single_device_logits_for_qwen3_and_llama():
       # Two kv heads split over a model axis of 2, and stay split through prefill and generation.
       assert out[f"{name}/{tier}/4x2"]["cache_spec"][:3] == ["data", None, "model"]
       assert "model" not in out[f"{name}/{tier}/2x4"]["cache_spec"]      # 2 heads do not split 4 ways
+    for tier in ("bf16", "int4-g16"):
+      held, planned = out[f"{name}/{tier}/bytes"]
+      assert held == planned
+      assert out[f"{name}/{tier}/restored"]
 
 
 _EPISODES_SCRIPT = """

@@ -44,9 +44,19 @@ class Policy:
   tok: Tokenizer
   source: str
 
-  def variants(self, names, mesh: Optional[Mesh] = None) -> dict[str, Variant]:
-    """One serving variant per precision name, made split over `mesh` if given (agent.mesh_of)."""
-    return {n: make_variant(self.cfg, self.params, precision(n), mesh=mesh) for n in names}
+  def variants(self, names, mesh: Optional[Mesh] = None, converted: Optional[str] = None) -> dict[str, Variant]:
+    """One serving variant per precision name, made split over `mesh` if given (agent.mesh_of).
+    A name with a frozen variant under `converted`/<name> (the `convert` stage) is restored from it."""
+    return {n: self._variant(n, mesh, converted) for n in names}
+
+  def _variant(self, name: str, mesh: Optional[Mesh], converted: Optional[str]) -> Variant:
+    path = os.path.join(converted, name) if converted else ""
+    if not path or not os.path.isdir(path):
+      return make_variant(self.cfg, self.params, precision(name), mesh=mesh)
+    variant = checkpoint.load_variant(path, mesh)
+    if variant.cfg != self.cfg:
+      raise UserError(f"{path}: converted from another model than {self.source}")
+    return variant
 
 
 def fingerprint(mc) -> dict:

@@ -182,11 +182,13 @@ def load_model(path: str) -> tuple[ModelConfig, dict]:
 
 
 def save_variant(path: str, variant) -> None:
+  """Writes what serving reads, gathered to host numpy (orbax writes host-local arrays from one host)."""
   meta = {"kind": "variant", "config": config_to_json(variant.cfg), "precision": dataclasses.asdict(variant.prec)}
-  _save(path, meta, "variables", variant.variables)
+  _save(path, meta, "variables", jax.device_get(variant.variables))
 
 
-def load_variant(path: str):
+def load_variant(path: str, mesh=None):
+  """A frozen variant; with a `mesh` (mpr.models.sharding) restored straight into its split layout."""
   from mpr.models.variants import Variant, make_variant
   meta = _read_meta(path)
   if meta.get("kind") != "variant":
@@ -201,7 +203,9 @@ def load_variant(path: str):
   if precision(prec.name) != prec:   # validates the name, and that the fields are the name's
     raise UserError(f"{path}: precision fields do not match its name {prec.name!r}")
   # The expected tree: what make_variant would build, as shapes only (no float weights needed).
-  shapes = params_lib.unflatten({p: jax.ShapeDtypeStruct(s, np.float32)
-                                 for p, s in params_lib.expected_shapes(cfg).items()})
-  abstract = jax.eval_shape(lambda p: make_variant(cfg, p, prec).variables, shapes)
+  abstract = jax.eval_shape(lambda p: make_variant(cfg, p, prec).variables, params_lib.abstract(cfg))
+  if mesh is not None:
+    from mpr.models import sharding
+    abstract = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                            abstract, sharding.shardings(mesh, abstract))
   return Variant.serve(cfg, prec, _restore(path, meta, "variables", abstract))

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import Callable, Iterator, Mapping
 
+import ml_dtypes
 import numpy as np
 
 from mpr.errors import UserError
 from mpr.models.config import ModelConfig
 
 Path = tuple[str, ...]
+_BF16 = np.dtype(ml_dtypes.bfloat16)
 Hook = Callable[[np.ndarray], np.ndarray]
 
 
@@ -50,6 +52,12 @@ def expected_shapes(cfg: ModelConfig) -> dict[Path, tuple[int, ...]]:
   return shapes
 
 
+def abstract(cfg: ModelConfig) -> dict:
+  """The float parameter tree as f32 ShapeDtypeStructs (for jax.eval_shape: no weights needed)."""
+  import jax
+  return unflatten({p: jax.ShapeDtypeStruct(s, np.float32) for p, s in expected_shapes(cfg).items()})
+
+
 def fill(cfg: ModelConfig, table: Iterator[tuple[Path, str, Hook]],
          get: Callable[[str], np.ndarray | None], source: str) -> dict:
   """Builds the nested param dict from `table` rows (param path, tensor name, hook)."""
@@ -59,7 +67,9 @@ def fill(cfg: ModelConfig, table: Iterator[tuple[Path, str, Hook]],
     raw = get(name)
     if raw is None:
       raise UserError(f"{source}: missing tensor {name!r}")
-    value = hook(np.asarray(raw, dtype=np.float32))
+    raw = np.asarray(raw)
+    # bf16 checkpoints stay bf16 on the host (an 8B model: 16 GB, not 32); other dtypes become f32.
+    value = hook(raw if raw.dtype == _BF16 else raw.astype(np.float32))
     if value.shape != shapes[path]:
       raise UserError(f"{source}: tensor {name!r} has shape {tuple(raw.shape)}, "
                       f"expected {shapes[path]} (after layout change) for config {cfg.family}")

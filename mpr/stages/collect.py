@@ -29,7 +29,7 @@ from mpr.eval import summary as summary_lib
 from mpr.models.quant import precision
 from mpr.records import Episode
 from mpr.router import data, labels, routes
-from mpr.stages.common import play_logged, split_games
+from mpr.stages.common import play_logged, serving_variants, split_games
 
 CONFIG_KEYS = ("seed", "env", "model", "agent", "tiers", "collect")
 
@@ -87,7 +87,7 @@ def run(config, sdir: str) -> dict:
   env, cc, tiers = config.env, config.collect, config.tiers
   check_tiers(tiers)
   policy = models.load(config.model)
-  variants = policy.variants([tiers.high, tiers.low], mesh=agent_lib.mesh_of(config.agent))
+  variants = serving_variants(config, sdir, policy, [tiers.high, tiers.low])
   route = routes.collect_route(tiers.high, tiers.low, cc.act, config.seed, cc.p_high)
   metrics: dict = {}
   lines = ["| split | games | success % | steps | d mean | d p50 | d p80 | d p95 | low entropy | low margin |",

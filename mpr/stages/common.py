@@ -30,6 +30,19 @@ def split_games(config, split: str, num_games: int = 0, seed: int | None = None)
   return chosen
 
 
+def serving_variants(config, sdir: str, policy, names) -> dict:
+  """The variants a model stage serves, on the agent's mesh: restored from this run's `convert` stage
+  when the run has one (it must have finished first), else made from the float weights."""
+  from mpr.agent import agent as agent_lib
+  converted = None
+  if "convert" in config.stages:
+    converted = os.path.join(os.path.dirname(sdir), "convert")
+    if not os.path.isfile(os.path.join(converted, "metrics.json")):
+      raise UserError(f"stage convert has not finished in {os.path.dirname(sdir)}: list it before "
+                      f"{os.path.basename(sdir)} in config.stages")
+  return policy.variants(names, mesh=agent_lib.mesh_of(config.agent), converted=converted)
+
+
 def check_seeds(seeds, name: str) -> tuple[int, ...]:
   """A non-empty tuple of distinct non-negative seeds, else a one-line error naming the config key."""
   seeds = tuple(seeds) if isinstance(seeds, (tuple, list)) else (seeds,)

@@ -23,7 +23,7 @@ from mpr.agent import agent as agent_lib, demos, models
 from mpr.envs.pool import open_pool
 from mpr.eval import fidelity, summary as summary_lib
 from mpr.models.quant import precision
-from mpr.stages.common import play_logged, split_games
+from mpr.stages.common import play_logged, serving_variants, split_games
 
 CONFIG_KEYS = ("seed", "env", "model", "agent", "eval")
 
@@ -57,7 +57,7 @@ def run(config, sdir: str) -> dict:
   reference = None   # (variant, the contexts of its episodes): kept only to compare the others with
   with open_pool(env) as pool:
     for name in ec.precisions:
-      variant = policy.variants([name], mesh=agent_lib.mesh_of(config.agent))[name]
+      variant = serving_variants(config, sdir, policy, [name])[name]
       agent = agent_lib.from_config(config.agent, policy.tok, {name: variant}, rows=pool.num_slots,
                                     route=agent_lib.fixed(name), seed=config.seed)
       episodes = play_logged(pool, [(g, config.seed) for g in games], agent,

@@ -29,7 +29,7 @@ from mpr.eval import report
 from mpr.records import Episode
 from mpr.router import data, routes
 from mpr.stages import collect
-from mpr.stages.common import play_logged, split_games
+from mpr.stages.common import play_logged, serving_variants, split_games
 from mpr.stages.route_eval import point, point_slug
 
 CONFIG_KEYS = ("seed", "env", "model", "agent", "tiers", "collect", "oracle")
@@ -129,7 +129,7 @@ def run(config, sdir: str) -> dict:
   tables = breakdown(val_episodes, data.load(collect.table_path(cdir, cc.val_split)).d)
 
   policy = models.load(config.model)
-  variants = policy.variants([hi, lo], mesh=agent_lib.mesh_of(config.agent))
+  variants = serving_variants(config, sdir, policy, [hi, lo])
   results: dict = {"tiers": {"high": hi, "low": lo}, "taus": taus, "breakdown": {cc.val_split: tables}, "splits": {}}
   model = "tiny policy" if policy.source == models.SHIPPED_TINY else os.path.basename(policy.source.rstrip("/"))
   text = [f"### KL oracle: {model}, {hi} / {lo}, d = KL {cc.direction}\n"]

@@ -47,7 +47,7 @@ from mpr.records import Episode
 from mpr.router import data, routes
 from mpr.router.model import load_router
 from mpr.stages import collect
-from mpr.stages.common import play_logged, router_dir, split_games
+from mpr.stages.common import play_logged, router_dir, serving_variants, split_games
 
 CONFIG_KEYS = ("seed", "env", "model", "agent", "tiers", "collect", "router", "router_sl", "router_grpo", "eval")
 READS = ("collect", "router_sl", "router_grpo", "router_grpo_scratch")
@@ -173,7 +173,7 @@ def run(config, sdir: str) -> dict:
     raise UserError(f"eval.generated_split is eval.split ({ec.split!r}): the games would be played twice")
   hi, lo = tiers.high, tiers.low
   policy = models.load(config.model)
-  variants = policy.variants([hi, lo], mesh=agent_lib.mesh_of(config.agent))
+  variants = serving_variants(config, sdir, policy, [hi, lo])
   by_split = {ec.split: split_games(config, ec.split, ec.num_games)}
   if ec.generated_split:
     by_split[ec.generated_split] = split_games(config, ec.generated_split, ec.generated_games, seed=ec.generated_seed)

@@ -52,7 +52,7 @@ from mpr.router import data, features, grpo
 from mpr.router.model import HIGH, Router, from_config, init_params, load_router, save_router
 from mpr.router.routes import router_route, table_p_high
 from mpr.stages import collect
-from mpr.stages.common import check_seeds, play_logged, router_dir, split_games
+from mpr.stages.common import check_seeds, play_logged, router_dir, serving_variants, split_games
 from mpr.stages.route_eval import high_ratio, share_threshold
 from mpr.stages.router_sl import router_meta
 from mpr.train import loop
@@ -278,7 +278,7 @@ def run(config, sdir: str, scratch: bool = False) -> dict:
     raise UserError(f"router_grpo.num_games={gc.num_games} must be >= games_per_iter={gc.games_per_iter}")
   wdir = os.path.dirname(sdir)
   policy = models.load(config.model)
-  variants = policy.variants([tiers.high, tiers.low], mesh=agent_lib.mesh_of(config.agent))
+  variants = serving_variants(config, sdir, policy, [tiers.high, tiers.low])
 
   def reference(seed: int):
     """The KL-ST router of `seed` (GRPO's init and KL reference), or None for the scratch ablation."""

@@ -99,7 +99,7 @@ def run_stage(name: str, module: ModuleType, config: ml_collections.ConfigDict, 
 def stage_inputs(module: ModuleType, config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """What a stage reads besides its config: the model's files, where its games come from, the
   finished stages of this workdir it builds on (`module.READS`) and whatever else `module.inputs(config)`
-  names, each by digest."""
+  names, each by digest; a model stage of a run that converts its tiers reads `convert`."""
   keys, out = module.CONFIG_KEYS, {}
   if "model" in keys:
     out["model"] = models.fingerprint(config.model)
@@ -107,7 +107,10 @@ def stage_inputs(module: ModuleType, config: ml_collections.ConfigDict, workdir:
     out["games"] = games.data_fingerprint(config.env, config.seed)
   if hasattr(module, "inputs"):          # what else the stage's own config points at
     out.update(module.inputs(config))
-  for stage in getattr(module, "READS", ()):
+  reads = list(getattr(module, "READS", ()))
+  if "model" in keys and "convert" in config.stages and not getattr(module, "CONVERTS", False):
+    reads.append("convert")               # it serves the converted tiers (common.serving_variants)
+  for stage in reads:
     out[f"stage {stage}"] = _made_from(os.path.join(workdir, stage))
   return json.loads(json.dumps(out, sort_keys=True))
 

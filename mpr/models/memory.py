@@ -1,0 +1,192 @@
+"""The memory plan: per-device bytes of each tier's weights, KV caches and activations on a mesh, and
+whether they fit a chip.
+
+  python -m mpr.models.memory --model qwen3-8b --mesh 1x8 --tiers bf16,int4 --rows 32 --context 6176
+
+Nothing here is a hand-kept table. Weights are `jax.eval_shape` of the very variants the agent
+serves (make_variant: float leaves, frozen AQT values and scales at their container widths), divided
+as mpr.models.sharding places them on a (data, model) mesh. The KV caches are eval_shape of
+init_cache, one per tier (the agent keeps one cache per variant), split by rows and kv heads. The
+activations are XLA's own buffer assignment (`memory_analysis().temp_size_in_bytes`) for one
+decoder block's device-local shard (heads and MLP width divided by the model axis) appending a
+`--chunk`-token prefill at the full context, compiled for the host CPU from abstract shapes, plus
+the block's input and output hidden states: blocks run one after another, so one block's working
+set is the forward's. A prefill of a whole rebuilt context (`--chunk` = context) is the worst case.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mpr.errors import UserError
+from mpr.models import config as config_lib
+from mpr.models import params as params_lib
+from mpr.models import sharding
+from mpr.models.config import ModelConfig
+from mpr.models.decoder import init_cache
+from mpr.models.layers import Block, rope_inv_freq
+from mpr.models.quant import leaf_bits, precision
+from mpr.models.variants import make_variant
+
+GIB = 2**30
+CHIPS = {"v5e": 16 * GIB, "v4": 32 * GIB, "H100": 80 * GIB, "H200": 140 * GIB}   # HBM per chip
+MODELS = {
+    "qwen3-0.6b": lambda: config_lib.qwen3("0.6b"), "qwen3-1.7b": lambda: config_lib.qwen3("1.7b"),
+    "qwen3-4b": lambda: config_lib.qwen3("4b"), "qwen3-8b": lambda: config_lib.qwen3("8b"),
+    "r1-llama-8b": config_lib.llama3_8b, "smollm2-135m": config_lib.smollm2_135m,
+}
+
+
+def model_config(name: str) -> ModelConfig:
+  """A named architecture, or a checkpoint folder's config.json (HF)."""
+  if name in MODELS:
+    return MODELS[name]()
+  path = os.path.join(name, "config.json")
+  if not os.path.isfile(path):
+    raise UserError(f"--model {name!r}: neither a known model ({sorted(MODELS)}) nor a folder with config.json")
+  with open(path) as f:
+    return config_lib.from_hf(json.load(f))
+
+
+def parse_mesh(text: str) -> tuple[int, int]:
+  try:
+    data, model = (int(x) for x in text.lower().split("x"))
+  except ValueError:
+    raise UserError(f"--mesh {text!r}: expected DATAxMODEL, e.g. 1x8") from None
+  if data < 1 or model < 1:
+    raise UserError(f"--mesh {text!r}: both axes must be at least 1")
+  return data, model
+
+
+def _shards(spec, data: int, model: int) -> int:
+  size = {"data": data, "model": model}
+  return math.prod(size[a] for a in spec if a is not None)
+
+
+def weight_bytes(cfg: ModelConfig, tier: str, model: int) -> int:
+  """Bytes of one tier's serving variables on one device of a mesh with `model` model shards."""
+  prec = precision(tier)
+  variables = jax.eval_shape(lambda p: make_variant(cfg, p, prec).variables, params_lib.abstract(cfg))
+  specs = sharding.variable_specs(variables, model)
+  leaves = jax.tree.leaves(variables)
+  spec_leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  return sum(-(-leaf_bits(x) // _shards(s, 1, model)) for x, s in zip(leaves, spec_leaves, strict=True)) // 8
+
+
+def cache_bytes(cfg: ModelConfig, tier: str, rows: int, context: int, data: int, model: int) -> int:
+  cache = jax.eval_shape(lambda: init_cache(cfg, rows, context, precision(tier).jnp_dtype))
+  kv = cache["k"] + cache["v"]
+  return sum(leaf_bits(x) // _shards(sharding.cache_spec(x.shape, model), data, model) for x in kv) // 8
+
+
+def local_block(cfg: ModelConfig, model: int) -> ModelConfig:
+  """One device's shard of a block under the Megatron split: its heads and MLP width."""
+  split = lambda n: n // model if n % model == 0 else n        # what does not divide stays whole
+  kv, heads = split(cfg.num_kv_heads), split(cfg.num_heads)
+  return dataclasses.replace(cfg, num_heads=-(-heads // kv) * kv, num_kv_heads=kv,
+                             intermediate_size=split(cfg.intermediate_size))
+
+
+def activation_bytes(cfg: ModelConfig, dtype, rows: int, chunk: int, context: int) -> int:
+  """XLA's temporary buffers for one block appending `chunk` tokens per row at `context` cached
+  slots, plus that block's input and output hidden states."""
+  block = Block(cfg, None, dtype)
+  s = jax.ShapeDtypeStruct
+  x = s((rows, chunk, cfg.hidden_size), dtype)
+  pos, offs = s((rows, chunk), jnp.int32), s((rows,), jnp.int32)
+  kv = s((rows, context, cfg.num_kv_heads, cfg.head_dim), dtype)
+  inv = jnp.asarray(rope_inv_freq(cfg))
+  params = jax.eval_shape(lambda: block.init(jax.random.key(0), jnp.zeros(x.shape, dtype), jnp.zeros(pos.shape, jnp.int32),
+                                             jnp.zeros(offs.shape, jnp.int32), jnp.zeros(kv.shape, dtype),
+                                             jnp.zeros(kv.shape, dtype), inv, kv_len=context))
+  fn = lambda p, x, pos, offs, k, v: block.apply(p, x, pos, offs, k, v, inv, kv_len=context)
+  compiled = jax.jit(fn, donate_argnums=(4, 5)).lower(params, x, pos, offs, kv, kv).compile()
+  return int(compiled.memory_analysis().temp_size_in_bytes) + 2 * leaf_bits(x) // 8
+
+
+@dataclasses.dataclass
+class Plan:
+  model: str
+  mesh: tuple[int, int]
+  rows: int
+  context: int
+  chunk: int
+  weights: dict          # tier -> bytes per device
+  caches: dict           # tier -> bytes per device
+  activations: int       # bytes per device, the largest over tiers' compute dtypes
+
+  @property
+  def total(self) -> int:
+    return sum(self.weights.values()) + sum(self.caches.values()) + self.activations
+
+  def fits(self) -> dict[str, bool]:
+    return {chip: self.total <= hbm for chip, hbm in CHIPS.items()}
+
+
+def plan(name: str, tiers: list[str], mesh: tuple[int, int], rows: int, context: int,
+         chunk: Optional[int] = None) -> Plan:
+  cfg = model_config(name)
+  data, model = mesh
+  if rows % data:
+    raise UserError(f"{rows} rows do not split over {data} data shards")
+  chunk = chunk or context
+  if not 0 < chunk <= context:
+    raise UserError(f"--chunk {chunk} must be in 1..context ({context})")
+  local = local_block(cfg, model)
+  dtypes = {precision(t).jnp_dtype for t in tiers}
+  return Plan(name, mesh, rows, context, chunk,
+              weights={t: weight_bytes(cfg, t, model) for t in tiers},
+              caches={t: cache_bytes(cfg, t, rows, context, data, model) for t in tiers},
+              activations=max(activation_bytes(local, d, rows // data, chunk, context) for d in dtypes))
+
+
+def markdown(plans: list[Plan]) -> str:
+  head = ["model", "mesh", "rows × context (chunk)", "weights", "KV caches", "activations", "total"] + list(CHIPS)
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  gb = lambda b: f"{b / GIB:.2f}"
+  for p in plans:
+    weights = " + ".join(f"{t} {gb(b)}" for t, b in p.weights.items())
+    caches = " + ".join(f"{gb(b)}" for b in p.caches.values())
+    fits = ["yes" if ok else "no" for ok in p.fits().values()]
+    lines.append(f"| {p.model} | {p.mesh[0]}×{p.mesh[1]} | {p.rows} × {p.context} ({p.chunk}) | {weights} | "
+                 f"{caches} | {gb(p.activations)} | {gb(p.total)} | " + " | ".join(fits) + " |")
+  return "\n".join(lines) + "\n\nGiB per device; a chip fits the plan when the total is at most its HBM (" + ", ".join(
+      f"{c} {b // GIB}" for c, b in CHIPS.items()) + " GiB).\n"
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap.add_argument("--model", action="append", required=True,
+                  help=f"{sorted(MODELS)} or an HF checkpoint folder; repeat for several")
+  ap.add_argument("--mesh", action="append", default=None, help="DATAxMODEL, e.g. 1x8; repeat for several (default 1x1)")
+  ap.add_argument("--tiers", default="bf16,int4", help="comma-separated precisions the agent serves")
+  ap.add_argument("--rows", type=int, default=32, help="episode rows (env.num_slots)")
+  ap.add_argument("--context", type=int, default=6176, help="KV cache length: agent.budget + max_action_tokens (dmr_paper: 6144 + 32)")
+  ap.add_argument("--chunk", type=int, default=0, help="tokens one prefill appends per row (default: the context)")
+  ap.add_argument("--json", help="also write the plans here")
+  args = ap.parse_args(argv)
+  try:
+    tiers = [t for t in args.tiers.split(",") if t]
+    plans = [plan(m, tiers, parse_mesh(mesh), args.rows, args.context, args.chunk or None)
+             for m in args.model for mesh in (args.mesh or ["1x1"])]
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(markdown(plans))
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump([{**dataclasses.asdict(p), "total": p.total, "fits": p.fits()} for p in plans], f, indent=1)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
