@@ -50,7 +50,8 @@ def get_config(arg=None):
   fmt, budget = MODELS[arg.model]
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.stages = ("collect", "router_sl", "router_grpo", "router_grpo_scratch", "route_eval")
+  # convert first: both tiers are quantized once and every later stage restores them split over its mesh.
+  c.stages = ("convert", "collect", "router_sl", "router_grpo", "router_grpo_scratch", "route_eval")
   c.env = env_config(num_workers=arg.workers, num_slots=arg.slots)
   c.model = model_config(tier="hf", path=arg.path, max_seq_len=budget + 512)
   c.agent = agent_config(format=fmt, budget=budget, max_action_tokens=32, model_parallel=arg.mp)
