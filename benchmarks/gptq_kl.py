@@ -16,7 +16,6 @@ import argparse
 import json
 import time
 
-import numpy as np
 
 from mpr import compile_cache
 from mpr.agent import demos, models, prompt
@@ -55,9 +54,8 @@ def main() -> None:
   fmt = prompt.make(args.format)
   calib = _examples("train", args.calib_games, policy.tok, fmt, args.budget)
   held = _examples("valid_train", args.eval_games, policy.tok, fmt, args.budget)
-  stream = np.concatenate([x.tokens for x in calib])
-  n = min(args.segments, len(stream) // args.seq_len)
-  segments = [stream[i * args.seq_len:(i + 1) * args.seq_len] for i in range(n)]
+  segments = gptq.segments([x.tokens for x in calib], args.segments, args.seq_len)
+  n = len(segments)
   hs = gptq.hessians(policy.cfg, policy.params, segments)
   t_calib = time.time() - t0
   print(f"calibration: {n} x {args.seq_len} tokens from {len(calib)} contexts, {t_calib:.0f} s", flush=True)

@@ -97,7 +97,8 @@ def _tiny_checkpoint(dst, fixture: str) -> str:
 @pytest.mark.parametrize("model, fixture", [("qwen3-8b", "qwen3_tied"), ("r1-llama-8b", "llama3_scaled")])
 def test_paper_config_runs_on_a_tiny_checkpoint_of_its_architecture(tmp_path, alfworld_data, model, fixture):
   """The paper config on a 2 × 4 ("data", "model") mesh of forced CPU devices: convert writes both
-  tiers once, collect serves them (both score, the low one embeds) for two steps."""
+  tiers once (the low one by GPTQ, calibrated on expert contexts), collect serves them (both score,
+  the low one embeds) for two steps."""
   import subprocess
   import sys
   ckpt = tmp_path / "ckpt"
@@ -110,6 +111,7 @@ def test_paper_config_runs_on_a_tiny_checkpoint_of_its_architecture(tmp_path, al
     return subprocess.run(
         [sys.executable, os.path.join(ROOT, "launch.py"), "--workdir", str(workdir), "--config", config,
          f"--config.stages={stages}", "--config.collect.games=1", "--config.collect.val_games=1",
+         "--config.convert.calib_games=2", "--config.convert.segments=4", "--config.convert.seq_len=128",
          "--config.env.max_steps=2", "--config.agent.budget=3072", "--config.model.max_seq_len=4096"],
         cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
 
@@ -118,7 +120,7 @@ def test_paper_config_runs_on_a_tiny_checkpoint_of_its_architecture(tmp_path, al
   m = json.load(open(tmp_path / "run" / "collect" / "metrics.json"))
   assert json.load(open(tmp_path / "run" / "collect" / "provenance.json"))["runs"][0]["devices"] == 8
   converted = json.load(open(tmp_path / "run" / "convert" / "metrics.json"))
-  assert converted["int4"]["bytes"] < converted["bf16"]["bytes"] / 2
+  assert converted["int4-gptq"]["bytes"] < converted["bf16"]["bytes"] / 2
   assert json.load(open(tmp_path / "run" / "collect" / "inputs.json"))["stage convert"]    # it read them
   # Listed after a stage that serves the model, convert is refused before any episode.
   late = launch(tmp_path / "late", "('collect','convert')")

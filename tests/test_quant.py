@@ -169,6 +169,15 @@ def test_precision_names_are_canonical():
   assert precision("w4a8").act_bits == 8 and precision("w4a4").act_bits == 4
   assert precision("int4", group_size=64).name == "int4-g64"
   assert precision("int2-clip0.9").clip_scale == 0.9
+  assert precision("int4-gptq-mse").name == "int4-mse-gptq" and precision("int4-mse-gptq").gptq
+  with pytest.raises(UserError, match="bf16 has float weights"):
+    precision("bf16-gptq")
+
+
+def test_gptq_tiers_are_made_from_calibration_only(qwen):
+  cfg, params, _ = qwen
+  with pytest.raises(UserError, match="int3-gptq: GPTQ quantizes from calibration activations; put the convert"):
+    make_variant(cfg, params, precision("int3-gptq"))
 
 
 def test_checkpoint_round_trips(qwen, tmp_path):

@@ -1,10 +1,11 @@
-"""The paper's settings: Qwen3-1.7B / 4B / 8B and DeepSeek-R1-Distill-Llama-8B, bf16 high tier, int4 or
-int3 weight-only low tier, on an accelerator. Bring the Hugging Face checkpoint folder yourself
+"""The paper's settings: Qwen3-1.7B / 4B / 8B and DeepSeek-R1-Distill-Llama-8B, bf16 high tier, GPTQ int4
+or int3 weight-only low tier (made once by the `convert` stage), on an accelerator. Bring the Hugging Face checkpoint folder yourself
 (config.json, *.safetensors, tokenizer.json; no model hub is reached).
 
   python launch.py --config experiments/configs/dmr_paper.py:model=qwen3-8b,path=/ckpt/Qwen3-8B \
       --workdir workdirs/dmr_qwen3_8b
-  ...:model=r1-llama-8b,path=/ckpt/DeepSeek-R1-Distill-Llama-8B,low=int3
+  ...:model=r1-llama-8b,path=/ckpt/DeepSeek-R1-Distill-Llama-8B,low=int3-gptq
+  ...:low=int4                       # round to nearest instead: no calibration episodes
 
 Devices: the agent runs on a ("data", "model") mesh of the local devices (`agent.devices`, 0 = all):
 episode rows split over "data" (`env.num_slots` a multiple of it), weights and kv heads over "model"
@@ -28,7 +29,9 @@ from mpr.errors import UserError
 from mpr.router.grpo import grpo_config
 from mpr.router.model import router_config
 from mpr.router.sl import sl_config
+from mpr.models.quant import precision
 from mpr.stages.collect import collect_config, tiers_config
+from mpr.stages.convert import convert_config
 from mpr.stages.route_eval import eval_config
 
 # model -> (chat format, context budget in tokens)
@@ -41,12 +44,12 @@ MODELS = {
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, model="qwen3-8b", path="", low="int4", split="valid_unseen", num_games=0,
+  arg = parse_arg(arg, model="qwen3-8b", path="", low="int4-gptq", split="valid_unseen", num_games=0,
                   workers=14, slots=32, mp=1)
   if arg.model not in MODELS:
     raise UserError(f"unknown paper model {arg.model!r}; known: {sorted(MODELS)}")
-  if arg.low not in ("int4", "int3"):
-    raise UserError(f"the paper's low tiers are int4 and int3, got {arg.low!r}")
+  if precision(arg.low).weight_bits not in (4, 3):
+    raise UserError(f"the paper's low tiers are 4- and 3-bit weights, got {arg.low!r}")
   fmt, budget = MODELS[arg.model]
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -56,6 +59,7 @@ def get_config(arg=None):
   c.model = model_config(tier="hf", path=arg.path, max_seq_len=budget + 512)
   c.agent = agent_config(format=fmt, budget=budget, max_action_tokens=32, model_parallel=arg.mp)
   c.tiers = tiers_config("bf16", arg.low)
+  c.convert = convert_config()
   c.collect = collect_config(games=1000, val_games=200)
   c.router = router_config(width=128, heads=4, mlp_dim=256, max_len=32)
   c.router_sl = sl_config(quantile=0.8, epochs=40, batch_size=512)

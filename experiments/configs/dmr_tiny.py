@@ -26,6 +26,7 @@ from mpr.router.grpo import grpo_config
 from mpr.router.model import router_config
 from mpr.router.sl import sl_config
 from mpr.stages.collect import collect_config, tiers_config
+from mpr.stages.convert import convert_config
 from mpr.stages.route_eval import eval_config
 
 
@@ -44,6 +45,7 @@ def get_config(arg=None):
   c.model = model_config(tier=arg.tier, path=arg.path)
   c.agent = agent_config(format=arg.format)
   c.tiers = tiers_config(arg.high, arg.low)
+  c.convert = convert_config()     # used when 'convert' is added to the stages (e.g. for a -gptq low tier)
   c.collect = collect_config(games=12 if arg.runlocal else 1000, val_games=6 if arg.runlocal else 200)
   # The router reads the paper's z and the low tier's entropy and margin at the step: chosen on valid_train
   # (results/router_inputs_tiny/: AP 0.859 against 0.573 for z alone).

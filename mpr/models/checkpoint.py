@@ -189,7 +189,7 @@ def save_variant(path: str, variant) -> None:
 
 def load_variant(path: str, mesh=None):
   """A frozen variant; with a `mesh` (mpr.models.sharding) restored straight into its split layout."""
-  from mpr.models.variants import Variant, make_variant
+  from mpr.models.variants import Variant, abstract_variables
   meta = _read_meta(path)
   if meta.get("kind") != "variant":
     raise UserError(f"{path}: holds a {meta.get('kind')!r} checkpoint, expected a frozen variant")
@@ -202,8 +202,7 @@ def load_variant(path: str, mesh=None):
     raise UserError(f"{path}: frozen with the retired quant_head flag; freeze it again as {prec.name}-head")
   if precision(prec.name) != prec:   # validates the name, and that the fields are the name's
     raise UserError(f"{path}: precision fields do not match its name {prec.name!r}")
-  # The expected tree: what make_variant would build, as shapes only (no float weights needed).
-  abstract = jax.eval_shape(lambda p: make_variant(cfg, p, prec).variables, params_lib.abstract(cfg))
+  abstract = abstract_variables(cfg, prec)      # what serving reads, as shapes only
   if mesh is not None:
     from mpr.models import sharding
     abstract = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),

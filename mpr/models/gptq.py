@@ -39,6 +39,16 @@ Path = tuple[str, ...]
 
 # --- calibration ----------------------------------------------------------------------------------
 
+def segments(streams: Iterable[np.ndarray], count: int, length: int) -> list[np.ndarray]:
+  """Up to `count` calibration sequences of `length` tokens, cut from the concatenated token
+  `streams` (e.g. agent contexts): one sequence length, so one compiled pass."""
+  stream = np.concatenate([np.zeros(0, np.int32)] + [np.asarray(x, np.int32) for x in streams])
+  n = min(count, len(stream) // length)
+  if n == 0:
+    raise UserError(f"gptq: calibration holds {len(stream)} tokens, fewer than one {length}-token sequence")
+  return [stream[i * length:(i + 1) * length] for i in range(n)]
+
+
 def hessians(cfg: ModelConfig, params: dict, sequences: Iterable[np.ndarray], head: bool = False) -> dict[Path, np.ndarray]:
   """Σ x xᵀ (float64) of the inputs of every projection over all tokens of `sequences` (1-D token
   arrays), keyed by the projection's kernel path; with `head`, of the LM head too. Sequences of one

@@ -29,13 +29,12 @@ import numpy as np
 
 from mpr.errors import UserError
 from mpr.models import config as config_lib
-from mpr.models import params as params_lib
 from mpr.models import sharding
 from mpr.models.config import ModelConfig
 from mpr.models.decoder import init_cache
 from mpr.models.layers import Block, rope_inv_freq
 from mpr.models.quant import leaf_bits, precision
-from mpr.models.variants import make_variant
+from mpr.models.variants import abstract_variables
 
 GIB = 2**30
 CHIPS = {"v5e": 16 * GIB, "v4": 32 * GIB, "H100": 80 * GIB, "H200": 140 * GIB}   # HBM per chip
@@ -74,8 +73,7 @@ def _shards(spec, data: int, model: int) -> int:
 
 def weight_bytes(cfg: ModelConfig, tier: str, model: int) -> int:
   """Bytes of one tier's serving variables on one device of a mesh with `model` model shards."""
-  prec = precision(tier)
-  variables = jax.eval_shape(lambda p: make_variant(cfg, p, prec).variables, params_lib.abstract(cfg))
+  variables = abstract_variables(cfg, precision(tier))
   specs = sharding.variable_specs(variables, model)
   leaves = jax.tree.leaves(variables)
   spec_leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))

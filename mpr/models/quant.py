@@ -22,6 +22,8 @@ Options, appended with '-' (any order, each once; the name is rewritten in canon
   head      quantize the LM head (on a tied model: its matmul, through the injected dot_general)
   emb       store the token embedding table at the weight bits, per row (or group of it). A tied
             model's head then reads that low-bit table too, weight-only: its activations stay float
+  gptq      the projections' integers by GPTQ (error-compensating, from calibration activations) on the
+            grid and scales the other options choose; made by the `convert` stage, which calibrates
 Activations (a8, a4) are quantized dynamically per token (per token and group with g<N>).
 """
 from __future__ import annotations
@@ -49,6 +51,7 @@ class Precision:
   dtype: str = "bfloat16"             # compute/activation dtype
   quant_head: bool = False            # the LM head's weights too (it usually stays high precision)
   quant_embed: bool = False           # the token embedding table too
+  gptq: bool = False                  # projections quantized by GPTQ from calibration (mpr.models.gptq)
 
   @property
   def quantized(self) -> bool:
@@ -91,7 +94,8 @@ def grid(bits: int) -> tuple[float, float]:
   top = bound − 1/2 (zero preserved, round to nearest even)."""
   bound = 2.0 ** (bits - 1) - 0.5
   return bound, bound - 0.5
-_OPTION = re.compile(r"g(?P<group>[1-9]\d*)|(?P<mse>mse)|clip(?P<clip>0?\.\d+|1(\.0*)?)|(?P<head>head)|(?P<emb>emb)")
+_OPTION = re.compile(r"g(?P<group>[1-9]\d*)|(?P<mse>mse)|clip(?P<clip>0?\.\d+|1(\.0*)?)|(?P<head>head)|(?P<emb>emb)"
+                     r"|(?P<gptq>gptq)")
 
 
 def _canonical(p: Precision) -> str:
@@ -102,7 +106,7 @@ def _canonical(p: Precision) -> str:
                     f"known precisions: {sorted(PRECISIONS)}")
   opts = [f"g{p.group_size}"] if p.group_size else []
   opts += {"absmax": [], "mse": ["mse"], "clip": [f"clip{p.clip_scale:g}"]}[p.calibration]
-  opts += ["head"] * p.quant_head + ["emb"] * p.quant_embed
+  opts += ["head"] * p.quant_head + ["emb"] * p.quant_embed + ["gptq"] * p.gptq
   return "-".join([base] + opts)
 
 
@@ -111,12 +115,12 @@ def _parse(name: str) -> tuple[str, dict[str, Any]]:
   base, *opts = name.split("-")
   if base not in PRECISIONS:
     raise UserError(f"unknown precision {name!r}; known: {sorted(PRECISIONS)}, with options "
-                    "-g<N> -mse -clip<x> -head -emb")
+                    "-g<N> -mse -clip<x> -head -emb -gptq")
   fields: dict[str, Any] = {}
   for opt in opts:
     m = _OPTION.fullmatch(opt)
     if not m:
-      raise UserError(f"unknown option {opt!r} in precision {name!r}; options: g<N>, mse, clip<x> (0 < x <= 1), head, emb")
+      raise UserError(f"unknown option {opt!r} in precision {name!r}; options: g<N>, mse, clip<x> (0 < x <= 1), head, emb, gptq")
     kind = next(k for k, v in m.groupdict().items() if v)
     if kind == "group":
       new = {"group_size": int(m["group"])}
@@ -125,7 +129,7 @@ def _parse(name: str) -> tuple[str, dict[str, Any]]:
     elif kind == "clip":
       new = {"calibration": "clip", "clip_scale": float(m["clip"])}
     else:
-      new = {"quant_head" if kind == "head" else "quant_embed": True}
+      new = {{"head": "quant_head", "emb": "quant_embed", "gptq": "gptq"}[kind]: True}
     if set(new) & set(fields):
       raise UserError(f"precision {name!r}: {opt!r} repeats or contradicts an earlier option")
     fields.update(new)
@@ -138,7 +142,7 @@ def precision(name: str, **overrides) -> Precision:
   p = dataclasses.replace(PRECISIONS[base], **{**fields, **overrides})
   if p.calibration not in _CALIBRATIONS:
     raise UserError(f"unknown calibration {p.calibration!r}; known: {list(_CALIBRATIONS)}")
-  if not p.quantized and (p.group_size or p.calibration != "absmax" or p.quant_head or p.quant_embed):
+  if not p.quantized and (p.group_size or p.calibration != "absmax" or p.quant_head or p.quant_embed or p.gptq):
     raise UserError(f"precision {name!r}: options apply to quantized weights, {base} has float weights")
   if p.calibration == "clip" and not 0.0 < p.clip_scale <= 1.0:
     raise UserError(f"precision {name!r}: clip scale must be in (0, 1], got {p.clip_scale}")

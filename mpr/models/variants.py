@@ -124,6 +124,9 @@ def make_variant(cfg: ModelConfig, params: dict, prec: Precision, frozen: dict |
 
   With a `mesh` every array is made split over it (sharding.py) from host memory: no device ever
   holds a whole float copy of the model."""
+  if prec.gptq and frozen is None:
+    raise UserError(f"precision {prec.name}: GPTQ quantizes from calibration activations; put the convert "
+                    "stage first in config.stages (or call mpr.models.gptq.make_variant)")
   dtype = prec.jnp_dtype
   place = (lambda tree: jax.tree.map(jnp.asarray, tree)) if mesh is None else functools.partial(sharding.place_variables, mesh)
   # Host arrays are cast on the host (ml_dtypes has bf16), so a float copy never lands on one device.
@@ -134,3 +137,10 @@ def make_variant(cfg: ModelConfig, params: dict, prec: Precision, frozen: dict |
   kept = {p: cast(v) for p, v in params_lib.flatten(params).items() if not is_frozen(p, prec)}
   aqt = freeze(cfg, params, prec, mesh) if frozen is None else place({"aqt": frozen})["aqt"]
   return Variant.serve(cfg, prec, {"params": place({"params": params_lib.unflatten(kept)})["params"], "aqt": aqt})
+
+
+def abstract_variables(cfg: ModelConfig, prec: Precision) -> dict:
+  """The serving variables of `prec` as ShapeDtypeStructs, from no weights (a GPTQ tree has the shapes
+  of rounding's)."""
+  prec = dataclasses.replace(prec, gptq=False)
+  return jax.eval_shape(lambda p: make_variant(cfg, p, prec).variables, params_lib.abstract(cfg))

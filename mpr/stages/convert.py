@@ -2,6 +2,11 @@
 frozen serving variant in convert/<precision>/ (orbax through checkpoint.save_variant: only what
 serving reads, file hashes checked on load, renamed into place so a kill leaves no half tier).
 
+A `-gptq` tier (e.g. int4-gptq, int3-mse-gptq) is quantized here by GPTQ (mpr.models.gptq): the
+exploring expert plays `convert.calib_games` games of `convert.calib_split`, its episodes are rendered as
+the agent reads them (agent.format, agent.budget) and cut into `convert.segments` sequences of
+`convert.seq_len` tokens, whose activations give every projection's Hessian.
+
 Every later stage of the same run that serves the model restores these (common.serving_variants),
 split over its mesh as they are read, instead of quantizing the float weights again; their float
 copy is never put on a device. A tier already written is kept when the stage resumes.
@@ -11,30 +16,65 @@ from __future__ import annotations
 import os
 import time
 
+import ml_collections
+import numpy as np
+
 from mpr import hosts, io
-from mpr.agent import agent as agent_lib, models
-from mpr.models import checkpoint
+from mpr.agent import agent as agent_lib, demos, models
+from mpr.envs.pool import open_pool
+from mpr.envs.rollout import expert_policy
+from mpr.models import checkpoint, gptq
 from mpr.models.quant import precision, tree_bytes
 from mpr.models.variants import make_variant
 from mpr.stages.collect import check_tiers
+from mpr.stages.common import play_logged, split_games
 
-CONFIG_KEYS = ("model", "tiers")
+CONFIG_KEYS = ("seed", "env", "model", "agent", "tiers", "convert")
 CONVERTS = True      # runner: the one model stage that does not read convert/ itself
 
 
-def tier_dir(sdir: str, name: str) -> str:
-  return os.path.join(sdir, name)
+def convert_config(**overrides) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.calib_split = "train"      # GPTQ calibration: where the expert plays (never an evaluation split)
+  c.calib_games = 48
+  c.segments = 32              # calibration sequences ...
+  c.seq_len = 512              # ... of this many tokens
+  c.damp = 0.01                # GPTQ's Hessian damping, a fraction of its mean diagonal
+  c.update(overrides)
+  return c
+
+
+def calibration(config, policy, sdir: str) -> list[np.ndarray]:
+  """GPTQ's calibration sequences: agent contexts of the exploring expert's episodes, which walk
+  more of each house than the shortest path does."""
+  cc = config.convert
+  games = split_games(config, cc.calib_split, cc.calib_games)
+  with open_pool(config.env, expert="exploring") as pool:
+    episodes = play_logged(pool, [(g, config.seed) for g in games], expert_policy,
+                           os.path.join(sdir, f"calibration_{cc.calib_split}.jsonl"),
+                           progress=f"calibration on {cc.calib_split}")
+  fmt = agent_lib.prompt_format(config.agent)
+  contexts = demos.examples(episodes, policy.tok, fmt, config.agent.budget, reserve=config.agent.max_action_tokens)
+  return gptq.segments([x.tokens for x in contexts], cc.segments, cc.seq_len)
 
 
 def run(config, sdir: str) -> dict:
   check_tiers(config.tiers)
   policy = models.load(config.model)
   mesh = agent_lib.mesh_of(config.agent)       # where the variant is computed; the files do not depend on it
+  names = (config.tiers.high, config.tiers.low)
+  hs = {}
   metrics, lines = {}, ["| tier | bytes | seconds |", "|---|---:|---:|"]
-  for name in (config.tiers.high, config.tiers.low):
-    path, start = tier_dir(sdir, name), time.perf_counter()
+  for name in names:
+    path, prec, start = os.path.join(sdir, name), precision(name), time.perf_counter()
     if not os.path.isfile(os.path.join(path, "model.json")):
-      variant = make_variant(policy.cfg, policy.params, precision(name), mesh=mesh)
+      if prec.gptq:
+        if prec.quant_head not in hs:
+          hs[prec.quant_head] = gptq.hessians(policy.cfg, policy.params, calibration(config, policy, sdir),
+                                              head=prec.quant_head)
+        variant = gptq.make_variant(policy.cfg, policy.params, prec, hs[prec.quant_head], config.convert.damp)
+      else:
+        variant = make_variant(policy.cfg, policy.params, prec, mesh=mesh)
       if hosts.is_primary():
         checkpoint.save_variant(path, variant)
       hosts.sync(f"convert {name}")
