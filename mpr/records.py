@@ -36,6 +36,7 @@ class Step:
   mapped: bool = False                  # ... not itself a command, so mapped to the closest one
   token_logprobs: Optional[list[float]] = None
   probe_logits: dict[str, list[float]] = dataclasses.field(default_factory=dict)  # variant -> action log-scores
+  token_labels: Optional[dict[str, Any]] = None   # generate mode, route.teacher: per generated token (agent.TOKEN_LABELS) + "thinking"
   z: Optional[str] = None               # the step embedding (mpr.agent.agent.encode_z), when recorded
   expert_action: Optional[str] = None   # the expert's command here, when the pool runs an expert
   extra: dict[str, Any] = dataclasses.field(default_factory=dict)

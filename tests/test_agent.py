@@ -249,11 +249,11 @@ def test_policy_checkpoint_round_trip_and_bad_paths(tmp_path, policy):
     models.load(models.model_config(tier="onnx"))
 
 
-@pytest.mark.parametrize("mode", ["score", "generate"])
-def test_smollm2_tier_acts_through_its_chat_format(one_game_per_task, mode):
-  """The pretrained tier runs the same loop: ChatML prompt, admissible commands listed, any mode."""
+def test_smollm2_tier_acts_through_its_chat_format(one_game_per_task):
+  """The pretrained tier runs the same loop: ChatML prompt, admissible commands listed (generate mode:
+  test_generate_mode_token_labels_on_smollm2_chat)."""
   pol = models.load(models.model_config(tier="smollm2", max_seq_len=2048))
-  ac = agent_lib.agent_config(format="chat-smollm2", mode=mode, budget=1536, max_action_tokens=12)
+  ac = agent_lib.agent_config(format="chat-smollm2", budget=1536, max_action_tokens=12)
   with EnvPool(1, 1, max_steps=2) as pool:
     agent = agent_lib.from_config(ac, pol.tok, pol.variants(["f32"]), rows=1, route=agent_lib.fixed("f32"))
     (episode,) = rollout(pool, [(one_game_per_task[0], 0)], agent)
@@ -262,3 +262,86 @@ def test_smollm2_tier_acts_through_its_chat_format(one_game_per_task, mode):
     assert s.action in s.admissible and s.work("prefill") > 0
   # The cache was kept: step 1 prefilled only step 0's action and the new turn.
   assert sum(s.work("prefill") for s in episode.steps) == agent.rows[0].history.length
+
+
+# --- token-level labels in generate mode (the paper's d_t over a generated step) -----------------
+
+def test_teacher_forcing_replays_the_generation():
+  """Fed back its own greedy tokens, a variant gives the distributions they were drawn from."""
+  pol = models.load(models.model_config())
+  v = pol.variants(["f32"])["f32"]
+  seqs = [pol.tok.encode("go to the kitchen and look"), pol.tok.encode("open fridge 1")]
+  last, cache = engine.prefill(v, v.init_cache(2, 64), seqs)
+  lengths = cache["lengths"]
+  gen = engine.generate(v, cache, last, max_new_tokens=6)
+  cache = engine.truncate_cache(gen.cache, lengths)
+  toks = [gen.tokens[r, :gen.lengths[r]].tolist() for r in range(2)]
+  lp, lens = engine.teacher_forced(v, cache, last, toks)
+  lp = np.asarray(lp)
+  for r in range(2):
+    k = lens[r]
+    assert (lp[r, :k].argmax(-1) == np.asarray(toks[r])).all()
+    np.testing.assert_allclose(lp[r, np.arange(k), toks[r]], gen.logprobs[r, :k], atol=1e-5)
+  assert (np.asarray(cache["lengths"]) == np.asarray(lengths)).all()     # the cache is untouched
+
+
+def _collect_generate(pol, tiers, ac, games, act="random", max_steps=2):
+  from mpr.router.routes import collect_route
+  with EnvPool(1, len(games), max_steps=max_steps) as pool:
+    agent = agent_lib.from_config(ac, pol.tok, pol.variants(list(tiers)), rows=len(games), record_z=True,
+                                  route=collect_route(*tiers, act=act, seed=0, p=0.5, mode="generate"))
+    return rollout(pool, [(g, 0) for g in games], agent), agent
+
+
+def _check_token_labels(episodes, tiers):
+  from mpr.stages.collect import step_table
+  steps = [s for e in episodes for s in e.steps]
+  assert {s.precision for s in steps} <= set(tiers) and steps
+  for s in steps:
+    k = s.tokens[s.precision]["decode"]
+    lab = s.token_labels
+    assert all(len(lab[key]) == k for key in agent_lib.TOKEN_LABELS) and lab["thinking"] == 0
+    assert min(lab["kl_high_low"] + lab["kl_low_high"]) >= 0 and all(0 <= m <= 1 for m in lab["low_margin"])
+    for name in tiers:                       # both tiers read the generated tokens
+      assert s.tokens[name]["score"] == k
+  mean, total = (step_table(episodes, *tiers, "high_low", reduce) for reduce in ("mean", "sum"))
+  assert np.isfinite(mean.d).all() and (total.d >= mean.d - 1e-9).all() and mean.d.max() > 0
+  assert mean.num_steps == len(steps) and mean.z.shape[0] == len(steps)
+  assert all(s.action in s.admissible for s in steps)
+
+
+def test_generate_mode_collects_token_level_labels_on_the_tiny_policy(one_game_per_task):
+  pol = models.load(models.model_config())
+  ac = agent_lib.agent_config(mode="generate", max_action_tokens=12)
+  episodes, _ = _collect_generate(pol, ("bf16", "int4"), ac, one_game_per_task[:2])
+  _check_token_labels(episodes, ("bf16", "int4"))
+  with pytest.raises(UserError, match="need agent.mode=generate"):
+    agent_lib.Agent(pol.tok, agent_lib.prompt_format(ac), pol.variants(["bf16", "int4"]), rows=1, budget=256,
+                    route=agent_lib.Route(lambda v, p: (["bf16"], None), teacher=("bf16", "int4")))
+
+
+def test_generate_mode_token_labels_on_smollm2_chat(one_game_per_task):
+  pol = models.load(models.model_config(tier="smollm2", max_seq_len=2048))
+  ac = agent_lib.agent_config(format="chat-smollm2", mode="generate", budget=1536, max_action_tokens=12)
+  (episode,), agent = _collect_generate(pol, ("bf16", "int8"), ac, one_game_per_task[:1], act="high")
+  _check_token_labels([episode], ("bf16", "int8"))
+  # Both tiers kept their caches: each prefilled exactly the history, once (generated tokens rolled back).
+  for name in ("bf16", "int8"):
+    assert sum(s.tokens[name]["prefill"] for s in episode.steps) == agent.rows[0].history.length
+
+
+def test_thinking_tokens_can_be_left_out_of_d():
+  from mpr.stages.collect import token_step
+  tok = models.load(models.model_config(tier="smollm2", max_seq_len=2048)).tok
+  ids = tok.encode("<think>the apple is in the fridge</think> Action: open fridge 1")
+  n = agent_lib._thinking_tokens(tok, ids)
+  assert "</think>" in tok.decode(ids[:n]) and "</think>" not in tok.decode(ids[:n - 1]) and n < len(ids)
+  assert agent_lib._thinking_tokens(tok, ids[:3]) == 3 and agent_lib._thinking_tokens(tok, tok.encode("go")) == 0
+  lab = {"kl_high_low": [4.0, 4.0, 1.0], "kl_low_high": [2.0, 2.0, 0.0], "low_entropy": [1.0, 1.0, 0.5],
+         "low_margin": [0.1, 0.1, 0.9], "thinking": 2}
+  assert token_step(lab, "high_low", "mean") == (3.0, pytest.approx(2.5 / 3), pytest.approx(1.1 / 3))
+  assert token_step(lab, "high_low", "sum", thinking=False) == (1.0, 0.5, 0.9)
+  assert token_step(lab, "symmetric", "sum") == (6.5, pytest.approx(2.5 / 3), pytest.approx(1.1 / 3))
+  assert token_step({**lab, "thinking": 3}, "low_high", "sum", thinking=False)[0] == 4.0   # cut off: all count
+  with pytest.raises(UserError, match="token_reduce"):
+    token_step(lab, "high_low", "max")

@@ -94,11 +94,13 @@ def _tiny_checkpoint(dst, fixture: str) -> str:
   return str(dst)
 
 
-@pytest.mark.parametrize("model, fixture", [("qwen3-8b", "qwen3_tied"), ("r1-llama-8b", "llama3_scaled")])
-def test_paper_config_runs_on_a_tiny_checkpoint_of_its_architecture(tmp_path, alfworld_data, model, fixture):
+@pytest.mark.parametrize("model, fixture, mode", [("qwen3-8b", "qwen3_tied", "generate"),
+                                                 ("r1-llama-8b", "llama3_scaled", "score")])
+def test_paper_config_runs_on_a_tiny_checkpoint_of_its_architecture(tmp_path, alfworld_data, model, fixture, mode):
   """The paper config on a 2 × 4 ("data", "model") mesh of forced CPU devices: convert writes both
-  tiers once (the low one by GPTQ, calibrated on expert contexts), collect serves them (both score,
-  the low one embeds) for two steps."""
+  tiers once (the low one by GPTQ, calibrated on expert contexts), collect serves them for two steps:
+  both score the commands, or (generate mode) both read the acting tier's generated tokens; the low
+  one embeds."""
   import subprocess
   import sys
   ckpt = tmp_path / "ckpt"
@@ -112,7 +114,8 @@ def test_paper_config_runs_on_a_tiny_checkpoint_of_its_architecture(tmp_path, al
         [sys.executable, os.path.join(ROOT, "launch.py"), "--workdir", str(workdir), "--config", config,
          f"--config.stages={stages}", "--config.collect.games=1", "--config.collect.val_games=1",
          "--config.convert.calib_games=2", "--config.convert.segments=4", "--config.convert.seq_len=128",
-         "--config.env.max_steps=2", "--config.agent.budget=3072", "--config.model.max_seq_len=4096"],
+         "--config.env.max_steps=2", "--config.agent.budget=3072", "--config.model.max_seq_len=4096",
+         f"--config.agent.mode={mode}"],
         cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
 
   p = launch(tmp_path / "run", "('convert','collect')")
@@ -125,4 +128,6 @@ def test_paper_config_runs_on_a_tiny_checkpoint_of_its_architecture(tmp_path, al
   # Listed after a stage that serves the model, convert is refused before any episode.
   late = launch(tmp_path / "late", "('collect','convert')")
   assert late.returncode == 2 and "list it before collect" in late.stderr, late.stderr[-2000:]
-  assert m["train"]["steps"] == 2 and m["train"]["embed_dim"] == 64
+  assert m["train"]["steps"] == 2 and m["train"]["embed_dim"] == 64 and m["train"]["d_mean"] >= 0
+  steps = [json.loads(line)["steps"] for line in open(tmp_path / "run" / "collect" / "episodes_train.jsonl")]
+  assert all((s.get("token_labels") is not None) == (mode == "generate") for e in steps for s in e)

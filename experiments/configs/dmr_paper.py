@@ -18,7 +18,10 @@ them train the same router from the merged logs. Environment workers are CPU pro
 env.num_workers to the host's cores minus two.
 
 The agent scores the admissible commands (score mode) through the model's own chat template; the
-routing stages read both tiers' distributions over those commands.
+routing stages read both tiers' distributions over those commands. With --config.agent.mode=generate
+the agent writes its action, and collect labels each step as the paper does: the acting tier's
+generated tokens are fed through both tiers and d_t aggregates their per-token KL
+(collect.token_reduce = mean | sum, collect.thinking: whether a thinking block's tokens count).
 """
 import ml_collections
 

@@ -74,10 +74,15 @@ class Route:
   previous action and the observation), give the step embedding z_t; that variant then catches up
   on every step, which keeps it ready to act at no extra prefill. `probe` names variants whose
   action distributions (score mode) are computed for every waiting episode before choosing.
+  `teacher` = (high, low) (generate mode): after the chosen variant generates, its tokens are fed
+  through both (teacher forcing) and the step logs, per generated token, KL(p_high ‖ p_low) and
+  KL(p_low ‖ p_high) of their next-token distributions and the low one's entropy and top-2 margin
+  (Step.token_labels: the paper's d_t over a generated step, aggregated by the reader).
   """
   choose: Choose
   embed: Optional[str] = None
   probe: tuple[str, ...] = ()
+  teacher: tuple[str, ...] = ()
 
 
 def fixed(name: str) -> Route:
@@ -107,11 +112,13 @@ class Agent:
                       "a tokenizer of another model?")
     if mesh is not None and rows % mesh.shape["data"]:
       raise UserError(f"{rows} episode rows cannot be split evenly over the mesh's {mesh.shape['data']} data shards")
-    missing = sorted({route.embed, *route.probe} - {None} - set(variants))
+    missing = sorted({route.embed, *route.probe, *route.teacher} - {None} - set(variants))
     if missing:
       raise UserError(f"the route needs variant(s) {missing}; the agent has {sorted(variants)}")
     if route.probe and mode != "score":
-      raise UserError("routes that read action distributions (entropy, margin, oracle, collect) need agent.mode=score")
+      raise UserError("routes that read action distributions (entropy, margin, oracle) need agent.mode=score")
+    if route.teacher and (mode != "generate" or len(route.teacher) != 2):
+      raise UserError("token-level labels (route.teacher = (high, low)) need agent.mode=generate")
     if record_z and route.embed is None:
       raise UserError("record_z needs a route with an embedding variant")
     self.tok, self.fmt, self.route, self.mode = tok, fmt, route, mode
@@ -286,18 +293,34 @@ class Agent:
     if unknown:
       raise ValueError(f"route chose unknown variant(s) {unknown}; the agent has {sorted(self.variants)}")
     picks: list = [None] * n
+    generated: list = [None] * n                    # generate mode: each episode's generated token ids
     for name in dict.fromkeys(names):
       group = [i for i, m in enumerate(names) if m == name]
       if self.mode == "generate":
         ready(name, group)
-        for i, (action, info, k) in zip(group, timed(group, lambda: self._generate(name, group, last[name], views),
-                                                     name, "decode_calls")):
+        for i, (action, info, toks) in zip(group, timed(group, lambda: self._generate(name, group, last[name], views),
+                                                        name, "decode_calls")):
           picks[i] = action, info
-          count(i, name, "decode", k)
+          generated[i] = toks
+          count(i, name, "decode", len(toks))
         continue
       got = [scored[name][i] for i in group] if name in scored else ready(name, group, score=True)
       for i, (lg, _) in zip(group, got):
         picks[i] = self._pick(name, views[i], lg)
+    if route.teacher:
+      for name in route.teacher:
+        ready(name, everyone)
+      dists = {name: timed(everyone, lambda: self._teacher(name, everyone, last[name], views, generated),
+                           name, "score_calls") for name in route.teacher}
+      for i in everyone:
+        for name in route.teacher:
+          count(i, name, "score", len(generated[i]))
+      stats = {k: np.asarray(x) for k, x in _token_labels(*(dists[m] for m in route.teacher)).items()}
+      for i in everyone:
+        k = len(generated[i])
+        picks[i][1]["token_labels"] = {
+            **{key: [round(float(x), 6) for x in stats[key][i, :k]] for key in TOKEN_LABELS},
+            "thinking": _thinking_tokens(self.tok, generated[i])}
     decisions = []
     for i, (v, row, (action, info)) in enumerate(zip(views, rows, picks)):
       row.action = action
@@ -371,8 +394,20 @@ class Agent:
       text = self.tok.decode(gen.tokens[r, :k].tolist())
       action, mapped = map_to_admissible(self.fmt.parse(text), v.admissible)
       out.append((action, {"generated": text, "mapped": mapped,
-                           "token_logprobs": [round(float(x), 5) for x in gen.logprobs[r, :k]]}, k))
+                           "token_logprobs": [round(float(x), 5) for x in gen.logprobs[r, :k]]},
+                  gen.tokens[r, :k].tolist()))
     return out
+
+  def _teacher(self, name, share, last, views, generated) -> jax.Array:
+    """`name`'s next-token log-distributions along each episode's generated tokens [len(share), T, V]."""
+    slots = [views[i].slot for i in share]
+    idx, at = self._sub_rows(slots)
+    cache = self._gather(name, idx)
+    seqs = [[] for _ in range(cache["lengths"].shape[0])]
+    for i, r in zip(share, at):
+      seqs[r] = generated[i]
+    lp, _ = engine.teacher_forced(self.variants[name], cache, self._stack(last, slots, idx), seqs)
+    return lp[jnp.asarray(at)]
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -396,6 +431,29 @@ def encode_z(z: np.ndarray) -> str:
 
 def decode_z(text: str) -> np.ndarray:
   return np.frombuffer(base64.b64decode(text), Z_DTYPE).astype(np.float32)
+
+
+TOKEN_LABELS = ("kl_high_low", "kl_low_high", "low_entropy", "low_margin")
+
+
+@jax.jit
+def _token_labels(lp_high, lp_low) -> dict:
+  """Per generated token [B, T]: both KLs between the tiers' next-token distributions, and the low
+  tier's entropy and top-1 minus top-2 probability."""
+  p_high, p_low = jnp.exp(lp_high), jnp.exp(lp_low)
+  top2 = jax.lax.top_k(p_low, 2)[0]
+  return {"kl_high_low": jnp.maximum(jnp.sum(p_high * (lp_high - lp_low), -1), 0.0),
+          "kl_low_high": jnp.maximum(jnp.sum(p_low * (lp_low - lp_high), -1), 0.0),
+          "low_entropy": -jnp.sum(p_low * lp_low, -1), "low_margin": top2[..., 0] - top2[..., 1]}
+
+
+def _thinking_tokens(tok: Tokenizer, ids: Sequence[int]) -> int:
+  """How many of the generated tokens lie in a thinking block: up to the one that completes
+  "</think>", all of them when the block is cut off, 0 when there is none."""
+  text = tok.decode(list(ids))
+  if "</think>" not in text:
+    return len(ids) if "<think>" in text else 0
+  return next(n for n in range(1, len(ids) + 1) if "</think>" in tok.decode(list(ids[:n])))
 
 
 @jax.jit

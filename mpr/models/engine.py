@@ -279,6 +279,25 @@ def _log_dists(variant: Variant, variables, hidden, positions):
   return jax.nn.log_softmax(variant.model.apply(variables, h, method="logits"), axis=-1)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 6))
+def _teacher(variant: Variant, variables, cache, last_hidden, tokens, lens, kv_len: int):
+  variables = variant.full_variables(variables)
+  hidden, _ = variant.model.apply(variables, tokens, lens, cache, kv_len=kv_len, commit=False)
+  # Token j is predicted by the hidden state before it: the context's last one for j = 0.
+  before = jnp.concatenate([last_hidden[:, None].astype(hidden.dtype), hidden[:, :-1]], axis=1)
+  return jax.nn.log_softmax(variant.model.apply(variables, before, method="logits"), axis=-1)
+
+
+def teacher_forced(variant: Variant, cache, last_hidden, seqs: Sequence[Sequence[int]]) -> tuple[jax.Array, np.ndarray]:
+  """Each row's next-token log-distributions along `seqs[b]` continuing its cached context, the
+  tokens fed as given (teacher forcing): ([B, T, V] on device, lengths [B]); position j of row b
+  (j < len(seqs[b])) is the distribution token j was drawn from. The cache is left as it was."""
+  tokens, lens = pad_batch(seqs)
+  lengths = _check_room(cache, lens)
+  kv_len = kv_window(cache, int((lengths + tokens.shape[1]).max()))
+  return _teacher(variant, variant.variables, cache, last_hidden, tokens, lens, kv_len), lens
+
+
 def next_token_logprobs(variant: Variant, hidden, positions: Sequence[Sequence[int]]) -> jax.Array:
   """Full next-token log-distributions [B, P, V] at chosen positions of a prefill's hidden states."""
   pos, _ = pad_batch(positions, length=max(len(p) for p in positions))

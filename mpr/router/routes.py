@@ -61,14 +61,18 @@ def oracle_route(high: str, low: str, tau: float, direction: str = "high_low") -
   return Route(choose, probe=(high, low))
 
 
-def collect_route(high: str, low: str, act: str, seed: int, p: float = 0.5) -> Route:
-  """Both tiers score every step and the low tier embeds it; `act` ∈ {high, low, random} acts."""
+def collect_route(high: str, low: str, act: str, seed: int, p: float = 0.5, mode: str = "score") -> Route:
+  """The low tier embeds every step and `act` ∈ {high, low, random} acts. Score mode: both tiers
+  score the admissible commands. Generate mode: the acting tier's generated tokens are fed through
+  both (token-level labels, Route.teacher)."""
   if act not in ("high", "low", "random"):
     raise UserError(f"collect.act must be high, low or random, got {act!r}")
   def choose(views, probe: Probe):
     if act == "random":
       return _by_rule(high, low, [v.rng(seed).random() < p for v in views]), None
     return [high if act == "high" else low] * len(views), None
+  if mode == "generate":
+    return Route(choose, embed=low, teacher=(high, low))
   return Route(choose, embed=low, probe=(high, low))
 
 

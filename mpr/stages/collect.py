@@ -47,6 +47,10 @@ def collect_config(**overrides) -> ml_collections.ConfigDict:
   c.act = "high"                # high | low | random: who acts while both tiers score
   c.p_high = 0.5                # act=random: share of high steps
   c.direction = "high_low"      # d_t = KL(p_high ‖ p_low) | low_high | symmetric
+  # Generate mode (agent.mode=generate): d_t from the tiers' next-token distributions along the acting
+  # tier's generated tokens, the per-token KLs aggregated over the step as:
+  c.token_reduce = "mean"       # mean | sum
+  c.thinking = True             # count the tokens of a thinking block too
   c.update(overrides)
   return c
 
@@ -58,18 +62,43 @@ def check_tiers(tiers) -> None:
     raise UserError(f"tiers.high and tiers.low are both {tiers.high!r}")
 
 
-def step_table(episodes: list[Episode], high: str, low: str, direction: str) -> data.StepTable:
-  """The router's view of collected episodes (each step must carry both tiers' scores and z)."""
+def token_step(token_labels: dict, direction: str, reduce: str = "mean", thinking: bool = True) -> tuple[float, float, float]:
+  """(d_t, low entropy, low margin) of a generated step from its per-token labels (Step.token_labels):
+  the KL in `direction` summed or averaged over the step's tokens (those of a thinking block only
+  with `thinking`), entropy and margin averaged over the same tokens. A step cut off inside its
+  thinking block has no other tokens: all of them count."""
+  if reduce not in ("mean", "sum"):
+    raise UserError(f"collect.token_reduce must be mean or sum, got {reduce!r}")
+  if direction not in labels.DIRECTIONS:
+    raise UserError(f"unknown KL direction {direction!r}; known: {list(labels.DIRECTIONS)}")
+  skip = 0 if thinking else int(token_labels["thinking"])
+  col = {k: np.asarray(token_labels[k][skip:], np.float64) for k in agent_lib.TOKEN_LABELS}
+  if col["kl_high_low"].size == 0:
+    col = {k: np.asarray(token_labels[k], np.float64) for k in agent_lib.TOKEN_LABELS}
+  kl = {"high_low": col["kl_high_low"], "low_high": col["kl_low_high"],
+        "symmetric": 0.5 * (col["kl_high_low"] + col["kl_low_high"])}[direction]
+  return (float(kl.mean() if reduce == "mean" else kl.sum()), float(col["low_entropy"].mean()),
+          float(col["low_margin"].mean()))
+
+
+def step_table(episodes: list[Episode], high: str, low: str, direction: str, reduce: str = "mean",
+               thinking: bool = True) -> data.StepTable:
+  """The router's view of collected episodes (each step must carry z and both tiers' scores, or, in
+  generate mode, token-level labels)."""
   z, d, ent, mar, offsets = [], [], [], [], [0]
   for e in episodes:
     for s in e.steps:
-      if s.z is None or set(s.probe_logits) < {high, low}:
+      if s.z is None or (s.token_labels is None and set(s.probe_logits) < {high, low}):
         raise UserError(f"{e.game} step {s.t}: no embedding / tier scores (not a `collect` episode log?)")
-      lg = s.probe_logits
       z.append(agent_lib.decode_z(s.z))
-      d.append(labels.divergence(lg[high], lg[low], direction))
-      ent.append(labels.entropy(lg[low]))
-      mar.append(labels.margin(lg[low]))
+      if s.token_labels is not None:
+        dt, h, m = token_step(s.token_labels, direction, reduce, thinking)
+      else:
+        lg = s.probe_logits
+        dt, h, m = labels.divergence(lg[high], lg[low], direction), labels.entropy(lg[low]), labels.margin(lg[low])
+      d.append(dt)
+      ent.append(h)
+      mar.append(m)
     offsets.append(offsets[-1] + len(e.steps))
   if not z:
     raise UserError("no steps collected (empty trajectory set)")
@@ -88,7 +117,7 @@ def run(config, sdir: str) -> dict:
   check_tiers(tiers)
   policy = models.load(config.model)
   variants = serving_variants(config, sdir, policy, [tiers.high, tiers.low])
-  route = routes.collect_route(tiers.high, tiers.low, cc.act, config.seed, cc.p_high)
+  route = routes.collect_route(tiers.high, tiers.low, cc.act, config.seed, cc.p_high, config.agent.mode)
   metrics: dict = {}
   lines = ["| split | games | success % | steps | d mean | d p50 | d p80 | d p95 | low entropy | low margin |",
            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -103,7 +132,7 @@ def run(config, sdir: str) -> dict:
                                     seed=config.seed, record_z=True)
       episodes = play_logged(pool, [(g, config.seed) for g in games], agent,
                              os.path.join(sdir, f"episodes_{split}.jsonl"), progress=f"collect {cc.act} on {split}")
-      table = step_table(episodes, tiers.high, tiers.low, cc.direction)
+      table = step_table(episodes, tiers.high, tiers.low, cc.direction, cc.token_reduce, cc.thinking)
       data.save(table_path(sdir, split), table)
       q = np.quantile(table.d, [0.5, 0.8, 0.95])
       success = summary_lib.summarize(episodes)["overall"]["success"]
