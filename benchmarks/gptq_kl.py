@@ -16,7 +16,6 @@ import argparse
 import json
 import time
 
-
 from mpr import compile_cache
 from mpr.agent import demos, models, prompt
 from mpr.envs.games import find_games, select_games

@@ -283,6 +283,21 @@ def test_teacher_forcing_replays_the_generation():
     assert (lp[r, :k].argmax(-1) == np.asarray(toks[r])).all()
     np.testing.assert_allclose(lp[r, np.arange(k), toks[r]], gen.logprobs[r, :k], atol=1e-5)
   assert (np.asarray(cache["lengths"]) == np.asarray(lengths)).all()     # the cache is untouched
+  # The per-token labels: zero against itself, and each KL the direction its name says.
+  from mpr.router import labels
+  low = pol.variants(["int4"])["int4"]
+  lo_last, lo_cache = engine.prefill(low, low.init_cache(2, 64), seqs)
+  lp_low, _ = engine.teacher_forced(low, lo_cache, lo_last, toks)
+  same = agent_lib._token_labels(jnp.asarray(lp), jnp.asarray(lp))
+  assert float(jnp.abs(same["kl_high_low"]).max()) < 1e-6 and float(jnp.abs(same["kl_low_high"]).max()) < 1e-6
+  both = {k: np.asarray(x) for k, x in agent_lib._token_labels(jnp.asarray(lp), lp_low).items()}
+  lp_low = np.asarray(lp_low)
+  for r in range(2):
+    for j in range(lens[r]):
+      for key, direction in (("kl_high_low", "high_low"), ("kl_low_high", "low_high")):
+        assert both[key][r, j] == pytest.approx(labels.divergence(lp[r, j], lp_low[r, j], direction), rel=1e-3, abs=1e-6)
+      assert both["low_entropy"][r, j] == pytest.approx(labels.entropy(lp_low[r, j]), rel=1e-3, abs=1e-6)
+      assert both["low_margin"][r, j] == pytest.approx(labels.margin(lp_low[r, j]), abs=1e-5)
 
 
 def _collect_generate(pol, tiers, ac, games, act="random", max_steps=2):
@@ -337,6 +352,9 @@ def test_thinking_tokens_can_be_left_out_of_d():
   n = agent_lib._thinking_tokens(tok, ids)
   assert "</think>" in tok.decode(ids[:n]) and "</think>" not in tok.decode(ids[:n - 1]) and n < len(ids)
   assert agent_lib._thinking_tokens(tok, ids[:3]) == 3 and agent_lib._thinking_tokens(tok, tok.encode("go")) == 0
+  # DeepSeek-R1's prompt opens the block itself: a generation cut off inside it holds neither tag.
+  assert prompt.make("chat-deepseek-r1", think=True).opens_thinking and not prompt.make("chat-qwen3", think=True).opens_thinking
+  assert agent_lib._thinking_tokens(tok, tok.encode("the apple is"), opened=True) == len(tok.encode("the apple is"))
   lab = {"kl_high_low": [4.0, 4.0, 1.0], "kl_low_high": [2.0, 2.0, 0.0], "low_entropy": [1.0, 1.0, 0.5],
          "low_margin": [0.1, 0.1, 0.9], "thinking": 2}
   assert token_step(lab, "high_low", "mean") == (3.0, pytest.approx(2.5 / 3), pytest.approx(1.1 / 3))

@@ -2,6 +2,7 @@ import glob
 import importlib.util
 import json
 import os
+import shutil
 
 import pytest
 
@@ -80,7 +81,6 @@ def test_every_config_instantiates(path):
 
 def _tiny_checkpoint(dst, fixture: str) -> str:
   """A random checkpoint of the fixture's architecture with a 256-token byte-level tokenizer."""
-  import shutil
   import tokenizers
   from tokenizers import decoders, models, pre_tokenizers
   for name in ("config.json", "model.safetensors"):
@@ -125,6 +125,13 @@ def test_paper_config_runs_on_a_tiny_checkpoint_of_its_architecture(tmp_path, al
   converted = json.load(open(tmp_path / "run" / "convert" / "metrics.json"))
   assert converted["int4-gptq"]["bytes"] < converted["bf16"]["bytes"] / 2
   assert json.load(open(tmp_path / "run" / "collect" / "inputs.json"))["stage convert"]    # it read them
+  if mode == "score":     # a tier lost after a kill is converted again; the one written is kept
+    shutil.rmtree(tmp_path / "run" / "convert" / "bf16")
+    os.remove(tmp_path / "run" / "convert" / "metrics.json")
+    again = launch(tmp_path / "run", "('convert',)")
+    assert again.returncode == 0, again.stderr[-3000:]
+    redo = json.load(open(tmp_path / "run" / "convert" / "metrics.json"))
+    assert redo["bf16"]["seconds"] is not None and redo["int4-gptq"]["seconds"] is None
   # Listed after a stage that serves the model, convert is refused before any episode.
   late = launch(tmp_path / "late", "('collect','convert')")
   assert late.returncode == 2 and "list it before collect" in late.stderr, late.stderr[-2000:]

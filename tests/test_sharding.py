@@ -13,7 +13,7 @@ from jax.sharding import PartitionSpec as P
 from mpr.errors import UserError
 from mpr.models import sharding
 from mpr.models.config import tiny
-from mpr.models.params import expected_shapes, unflatten
+from mpr.models.params import abstract
 from mpr.models.quant import precision
 from mpr.models.variants import freeze
 
@@ -21,8 +21,7 @@ FIX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
 
 def _specs(cfg, prec, model):
-  params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s, np.float32), unflatten(expected_shapes(cfg)),
-                        is_leaf=lambda x: isinstance(x, tuple))
+  params = abstract(cfg)
   tree = {"params": params}
   if prec.quantized:
     tree["aqt"] = jax.eval_shape(lambda p: freeze(cfg, p, prec), params)

@@ -117,8 +117,10 @@ class Agent:
       raise UserError(f"the route needs variant(s) {missing}; the agent has {sorted(variants)}")
     if route.probe and mode != "score":
       raise UserError("routes that read action distributions (entropy, margin, oracle) need agent.mode=score")
-    if route.teacher and (mode != "generate" or len(route.teacher) != 2):
-      raise UserError("token-level labels (route.teacher = (high, low)) need agent.mode=generate")
+    if route.teacher and len(route.teacher) != 2:
+      raise UserError(f"route.teacher names the (high, low) pair, got {route.teacher!r}")
+    if route.teacher and mode != "generate":
+      raise UserError("token-level labels (route.teacher) need agent.mode=generate")
     if record_z and route.embed is None:
       raise UserError("record_z needs a route with an embedding variant")
     self.tok, self.fmt, self.route, self.mode = tok, fmt, route, mode
@@ -320,7 +322,7 @@ class Agent:
         k = len(generated[i])
         picks[i][1]["token_labels"] = {
             **{key: [round(float(x), 6) for x in stats[key][i, :k]] for key in TOKEN_LABELS},
-            "thinking": _thinking_tokens(self.tok, generated[i])}
+            "thinking": _thinking_tokens(self.tok, generated[i], self.fmt.opens_thinking)}
     decisions = []
     for i, (v, row, (action, info)) in enumerate(zip(views, rows, picks)):
       row.action = action
@@ -447,12 +449,12 @@ def _token_labels(lp_high, lp_low) -> dict:
           "low_entropy": -jnp.sum(p_low * lp_low, -1), "low_margin": top2[..., 0] - top2[..., 1]}
 
 
-def _thinking_tokens(tok: Tokenizer, ids: Sequence[int]) -> int:
-  """How many of the generated tokens lie in a thinking block: up to the one that completes
-  "</think>", all of them when the block is cut off, 0 when there is none."""
+def _thinking_tokens(tok: Tokenizer, ids: Sequence[int], opened: bool = False) -> int:
+  """How many of the generated tokens lie in a thinking block (`opened`: the prompt opened it): up to
+  the one that completes "</think>", all of them when the block is cut off, 0 when there is none."""
   text = tok.decode(list(ids))
   if "</think>" not in text:
-    return len(ids) if "<think>" in text else 0
+    return len(ids) if opened or "<think>" in text else 0
   return next(n for n in range(1, len(ids) + 1) if "</think>" in tok.decode(list(ids[:n])))
 
 

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 
@@ -51,6 +52,11 @@ class Policy:
 
   def _variant(self, name: str, mesh: Optional[Mesh], converted: Optional[str]) -> Variant:
     path = os.path.join(converted, name) if converted else ""
+    if path and not os.path.isdir(path):
+      if precision(name).gptq:
+        raise UserError(f"{path}: precision {name} was not converted (the convert stage writes tiers.high "
+                        "and tiers.low)")
+      logging.info("%s was not converted: quantizing it from the float weights", name)
     if not path or not os.path.isdir(path):
       return make_variant(self.cfg, self.params, precision(name), mesh=mesh)
     variant = checkpoint.load_variant(path, mesh)

@@ -36,6 +36,11 @@ class Format:
   stop: str              # ends a generated action (it is also the action template's last text)
   action_marker: str = ""   # generated text: the command follows the last occurrence of this
 
+  @property
+  def opens_thinking(self) -> bool:
+    """Whether a turn's prompt ends inside an open `<think>` block (DeepSeek-R1): generation starts thinking."""
+    return "<think>" in self.observation.rsplit("</think>", 1)[-1]
+
   def parse(self, text: str) -> str:
     """The command inside generated text (after any thinking and the action marker)."""
     text = text.split("</think>")[-1]

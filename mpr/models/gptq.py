@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mpr.errors import UserError
-from mpr.models import params as params_lib, variants
+from mpr.models import params as params_lib, sharding, variants
 from mpr.models.config import ModelConfig
 from mpr.models.decoder import Decoder, init_cache
 from mpr.models.layers import Linear
@@ -49,14 +49,18 @@ def segments(streams: Iterable[np.ndarray], count: int, length: int) -> list[np.
   return [stream[i * length:(i + 1) * length] for i in range(n)]
 
 
-def hessians(cfg: ModelConfig, params: dict, sequences: Iterable[np.ndarray], head: bool = False) -> dict[Path, np.ndarray]:
+def hessians(cfg: ModelConfig, params: dict, sequences: Iterable[np.ndarray], head: bool = False,
+             mesh=None) -> dict[Path, np.ndarray]:
   """Σ x xᵀ (float64) of the inputs of every projection over all tokens of `sequences` (1-D token
   arrays), keyed by the projection's kernel path; with `head`, of the LM head too. Sequences of one
-  length share one compiled pass."""
+  length share one compiled pass; with a `mesh` the float model runs split over it (sharding.py).
+  The Hessians themselves are held on the host: Σ in² × 8 bytes over the projections."""
   model = Decoder(cfg, None, jnp.float32)
+  if mesh is not None:
+    params = sharding.place_variables(mesh, {"params": jax.tree.map(lambda x: np.asarray(x, np.float32), params)})["params"]
 
   @jax.jit
-  def one(tokens):
+  def one(params, tokens):
     acc = {}
 
     def record(next_fun, args, kwargs, context):
@@ -81,7 +85,7 @@ def hessians(cfg: ModelConfig, params: dict, sequences: Iterable[np.ndarray], he
     seq = np.asarray(seq, np.int32)
     if seq.ndim != 1 or seq.size == 0:
       raise UserError(f"gptq calibration sequences must be non-empty 1-D token arrays, got shape {seq.shape}")
-    for path, h in one(seq[None]).items():
+    for path, h in one(params, seq[None]).items():
       out[path] = out.get(path, 0.0) + np.asarray(h, np.float64)
     count += 1
   if not count:
@@ -170,8 +174,9 @@ def _frozen_leaf(frozen: dict, kernel_path: Path):
 def freeze(cfg: ModelConfig, params: dict, prec: Precision, hs: dict[Path, np.ndarray],
            damp: float = 0.01) -> dict:
   """The frozen tree of `prec` (mpr.models.variants.freeze) with every projection that has a Hessian
-  in `hs` quantized by GPTQ instead of rounded to nearest."""
-  frozen = variants.freeze(cfg, params, prec)
+  in `hs` quantized by GPTQ instead of rounded to nearest. On the host: the solver is numpy, kernel by
+  kernel, and make_variant places the result."""
+  frozen = jax.device_get(variants.freeze(cfg, params, prec))
   flat = params_lib.flatten(params)
   missing = [p for p in flat if p[-1] == "kernel" and variants.is_frozen(p, prec) and p not in hs]
   if missing:
@@ -182,8 +187,8 @@ def freeze(cfg: ModelConfig, params: dict, prec: Precision, hs: dict[Path, np.nd
     qt = _frozen_leaf(frozen, path)
     scale_dtype = qt.scale[0].dtype
     q, s = quantize_kernel(np.asarray(flat[path], np.float32), h, prec, scale_dtype, damp)
-    qvalue = jnp.asarray(q.reshape(qt.qvalue.shape), qt.qvalue.dtype)
-    scale = jnp.asarray(s.reshape(qt.scale[0].shape), scale_dtype)
+    qvalue = np.asarray(q.reshape(qt.qvalue.shape)).astype(qt.qvalue.dtype)
+    scale = np.asarray(s.reshape(qt.scale[0].shape)).astype(scale_dtype)
     frozen = _replace(frozen, path[:-1], qt.replace(qvalue=qvalue, scale=[scale]))
   return frozen
 
@@ -196,6 +201,7 @@ def _replace(tree: dict, path: Path, leaf) -> dict:
 
 
 def make_variant(cfg: ModelConfig, params: dict, prec: Precision, hs: dict[Path, np.ndarray],
-                 damp: float = 0.01) -> variants.Variant:
-  """A serving variant like mpr.models.variants.make_variant's, its projections quantized by GPTQ."""
-  return variants.make_variant(cfg, params, prec, frozen=freeze(cfg, params, prec, hs, damp))
+                 damp: float = 0.01, mesh=None) -> variants.Variant:
+  """A serving variant like mpr.models.variants.make_variant's (split over `mesh` if given), its
+  projections quantized by GPTQ."""
+  return variants.make_variant(cfg, params, prec, frozen=freeze(cfg, params, prec, hs, damp), mesh=mesh)

@@ -7,11 +7,13 @@ Nothing here is a hand-kept table. Weights are `jax.eval_shape` of the very vari
 serves (make_variant: float leaves, frozen AQT values and scales at their container widths), divided
 as mpr.models.sharding places them on a (data, model) mesh. The KV caches are eval_shape of
 init_cache, one per tier (the agent keeps one cache per variant), split by rows and kv heads. The
-activations are XLA's own buffer assignment (`memory_analysis().temp_size_in_bytes`) for one
-decoder block's device-local shard (heads and MLP width divided by the model axis) appending a
-`--chunk`-token prefill at the full context, compiled for the host CPU from abstract shapes, plus
-the block's input and output hidden states: blocks run one after another, so one block's working
-set is the forward's. A prefill of a whole rebuilt context (`--chunk` = context) is the worst case.
+activations are XLA's own buffer assignment (`memory_analysis()`), compiled for the host CPU from
+abstract shapes, for the larger of two working sets: one decoder block's device-local shard (heads
+and MLP width divided by the model axis) appending a `--chunk`-token prefill at the full context,
+with its input and output hidden states (blocks run one after another), and the LM head's f32
+logits and log-softmax over the chunk on the device's vocabulary shard (the scoring pass). A
+prefill of a whole rebuilt context (`--chunk` = context) is the worst case. A chip fits when the
+total is within what JAX uses of its HBM by default (USABLE).
 """
 from __future__ import annotations
 
@@ -38,6 +40,9 @@ from mpr.models.variants import abstract_variables
 
 GIB = 2**30
 CHIPS = {"v5e": 16 * GIB, "v4": 32 * GIB, "H100": 80 * GIB, "H200": 140 * GIB}   # HBM per chip
+# What JAX lets a program use by default: on GPUs it preallocates 75% of HBM (raise it with
+# XLA_PYTHON_CLIENT_MEM_FRACTION, e.g. .95); TPUs keep a small reserve.
+USABLE = {"v5e": 0.95, "v4": 0.95, "H100": 0.75, "H200": 0.75}
 MODELS = {
     "qwen3-0.6b": lambda: config_lib.qwen3("0.6b"), "qwen3-1.7b": lambda: config_lib.qwen3("1.7b"),
     "qwen3-4b": lambda: config_lib.qwen3("4b"), "qwen3-8b": lambda: config_lib.qwen3("8b"),
@@ -111,6 +116,17 @@ def activation_bytes(cfg: ModelConfig, dtype, rows: int, chunk: int, context: in
   return int(compiled.memory_analysis().temp_size_in_bytes) + 2 * leaf_bits(x) // 8
 
 
+def head_bytes(cfg: ModelConfig, dtype, rows: int, chunk: int, model: int) -> int:
+  """XLA's buffers for the LM head over a scored chunk (the engine's scoring pass): f32 logits of the
+  device's vocabulary shard and their log-softmax, plus the hidden states it reads."""
+  vocab = cfg.vocab_size // model if cfg.vocab_size % model == 0 else cfg.vocab_size
+  h = jax.ShapeDtypeStruct((rows, chunk, cfg.hidden_size), dtype)
+  w = jax.ShapeDtypeStruct((cfg.hidden_size, vocab), dtype)
+  fn = lambda h, w: jax.nn.log_softmax(jnp.dot(h, w, preferred_element_type=jnp.float32), axis=-1)
+  mem = jax.jit(fn).lower(h, w).compile().memory_analysis()
+  return int(mem.temp_size_in_bytes + mem.output_size_in_bytes) + leaf_bits(h) // 8
+
+
 @dataclasses.dataclass
 class Plan:
   model: str
@@ -120,20 +136,24 @@ class Plan:
   chunk: int
   weights: dict          # tier -> bytes per device
   caches: dict           # tier -> bytes per device
-  activations: int       # bytes per device, the largest over tiers' compute dtypes
+  activations: int       # bytes per device: a block's or the head's working set, whichever is larger
 
   @property
   def total(self) -> int:
     return sum(self.weights.values()) + sum(self.caches.values()) + self.activations
 
   def fits(self) -> dict[str, bool]:
-    return {chip: self.total <= hbm for chip, hbm in CHIPS.items()}
+    return {chip: self.total <= USABLE[chip] * hbm for chip, hbm in CHIPS.items()}
 
 
 def plan(name: str, tiers: list[str], mesh: tuple[int, int], rows: int, context: int,
          chunk: Optional[int] = None) -> Plan:
   cfg = model_config(name)
   data, model = mesh
+  if not tiers:
+    raise UserError("--tiers names no precision")
+  if rows < 1 or context < 1:
+    raise UserError(f"--rows and --context must be positive, got {rows} and {context}")
   if rows % data:
     raise UserError(f"{rows} rows do not split over {data} data shards")
   chunk = chunk or context
@@ -144,7 +164,8 @@ def plan(name: str, tiers: list[str], mesh: tuple[int, int], rows: int, context:
   return Plan(name, mesh, rows, context, chunk,
               weights={t: weight_bytes(cfg, t, model) for t in tiers},
               caches={t: cache_bytes(cfg, t, rows, context, data, model) for t in tiers},
-              activations=max(activation_bytes(local, d, rows // data, chunk, context) for d in dtypes))
+              activations=max(max(activation_bytes(local, d, rows // data, chunk, context),
+                                      head_bytes(cfg, d, rows // data, chunk, model)) for d in dtypes))
 
 
 def markdown(plans: list[Plan]) -> str:
@@ -157,8 +178,8 @@ def markdown(plans: list[Plan]) -> str:
     fits = ["yes" if ok else "no" for ok in p.fits().values()]
     lines.append(f"| {p.model} | {p.mesh[0]}×{p.mesh[1]} | {p.rows} × {p.context} ({p.chunk}) | {weights} | "
                  f"{caches} | {gb(p.activations)} | {gb(p.total)} | " + " | ".join(fits) + " |")
-  return "\n".join(lines) + "\n\nGiB per device; a chip fits the plan when the total is at most its HBM (" + ", ".join(
-      f"{c} {b // GIB}" for c, b in CHIPS.items()) + " GiB).\n"
+  return "\n".join(lines) + "\n\nGiB per device; a chip fits the plan when the total is at most what JAX uses of its HBM by default (" + ", ".join(
+      f"{c} {USABLE[c]:.0%} of {b // GIB}" for c, b in CHIPS.items()) + " GiB).\n"
 
 
 def main(argv=None) -> int:

@@ -61,7 +61,7 @@ def param_spec(path: Sequence[str], shape: tuple[int, ...], model: int) -> P:
   if not shape:
     return P()
   owner = next((n for n in reversed(path) if n in COLUMN or n in ROW), None)
-  if owner is None or (len(shape) == 1 and owner in ROW):      # norms; a row projection's bias
+  if owner is None:                                            # norms
     return P(*([None] * len(shape)))
   return _split(shape, -1 if owner in COLUMN else 0, model)
 

@@ -28,7 +28,7 @@ from mpr.errors import UserError
 from mpr.eval import summary as summary_lib
 from mpr.models.quant import precision
 from mpr.records import Episode
-from mpr.router import data, labels, routes
+from mpr.router import data, features, labels, routes
 from mpr.stages.common import play_logged, serving_variants, split_games
 
 CONFIG_KEYS = ("seed", "env", "model", "agent", "tiers", "collect")
@@ -62,15 +62,22 @@ def check_tiers(tiers) -> None:
     raise UserError(f"tiers.high and tiers.low are both {tiers.high!r}")
 
 
+def check_labels(cc) -> None:
+  """The `collect` label settings, before any episode is played."""
+  if cc.direction not in labels.DIRECTIONS:
+    raise UserError(f"unknown KL direction collect.direction={cc.direction!r}; known: {list(labels.DIRECTIONS)}")
+  if cc.token_reduce not in ("mean", "sum"):
+    raise UserError(f"collect.token_reduce must be mean or sum, got {cc.token_reduce!r}")
+  if not isinstance(cc.thinking, bool):
+    raise UserError(f"collect.thinking must be True or False, got {cc.thinking!r}")
+
+
 def token_step(token_labels: dict, direction: str, reduce: str = "mean", thinking: bool = True) -> tuple[float, float, float]:
   """(d_t, low entropy, low margin) of a generated step from its per-token labels (Step.token_labels):
   the KL in `direction` summed or averaged over the step's tokens (those of a thinking block only
   with `thinking`), entropy and margin averaged over the same tokens. A step cut off inside its
   thinking block has no other tokens: all of them count."""
-  if reduce not in ("mean", "sum"):
-    raise UserError(f"collect.token_reduce must be mean or sum, got {reduce!r}")
-  if direction not in labels.DIRECTIONS:
-    raise UserError(f"unknown KL direction {direction!r}; known: {list(labels.DIRECTIONS)}")
+  check_labels(ml_collections.ConfigDict({"direction": direction, "token_reduce": reduce, "thinking": thinking}))
   skip = 0 if thinking else int(token_labels["thinking"])
   col = {k: np.asarray(token_labels[k][skip:], np.float64) for k in agent_lib.TOKEN_LABELS}
   if col["kl_high_low"].size == 0:
@@ -115,6 +122,10 @@ def table_path(sdir: str, split: str) -> str:
 def run(config, sdir: str) -> dict:
   env, cc, tiers = config.env, config.collect, config.tiers
   check_tiers(tiers)
+  check_labels(cc)
+  if config.agent.mode == "generate" and "router" in config and features.needs_low_scores(config.router.inputs):
+    raise UserError(f"router.inputs {list(config.router.inputs)} read the low tier's scores of the admissible "
+                    "commands, which generate mode does not compute: use router.inputs=('z',) or agent.mode=score")
   policy = models.load(config.model)
   variants = serving_variants(config, sdir, policy, [tiers.high, tiers.low])
   route = routes.collect_route(tiers.high, tiers.low, cc.act, config.seed, cc.p_high, config.agent.mode)

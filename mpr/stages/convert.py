@@ -25,7 +25,7 @@ from mpr.envs.pool import open_pool
 from mpr.envs.rollout import expert_policy
 from mpr.models import checkpoint, gptq
 from mpr.models.quant import precision, tree_bytes
-from mpr.models.variants import make_variant
+from mpr.models.variants import abstract_variables, make_variant
 from mpr.stages.collect import check_tiers
 from mpr.stages.common import play_logged, split_games
 
@@ -63,24 +63,30 @@ def run(config, sdir: str) -> dict:
   policy = models.load(config.model)
   mesh = agent_lib.mesh_of(config.agent)       # where the variant is computed; the files do not depend on it
   names = (config.tiers.high, config.tiers.low)
+  # Every host decides from the same folder state: none writes before all have looked.
+  hosts.sync("convert: look")
+  todo = [n for n in names if not os.path.isfile(os.path.join(sdir, n, "model.json"))]
+  hosts.sync("convert: looked")
   hs = {}
-  metrics, lines = {}, ["| tier | bytes | seconds |", "|---|---:|---:|"]
+  metrics, lines = {}, ["| tier | bytes | converted in (s) |", "|---|---:|---:|"]
   for name in names:
-    path, prec, start = os.path.join(sdir, name), precision(name), time.perf_counter()
-    if not os.path.isfile(os.path.join(path, "model.json")):
+    prec, start, seconds = precision(name), time.perf_counter(), None
+    if name in todo:
       if prec.gptq:
         if prec.quant_head not in hs:
           hs[prec.quant_head] = gptq.hessians(policy.cfg, policy.params, calibration(config, policy, sdir),
-                                              head=prec.quant_head)
-        variant = gptq.make_variant(policy.cfg, policy.params, prec, hs[prec.quant_head], config.convert.damp)
+                                              head=prec.quant_head, mesh=mesh)
+        variant = gptq.make_variant(policy.cfg, policy.params, prec, hs[prec.quant_head], config.convert.damp,
+                                    mesh=mesh)
       else:
         variant = make_variant(policy.cfg, policy.params, prec, mesh=mesh)
       if hosts.is_primary():
-        checkpoint.save_variant(path, variant)
+        checkpoint.save_variant(os.path.join(sdir, name), variant)
       hosts.sync(f"convert {name}")
-    size = tree_bytes(checkpoint.load_variant(path).variables)
-    metrics[name] = {"bytes": size, "seconds": round(time.perf_counter() - start, 2)}
-    lines.append(f"| {name} | {size:,} | {metrics[name]['seconds']} |")
+      seconds = round(time.perf_counter() - start, 2)
+    size = tree_bytes(abstract_variables(policy.cfg, prec))
+    metrics[name] = {"bytes": size, "seconds": seconds}     # seconds: None when converted by an earlier run
+    lines.append(f"| {name} | {size:,} | {'earlier run' if seconds is None else seconds} |")
   text = "### convert: frozen serving tiers\n\n" + "\n".join(lines) + "\n"
   io.atomic_write_text(os.path.join(sdir, "summary.md"), text)
   print(text)
