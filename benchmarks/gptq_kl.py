@@ -28,7 +28,7 @@ from mpr.models.variants import make_variant
 
 
 def _examples(split: str, num: int, tok, fmt, budget: int) -> list[demos.Example]:
-  games = [(g, 0) for g in select_games(find_games(split), num)]
+  games = [(g, 0) for g in select_games(find_games(split, num_generated=num), num)]   # generated: only `num`
   with LocalPool(1, expert="exploring") as pool:
     episodes = rollout(pool, games, expert_policy, progress=f"expert on {split}")
   return demos.examples(episodes, tok, fmt, budget, reserve=32)
