@@ -1,0 +1,131 @@
+"""A fused weight-only int8 / int4 matmul for decode shapes (Pallas).
+
+  w = pack(qvalue, scale, bits=4, group=128)        # once per kernel, from AQT's frozen values and scales
+  y = matmul(x, w)                                   # x [M, K] (M = decode batch, 1–64) → [M, N]
+
+Why: with XLA's default lowering, a weight-only low-bit dot first materialises the dequantized
+weights (or converts them in a separate pass), so at decode shapes, where the weights' bytes are the
+whole cost, int4 is no faster than bf16 (gpu-quant-probe: 0.61–1.18× on an H200). Here the integers
+are read once, unpacked and scaled inside the kernel, next to the multiply.
+
+Layout. int8: [K, N] int8. int4 (and int3, whose values fit): [K/2, N] uint8, two values per byte,
+the low nibble from row r and the high nibble from row r + K/2 of the [K, N] integers. The two halves
+of a byte then meet two contiguous halves of x's columns: no interleaving inside the kernel. Scales:
+[G, N] f32, one row per group of K/G inputs (G = 1: per channel), as AQT's frozen scales.
+
+The kernel: a grid over (M / block_m, N / block_n); each program loops over K in blocks of block_k
+rows (within one scale group), accumulating in f32, and scales per group before adding. The same
+code runs in interpret mode on CPU (the suite checks it against AQT's serving path) and lowers for
+GPUs and TPUs (benchmarks/decode_matmul.py measures it there against bf16, XLA and the roofline).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import pallas as pl
+
+from mpr.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Packed:
+  """A kernel's weights as `matmul` reads them."""
+  values: jax.Array     # int8 [K, N], or uint8 [K/2, N] for 4 bits and fewer
+  scale: jax.Array      # f32 [G, N]
+  bits: int
+  k: int                # contracted size K
+
+  @property
+  def group(self) -> int:
+    return self.k // self.scale.shape[0]
+
+
+jax.tree_util.register_dataclass(Packed, data_fields=["values", "scale"], meta_fields=["bits", "k"])
+
+
+def pack(qvalue, scale, bits: int) -> Packed:
+  """AQT frozen values ([K, N] per channel, [G, K/G, N] grouped) and scales ([1, N] / [G, 1, N])."""
+  q = np.asarray(qvalue).astype(np.int8)
+  if q.ndim == 3:
+    q = q.reshape(-1, q.shape[-1])
+  k, n = q.shape
+  s = np.asarray(scale, np.float32).reshape(-1, n)
+  if k % s.shape[0]:
+    raise UserError(f"kernels.pack: {s.shape[0]} scale groups do not tile K={k}")
+  if bits > 4:
+    return Packed(jnp.asarray(q), jnp.asarray(s), bits, k)
+  if k % 2 or not (np.abs(q.astype(np.int32) + 0.5) <= 8).all():
+    raise UserError(f"kernels.pack: {bits}-bit values need an even K and values in [-8, 7]")
+  lo, hi = q[:k // 2].astype(np.uint8) & 0xF, q[k // 2:].astype(np.uint8) & 0xF
+  return Packed(jnp.asarray(lo | (hi << 4)), jnp.asarray(s), bits, k)
+
+
+def _signed_nibbles(b):
+  """uint8 → (low, high) nibbles as signed ints in [-8, 7]."""
+  b = b.astype(jnp.int32)
+  lo, hi = b & 0xF, (b >> 4) & 0xF
+  return lo - ((lo >> 3) << 4), hi - ((hi >> 3) << 4)
+
+
+def _kernel(x_ref, w_ref, s_ref, o_ref, *, bits: int, k: int, block_k: int, group: int):
+  bm = x_ref.shape[0]
+  bn = o_ref.shape[1]
+  dtype = x_ref.dtype
+  packed = bits <= 4
+  rows = k // 2 if packed else k                  # rows of w_ref; a block covers block_k of them
+
+  def body(i, acc):
+    start = i * block_k
+    w = w_ref[pl.ds(start, block_k), :]
+    if packed:
+      lo, hi = _signed_nibbles(w)
+      x_lo = x_ref[:, pl.ds(start, block_k)]
+      x_hi = x_ref[:, pl.ds(start + k // 2, block_k)]
+      part_lo = jnp.dot(x_lo, lo.astype(dtype), preferred_element_type=jnp.float32)
+      part_hi = jnp.dot(x_hi, hi.astype(dtype), preferred_element_type=jnp.float32)
+      s_lo = s_ref[pl.ds(start // group, 1), :]
+      s_hi = s_ref[pl.ds((start + k // 2) // group, 1), :]
+      return acc + part_lo * s_lo + part_hi * s_hi
+    part = jnp.dot(x_ref[:, pl.ds(start, block_k)], w.astype(dtype), preferred_element_type=jnp.float32)
+    return acc + part * s_ref[pl.ds(start // group, 1), :]
+
+  acc = jax.lax.fori_loop(0, rows // block_k, body, jnp.zeros((bm, bn), jnp.float32))
+  o_ref[...] = acc.astype(o_ref.dtype)
+
+
+def _block_k(rows: int, group: int, half: int) -> int:
+  """The K block: at most 256 rows, inside one scale group, and (packed) not across the halves."""
+  for b in (256, 128, 64, 32, 16, 8):
+    if rows % b == 0 and group % b == 0 and (half == 0 or half % b == 0):
+      return b
+  raise UserError(f"kernels: no K block of 8–256 rows tiles {rows} rows in groups of {group}")
+
+
+@functools.partial(jax.jit, static_argnames=("block_n", "interpret"))
+def matmul(x: jax.Array, w: Packed, *, block_n: int = 256, interpret: bool = False) -> jax.Array:
+  """x [M, K] @ dequantized w → [M, N] in x's dtype (f32 accumulation)."""
+  m, k = x.shape
+  if k != w.k:
+    raise UserError(f"kernels.matmul: x has {k} columns, the weights {w.k} rows")
+  n = w.values.shape[1]
+  bn = min(block_n, n)
+  if n % bn:
+    raise UserError(f"kernels.matmul: N={n} is not a multiple of block_n={bn}")
+  bm = max(8, 1 << max(0, m - 1).bit_length())     # decode batches: pad M to a power of two
+  xp = jnp.pad(x, ((0, bm - m), (0, 0))) if bm != m else x
+  rows = w.values.shape[0]
+  half = k // 2 if w.bits <= 4 else 0
+  block_k = _block_k(rows, w.group, half)
+  kernel = functools.partial(_kernel, bits=w.bits, k=k, block_k=block_k, group=w.group)
+  out = pl.pallas_call(
+      kernel, out_shape=jax.ShapeDtypeStruct((bm, n), x.dtype), grid=(1, n // bn),
+      in_specs=[pl.BlockSpec((bm, k), lambda i, j: (i, 0)),
+                pl.BlockSpec((rows, bn), lambda i, j: (0, j)),
+                pl.BlockSpec((w.scale.shape[0], bn), lambda i, j: (0, j))],
+      out_specs=pl.BlockSpec((bm, bn), lambda i, j: (i, j)),
+      interpret=interpret)(xp, w.values, w.scale)
+  return out[:m]

@@ -1,0 +1,71 @@
+"""The fused weight-only matmul (Pallas, interpret mode on CPU) against AQT's serving path."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mpr.errors import UserError
+from mpr.models import kernels
+from mpr.models.hf import load_hf
+from mpr.models.layers import Linear
+from mpr.models.quant import Quant, precision
+from mpr.models.variants import make_variant
+
+FIX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+
+
+def _aqt_serve(prec, frozen, x, n):
+  """One projection as the decoder serves it: AQT's SERVE dot_general over the frozen tree."""
+  layer = Linear(n, Quant(prec, "serve"), prec.jnp_dtype)
+  variables = {"params": {"proj": {"kernel": jnp.zeros((x.shape[-1], n), prec.jnp_dtype)}}, "aqt": frozen}
+  return layer.apply(variables, x)
+
+
+@pytest.mark.parametrize("name, batch", [("int8", 3), ("int4-g32-mse", 1), ("int3-g16", 5)])
+def test_fused_matmul_equals_aqt_serving(name, batch):
+  cfg, params = load_hf(os.path.join(FIX, "llama3_scaled"))       # MLP 64 → 160 → 64
+  prec = precision(name)
+  frozen = make_variant(cfg, params, prec).variables["aqt"]["layer_0"]["mlp"]
+  key = jax.random.key(batch)
+  for proj, k, n in (("gate", cfg.hidden_size, cfg.intermediate_size), ("down", cfg.intermediate_size, cfg.hidden_size)):
+    qt = frozen[proj]["proj"]["AqtDotGeneral_0"]["qrhs"]["frozen"]
+    w = kernels.pack(qt.qvalue, qt.scale[0], prec.weight_bits)
+    x = jax.random.normal(key, (batch, k), jnp.float32).astype(prec.jnp_dtype)
+    got = kernels.matmul(x, w, block_n=32, interpret=True)
+    want = _aqt_serve(prec, frozen[proj], x, n)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=2e-2, atol=2e-2)
+    if proj == "down":     # and, in f32, exactly the dequantized product
+      deq = np.asarray(qt.qvalue, np.float32).reshape(k, n) * np.repeat(
+          np.asarray(qt.scale[0], np.float32).reshape(-1, n), w.group, axis=0)
+      exact = kernels.matmul(x.astype(jnp.float32), w, block_n=32, interpret=True)
+      np.testing.assert_allclose(np.asarray(exact), np.asarray(x, np.float32) @ deq, rtol=1e-5, atol=1e-4)
+
+
+def test_packing_keeps_every_int4_value_and_refuses_what_does_not_fit():
+  q = np.arange(-8, 8, dtype=np.int8).reshape(16, 1).repeat(3, axis=1)
+  w = kernels.pack(q, np.ones((1, 3), np.float32), 4)
+  assert w.values.shape == (8, 3) and w.values.dtype == jnp.uint8
+  lo, hi = kernels._signed_nibbles(w.values)
+  np.testing.assert_array_equal(np.concatenate([np.asarray(lo), np.asarray(hi)]), q)
+  with pytest.raises(UserError, match=r"values in \[-8, 7\]"):
+    kernels.pack(q * 2, np.ones((1, 3), np.float32), 4)
+  with pytest.raises(UserError, match="do not tile"):
+    kernels.pack(q, np.ones((3, 3), np.float32), 4)
+  with pytest.raises(UserError, match="columns"):
+    kernels.matmul(jnp.ones((1, 8)), w, interpret=True)
+
+
+def test_decode_benchmark_runs_its_smoke_shapes(tmp_path):
+  import json
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = tmp_path / "d.json"
+  p = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "decode_matmul.py"), "--smoke", "--reps", "1",
+                      "--batches", "2", "--out", str(out)], capture_output=True, text=True, timeout=600)
+  assert p.returncode == 0, p.stderr[-2000:]
+  (row,) = json.load(open(out))["rows"]
+  assert row["batch"] == 2 and all(v > 0 for v in row["us"].values())
