@@ -1,6 +1,6 @@
 """Decode-step latency per precision for Qwen3-8B shapes on an accelerator, beside its roofline.
 
-  python benchmarks/device_decode.py [--model qwen3-8b] [--variants bf16 int8 int4] [--batches 1 8]
+  python benchmarks/device_decode.py [--model qwen3-8b] [--variants bf16 int8 int4 int4-pallas] [--batches 1 8]
          [--bandwidth-gbs 4800] [--out device_decode.json]
 
 Random weights (made on the device, so the host never holds 32 GB of floats). For each variant and
@@ -36,7 +36,7 @@ def device_params(cfg, seed=0):
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--model", default="qwen3-8b", choices=["qwen3-8b", "qwen3-4b", "qwen3-1.7b", "tiny"])
-  p.add_argument("--variants", nargs="+", default=["bf16", "int8", "int4"])
+  p.add_argument("--variants", nargs="+", default=["bf16", "int8", "int4", "int4-pallas"])
   p.add_argument("--batches", nargs="+", type=int, default=[1, 8])
   p.add_argument("--cache-len", type=int, default=1024)
   p.add_argument("--repeats", type=int, default=20)

@@ -8,6 +8,9 @@ weights (or converts them in a separate pass), so at decode shapes, where the we
 whole cost, int4 is no faster than bf16 (gpu-quant-probe: 0.61–1.18× on an H200). Here the integers
 are read once, unpacked and scaled inside the kernel, next to the multiply.
 
+Serving: a precision with the `pallas` option (e.g. int4-g128-pallas) packs its frozen tree once
+(pack_tree) and its projections call `matmul` (layers.Linear); on CPU the kernel runs interpreted.
+
 Layout. int8: [K, N] int8. int4 (and int3, whose values fit): [K/2, N] uint8, two values per byte,
 the low nibble from row r and the high nibble from row r + K/2 of the [K, N] integers. The two halves
 of a byte then meet two contiguous halves of x's columns: no interleaving inside the kernel. Scales:
@@ -25,7 +28,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.experimental import pallas as pl
 
 from mpr.errors import UserError
@@ -48,20 +50,32 @@ jax.tree_util.register_dataclass(Packed, data_fields=["values", "scale"], meta_f
 
 
 def pack(qvalue, scale, bits: int) -> Packed:
-  """AQT frozen values ([K, N] per channel, [G, K/G, N] grouped) and scales ([1, N] / [G, 1, N])."""
-  q = np.asarray(qvalue).astype(np.int8)
+  """AQT frozen values ([K, N] per channel, [G, K/G, N] grouped; at most 4 bits: in [-8, 7], as AQT's
+  grid makes them) and scales ([1, N] / [G, 1, N]). Traceable: jax.eval_shape gives the layout."""
+  q = jnp.asarray(qvalue).astype(jnp.int8)
   if q.ndim == 3:
     q = q.reshape(-1, q.shape[-1])
   k, n = q.shape
-  s = np.asarray(scale, np.float32).reshape(-1, n)
+  s = jnp.asarray(scale, jnp.float32).reshape(-1, n)
   if k % s.shape[0]:
     raise UserError(f"kernels.pack: {s.shape[0]} scale groups do not tile K={k}")
   if bits > 4:
-    return Packed(jnp.asarray(q), jnp.asarray(s), bits, k)
-  if k % 2 or not (np.abs(q.astype(np.int32) + 0.5) <= 8).all():
-    raise UserError(f"kernels.pack: {bits}-bit values need an even K and values in [-8, 7]")
-  lo, hi = q[:k // 2].astype(np.uint8) & 0xF, q[k // 2:].astype(np.uint8) & 0xF
-  return Packed(jnp.asarray(lo | (hi << 4)), jnp.asarray(s), bits, k)
+    return Packed(q, s, bits, k)
+  if k % 2:
+    raise UserError(f"kernels.pack: {bits}-bit values pack in pairs of rows, K={k} is odd")
+  lo, hi = q[:k // 2].astype(jnp.uint8) & 0xF, q[k // 2:].astype(jnp.uint8) & 0xF
+  return Packed(lo | (hi << 4), s, bits, k)
+
+
+def pack_tree(frozen: dict, bits: int) -> dict:
+  """A frozen variables tree with every projection's AQT tree (proj/AqtDotGeneral_0/qrhs/frozen)
+  replaced by its packed weights (proj/packed), what a `pallas` kernel precision serves."""
+  if not isinstance(frozen, dict):
+    return frozen
+  if "AqtDotGeneral_0" in frozen:
+    qt = frozen["AqtDotGeneral_0"]["qrhs"]["frozen"]
+    return {"packed": pack(qt.qvalue, qt.scale[0], bits)}
+  return {k: pack_tree(v, bits) for k, v in frozen.items()}
 
 
 def _signed_nibbles(b):
@@ -105,9 +119,10 @@ def _block_k(rows: int, group: int, half: int) -> int:
   raise UserError(f"kernels: no K block of 8–256 rows tiles {rows} rows in groups of {group}")
 
 
-@functools.partial(jax.jit, static_argnames=("block_n", "interpret"))
-def matmul(x: jax.Array, w: Packed, *, block_n: int = 256, interpret: bool = False) -> jax.Array:
-  """x [M, K] @ dequantized w → [M, N] in x's dtype (f32 accumulation)."""
+@functools.partial(jax.jit, static_argnames=("block_m", "block_n", "interpret"))
+def matmul(x: jax.Array, w: Packed, *, block_m: int = 64, block_n: int = 256, interpret: bool = False) -> jax.Array:
+  """x [M, K] @ dequantized w → [M, N] in x's dtype (f32 accumulation). `interpret` runs the kernel
+  as JAX ops (CPU)."""
   m, k = x.shape
   if k != w.k:
     raise UserError(f"kernels.matmul: x has {k} columns, the weights {w.k} rows")
@@ -115,14 +130,15 @@ def matmul(x: jax.Array, w: Packed, *, block_n: int = 256, interpret: bool = Fal
   bn = min(block_n, n)
   if n % bn:
     raise UserError(f"kernels.matmul: N={n} is not a multiple of block_n={bn}")
-  bm = max(8, 1 << max(0, m - 1).bit_length())     # decode batches: pad M to a power of two
-  xp = jnp.pad(x, ((0, bm - m), (0, 0))) if bm != m else x
+  bm = min(block_m, max(8, 1 << max(0, m - 1).bit_length()))   # decode batches: one block of M
+  mp = -(-m // bm) * bm
+  xp = jnp.pad(x, ((0, mp - m), (0, 0))) if mp != m else x
   rows = w.values.shape[0]
   half = k // 2 if w.bits <= 4 else 0
   block_k = _block_k(rows, w.group, half)
   kernel = functools.partial(_kernel, bits=w.bits, k=k, block_k=block_k, group=w.group)
   out = pl.pallas_call(
-      kernel, out_shape=jax.ShapeDtypeStruct((bm, n), x.dtype), grid=(1, n // bn),
+      kernel, out_shape=jax.ShapeDtypeStruct((mp, n), x.dtype), grid=(mp // bm, n // bn),
       in_specs=[pl.BlockSpec((bm, k), lambda i, j: (i, 0)),
                 pl.BlockSpec((rows, bn), lambda i, j: (0, j)),
                 pl.BlockSpec((w.scale.shape[0], bn), lambda i, j: (0, j))],

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mpr.models import kernels
 from mpr.models.config import ModelConfig
 from mpr.models.quant import dequantize_table, quantize_table
 
@@ -74,9 +75,30 @@ class Linear(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    if self.quant is not None and self.quant.mode == "serve" and self.quant.prec.kernel == "pallas":
+      return _FusedProj(self.features, self.dtype, self.bias, name="proj")(x)
     dg_cls = self.quant.dot_general_cls() if self.quant is not None else None
     return nn.Dense(self.features, use_bias=self.bias, dtype=self.dtype, param_dtype=jnp.float32,
                     dot_general_cls=dg_cls, name="proj")(x)
+
+
+class _FusedProj(nn.Module):
+  """A served projection through the fused Pallas kernel: reads its packed integers and scales
+  (kernels.pack_tree) where Dense keeps AQT's tree, and its float bias where Dense keeps it."""
+  features: int
+  dtype: Dtype
+  bias: bool
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    w = self.variable("aqt", "packed", lambda: None).value
+    if w is None:
+      raise ValueError("a pallas-kernel projection serves only packed weights (variants.make_variant)")
+    y = kernels.matmul(x.reshape(-1, x.shape[-1]).astype(self.dtype), w,
+                       interpret=jax.default_backend() == "cpu").reshape(*x.shape[:-1], self.features)
+    if self.bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
+    return y
 
 
 class Embedding(nn.Module):

@@ -24,6 +24,8 @@ Options, appended with '-' (any order, each once; the name is rewritten in canon
             model's head then reads that low-bit table too, weight-only: its activations stay float
   gptq      the projections' integers by GPTQ (error-compensating, from calibration activations) on the
             grid and scales the other options choose; made by the `convert` stage, which calibrates
+  pallas    serve the projections through the fused Pallas kernel (weight-only 8, 4 and 3 bits): the
+            integers are packed once and unpacked and scaled inside the matmul
 Activations (a8, a4) are quantized dynamically per token (per token and group with g<N>).
 """
 from __future__ import annotations
@@ -52,6 +54,7 @@ class Precision:
   quant_head: bool = False            # the LM head's weights too (it usually stays high precision)
   quant_embed: bool = False           # the token embedding table too
   gptq: bool = False                  # projections quantized by GPTQ from calibration (mpr.models.gptq)
+  kernel: str = "xla"                 # how served projections multiply: xla (AQT's dot) | pallas (mpr.models.kernels)
 
   @property
   def quantized(self) -> bool:
@@ -95,7 +98,7 @@ def grid(bits: int) -> tuple[float, float]:
   bound = 2.0 ** (bits - 1) - 0.5
   return bound, bound - 0.5
 _OPTION = re.compile(r"g(?P<group>[1-9]\d*)|(?P<mse>mse)|clip(?P<clip>0?\.\d+|1(\.0*)?)|(?P<head>head)|(?P<emb>emb)"
-                     r"|(?P<gptq>gptq)")
+                     r"|(?P<gptq>gptq)|(?P<pallas>pallas)")
 
 
 def _canonical(p: Precision) -> str:
@@ -106,7 +109,7 @@ def _canonical(p: Precision) -> str:
                     f"known precisions: {sorted(PRECISIONS)}")
   opts = [f"g{p.group_size}"] if p.group_size else []
   opts += {"absmax": [], "mse": ["mse"], "clip": [f"clip{p.clip_scale:g}"]}[p.calibration]
-  opts += ["head"] * p.quant_head + ["emb"] * p.quant_embed + ["gptq"] * p.gptq
+  opts += ["head"] * p.quant_head + ["emb"] * p.quant_embed + ["gptq"] * p.gptq + ["pallas"] * (p.kernel == "pallas")
   return "-".join([base] + opts)
 
 
@@ -115,12 +118,12 @@ def _parse(name: str) -> tuple[str, dict[str, Any]]:
   base, *opts = name.split("-")
   if base not in PRECISIONS:
     raise UserError(f"unknown precision {name!r}; known: {sorted(PRECISIONS)}, with options "
-                    "-g<N> -mse -clip<x> -head -emb -gptq")
+                    "-g<N> -mse -clip<x> -head -emb -gptq -pallas")
   fields: dict[str, Any] = {}
   for opt in opts:
     m = _OPTION.fullmatch(opt)
     if not m:
-      raise UserError(f"unknown option {opt!r} in precision {name!r}; options: g<N>, mse, clip<x> (0 < x <= 1), head, emb, gptq")
+      raise UserError(f"unknown option {opt!r} in precision {name!r}; options: g<N>, mse, clip<x> (0 < x <= 1), head, emb, gptq, pallas")
     kind = next(k for k, v in m.groupdict().items() if v)
     if kind == "group":
       new = {"group_size": int(m["group"])}
@@ -128,6 +131,8 @@ def _parse(name: str) -> tuple[str, dict[str, Any]]:
       new = {"calibration": "mse"}
     elif kind == "clip":
       new = {"calibration": "clip", "clip_scale": float(m["clip"])}
+    elif kind == "pallas":
+      new = {"kernel": "pallas"}
     else:
       new = {{"head": "quant_head", "emb": "quant_embed", "gptq": "gptq"}[kind]: True}
     if set(new) & set(fields):
@@ -142,6 +147,10 @@ def precision(name: str, **overrides) -> Precision:
   p = dataclasses.replace(PRECISIONS[base], **{**fields, **overrides})
   if p.calibration not in _CALIBRATIONS:
     raise UserError(f"unknown calibration {p.calibration!r}; known: {list(_CALIBRATIONS)}")
+  if p.kernel not in ("xla", "pallas"):
+    raise UserError(f"precision {name!r}: unknown kernel {p.kernel!r}; known: xla, pallas")
+  if p.kernel == "pallas" and (p.act_bits or p.weight_bits not in (8, 4, 3)):
+    raise UserError(f"precision {name!r}: the pallas kernel serves weight-only 8, 4 and 3 bits")
   if not p.quantized and (p.group_size or p.calibration != "absmax" or p.quant_head or p.quant_embed or p.gptq):
     raise UserError(f"precision {name!r}: options apply to quantized weights, {base} has float weights")
   if p.calibration == "clip" and not 0.0 < p.clip_scale <= 1.0:

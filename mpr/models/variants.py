@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from mpr.models import params as params_lib, sharding
+from mpr.models import kernels, params as params_lib, sharding
 from mpr.models.config import ModelConfig
 from mpr.models.params import expected_shapes
 from mpr.models.decoder import Decoder, init_cache
@@ -135,7 +135,12 @@ def make_variant(cfg: ModelConfig, params: dict, prec: Precision, frozen: dict |
     return Variant.serve(cfg, prec, place({"params": jax.tree.map(cast, params)}))
   check_fits(cfg, prec)
   kept = {p: cast(v) for p, v in params_lib.flatten(params).items() if not is_frozen(p, prec)}
+  if prec.kernel == "pallas" and mesh is not None:
+    raise UserError(f"precision {prec.name}: the pallas kernel serves unsharded weights; run it on one device "
+                    "(agent.devices=1)")
   aqt = freeze(cfg, params, prec, mesh) if frozen is None else place({"aqt": frozen})["aqt"]
+  if prec.kernel == "pallas":
+    aqt = jax.jit(kernels.pack_tree, static_argnums=1)(aqt, prec.weight_bits)
   return Variant.serve(cfg, prec, {"params": place({"params": params_lib.unflatten(kept)})["params"], "aqt": aqt})
 
 
