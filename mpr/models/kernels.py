@@ -93,7 +93,7 @@ def _kernel(x_ref, w_ref, s_ref, o_ref, *, bits: int, k: int, block_k: int, grou
   rows = k // 2 if packed else k                  # rows of w_ref; a block covers block_k of them
 
   def body(i, acc):
-    start = i * block_k
+    start = pl.multiple_of(i * block_k, block_k)     # aligned slices (Mosaic needs to know)
     w = w_ref[pl.ds(start, block_k), :]
     if packed:
       lo, hi = _signed_nibbles(w)
@@ -130,7 +130,8 @@ def matmul(x: jax.Array, w: Packed, *, block_m: int = 64, block_n: int = 256, in
   bn = min(block_n, n)
   if n % bn:
     raise UserError(f"kernels.matmul: N={n} is not a multiple of block_n={bn}")
-  bm = min(block_m, max(8, 1 << max(0, m - 1).bit_length()))   # decode batches: one block of M
+  # Decode batches: one block of M rows, a power of two of at least 16 (Triton's smallest dot).
+  bm = min(block_m, max(16, 1 << max(0, m - 1).bit_length()))
   mp = -(-m // bm) * bm
   xp = jnp.pad(x, ((0, mp - m), (0, 0))) if mp != m else x
   rows = w.values.shape[0]
