@@ -17,6 +17,8 @@ as collect played them) high. Methods:
                                         ratio on each split (the matched baseline, played split by
                                         split; report refuses pairs > 2 points apart)
 The routers of the other training seeds play at `eval.seed_shares` (Table 3: the spread over seeds).
+In generate mode (agent.mode) entropy, margin and oracle are not played: they read the tiers' scores
+of the admissible commands before the step, which a generating agent does not compute.
 
 Per point: success (overall, per task, 95% Wilson) and per-game outcomes (for the paired comparisons
 in mpr.eval.report), high ratio (share of steps on the high tier), and cost: model seconds per episode
@@ -195,6 +197,8 @@ def run(config, sdir: str) -> dict:
   rules = {"entropy": (routes.entropy_route, "H≥{:.3g}"), "margin": (routes.margin_route, "m≤{:.3g}"),
            "first-k": (routes.first_k, "k={}"),
            "oracle": (lambda h, l, tau: routes.oracle_route(h, l, tau, config.collect.direction), "τ={:.3g}")}
+  if config.agent.mode != "score":
+    rules = {"first-k": rules["first-k"]}
 
   entries: list[tuple[dict, list[Episode]]] = []     # each point: what it is, and its episodes
   with open_pool(env) as pool:
