@@ -62,14 +62,14 @@ def check_tiers(tiers) -> None:
     raise UserError(f"tiers.high and tiers.low are both {tiers.high!r}")
 
 
-def check_labels(cc) -> None:
-  """The `collect` label settings, before any episode is played."""
-  if cc.direction not in labels.DIRECTIONS:
-    raise UserError(f"unknown KL direction collect.direction={cc.direction!r}; known: {list(labels.DIRECTIONS)}")
-  if cc.token_reduce not in ("mean", "sum"):
-    raise UserError(f"collect.token_reduce must be mean or sum, got {cc.token_reduce!r}")
-  if not isinstance(cc.thinking, bool):
-    raise UserError(f"collect.thinking must be True or False, got {cc.thinking!r}")
+def check_labels(direction: str, reduce: str, thinking: bool) -> None:
+  """The `collect` label settings (direction, token_reduce, thinking), before any episode is played."""
+  if direction not in labels.DIRECTIONS:
+    raise UserError(f"unknown KL direction collect.direction={direction!r}; known: {list(labels.DIRECTIONS)}")
+  if reduce not in ("mean", "sum"):
+    raise UserError(f"collect.token_reduce must be mean or sum, got {reduce!r}")
+  if not isinstance(thinking, bool):
+    raise UserError(f"collect.thinking must be True or False, got {thinking!r}")
 
 
 def token_step(token_labels: dict, direction: str, reduce: str = "mean", thinking: bool = True) -> tuple[float, float, float]:
@@ -77,7 +77,7 @@ def token_step(token_labels: dict, direction: str, reduce: str = "mean", thinkin
   the KL in `direction` summed or averaged over the step's tokens (those of a thinking block only
   with `thinking`), entropy and margin averaged over the same tokens. A step cut off inside its
   thinking block has no other tokens: all of them count."""
-  check_labels(ml_collections.ConfigDict({"direction": direction, "token_reduce": reduce, "thinking": thinking}))
+  check_labels(direction, reduce, thinking)
   skip = 0 if thinking else int(token_labels["thinking"])
   col = {k: np.asarray(token_labels[k][skip:], np.float64) for k in agent_lib.TOKEN_LABELS}
   if col["kl_high_low"].size == 0:
@@ -122,7 +122,7 @@ def table_path(sdir: str, split: str) -> str:
 def run(config, sdir: str) -> dict:
   env, cc, tiers = config.env, config.collect, config.tiers
   check_tiers(tiers)
-  check_labels(cc)
+  check_labels(cc.direction, cc.token_reduce, cc.thinking)
   if config.agent.mode == "generate" and "router" in config and features.needs_low_scores(config.router.inputs):
     raise UserError(f"router.inputs {list(config.router.inputs)} read the low tier's scores of the admissible "
                     "commands, which generate mode does not compute: use router.inputs=('z',) or agent.mode=score")
