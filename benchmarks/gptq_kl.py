@@ -55,7 +55,7 @@ def main() -> None:
   held = _examples("valid_train", args.eval_games, policy.tok, fmt, args.budget)
   segments = gptq.segments([x.tokens for x in calib], args.segments, args.seq_len)
   n = len(segments)
-  hs = gptq.hessians(policy.cfg, policy.params, segments)
+  hs = list(gptq.hessians(policy.cfg, policy.params, segments))   # 135M: every layer's Hessians fit at once
   t_calib = time.time() - t0
   print(f"calibration: {n} x {args.seq_len} tokens from {len(calib)} contexts, {t_calib:.0f} s", flush=True)
   ref = make_variant(policy.cfg, policy.params, precision("f32"))

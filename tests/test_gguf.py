@@ -25,7 +25,7 @@ def smollm2():
 def test_config_matches_the_smollm2_preset(smollm2):
   cfg, params, _ = smollm2
   assert cfg == smollm2_135m(max_seq_len=512)
-  assert params["layer_0"]["attn"]["k"]["proj"]["kernel"].shape == (576, 192)   # flax [in, out]
+  assert params["layers"]["attn"]["k"]["proj"]["kernel"].shape == (30, 576, 192)   # [layers, in, out]
 
 
 def test_tokenizer_round_trips_and_keeps_control_tokens_whole(smollm2):

@@ -6,6 +6,8 @@ import pytest
 
 from mpr.errors import UserError
 from mpr.models import config as config_lib, gptq, params as params_lib, tiny, variants
+from mpr.models.decoder import Decoder, init_cache
+from mpr.models.layers import RMSNorm
 from mpr.models.quant import precision
 
 CFG = config_lib.tiny(vocab_size=64, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2,
@@ -44,19 +46,38 @@ def test_gptq_lowers_the_output_error_on_its_calibration_inputs(name):
   assert out_err(*gptq.quantize_kernel(w, h, prec)) < 0.8 * rtn
 
 
+def test_hessians_come_layer_by_layer_from_the_float_models_activations():
+  params = tiny.init_params(CFG, 0)
+  calib = [np.random.default_rng(0).integers(0, 64, n) for n in (48, 48, 20)]
+  hs = list(gptq.hessians(CFG, params, calib, head=True))
+  assert [layer for layer, _ in hs] == [0, 1, None]
+  kernels = {p for p in params_lib.flatten(params) if p[-1] == "kernel"}
+  assert set(hs[0][1]) == set(hs[1][1]) == kernels and all(h.shape[0] == h.shape[1] for h in hs[0][1].values())
+  # Layer 0's q, k and v read the normed embeddings; the head reads the whole model's final hidden states.
+  model = Decoder(CFG)
+  x = {"q": 0.0, "head": 0.0}
+  for seq in calib:
+    n = len(seq)
+    emb = model.apply({"params": params}, jnp.asarray(seq)[None], method=lambda m, t: m.embed(t))
+    normed = RMSNorm(CFG.rms_norm_eps).apply({"params": {"scale": params["layers"]["attn_norm"]["scale"][0]}}, emb)[0]
+    final, _ = model.apply({"params": params}, jnp.asarray(seq)[None], jnp.array([n]), init_cache(CFG, 1, n, jnp.float32))
+    x["q"] += np.asarray(normed.T @ normed, np.float64)
+    x["head"] += np.asarray(final[0].T @ final[0], np.float64)
+  np.testing.assert_allclose(hs[0][1][("layers", "attn", "q", "proj", "kernel")], x["q"], rtol=1e-4, atol=1e-3)
+  np.testing.assert_allclose(hs[2][1][("lm_head", "proj", "kernel")], x["head"], rtol=1e-4, atol=1e-3)
+
+
 def test_frozen_variant_serves_gptqs_integers_and_tracks_the_float_model_closer():
   params = tiny.init_params(CFG, 0)
   rng = np.random.default_rng(0)
   calib = [rng.integers(0, 64, 48) for _ in range(8)]
-  hs = gptq.hessians(CFG, params, calib)
-  kernels = {p for p in params_lib.flatten(params) if p[-1] == "kernel"}
-  assert set(hs) == kernels - {("lm_head", "proj", "kernel")} and all(h.shape[0] == h.shape[1] for h in hs.values())
+  hs = list(gptq.hessians(CFG, params, calib))
   prec = precision("int3")
   frozen = gptq.freeze(CFG, params, prec, hs)
-  path = ("layer_1", "mlp", "down", "proj", "kernel")
+  path = ("layers", "mlp", "down", "proj", "kernel")
   qt = gptq._frozen_leaf(frozen, path)
-  q, s = gptq.quantize_kernel(np.asarray(params_lib.flatten(params)[path]), hs[path], prec, qt.scale[0].dtype)
-  np.testing.assert_array_equal(np.asarray(qt.qvalue, np.float64), q)
+  q, s = gptq.quantize_kernel(np.asarray(params_lib.flatten(params)[path][1]), hs[1][1][path], prec, qt.scale[0].dtype)
+  np.testing.assert_array_equal(np.asarray(qt.qvalue[1], np.float64), q)      # layer 1's slice of the stack
   # Held-out token sequences: the GPTQ variant's next-token distributions stay closer to f32 than rounding's.
   held = jnp.asarray(np.random.default_rng(1).integers(0, 64, (1, 48)))
 
@@ -78,7 +99,10 @@ def test_bad_inputs_are_user_errors():
     gptq.quantize_kernel(w, np.eye(32), precision("int4"))
   with pytest.raises(UserError, match="does not divide"):
     gptq.quantize_kernel(np.ones((48, 8)), np.eye(48), precision("int4-g32"))
-  with pytest.raises(UserError, match="no calibration Hessian"):
-    gptq.freeze(CFG, params, precision("int4"), {})
+  with pytest.raises(UserError, match=r"no calibration Hessian for layers/\S+/kernel \(layer 0\)"):
+    gptq.freeze(CFG, params, precision("int4"), [])
+  layer0 = next(gptq.hessians(CFG, params, [np.arange(8)]))
+  with pytest.raises(UserError, match=r"\(layer 1\)"):
+    gptq.freeze(CFG, params, precision("int4"), [layer0])
   with pytest.raises(UserError, match="no calibration sequences"):
     gptq.hessians(CFG, params, [])

@@ -27,7 +27,7 @@ def _aqt_serve(prec, frozen, x, n):
 def test_fused_matmul_equals_aqt_serving(name, batch):
   cfg, params = load_hf(os.path.join(FIX, "llama3_scaled"))       # MLP 64 → 160 → 64
   prec = precision(name)
-  frozen = make_variant(cfg, params, prec).variables["aqt"]["layer_0"]["mlp"]
+  frozen = jax.tree.map(lambda a: a[0], make_variant(cfg, params, prec).variables["aqt"]["layers"]["mlp"])   # layer 0
   key = jax.random.key(batch)
   for proj, k, n in (("gate", cfg.hidden_size, cfg.intermediate_size), ("down", cfg.intermediate_size, cfg.hidden_size)):
     qt = frozen[proj]["proj"]["AqtDotGeneral_0"]["qrhs"]["frozen"]
@@ -58,7 +58,7 @@ def test_pallas_precision_serves_the_models_logits(fixture, name, tmp_path):
     logits[n] = np.asarray(v.logits(last))
   np.testing.assert_allclose(logits[name + "-pallas"], logits[name], atol=1e-5, rtol=0)
   served = make_variant(cfg, params, precision(name + "-pallas"))
-  assert "packed" in served.variables["aqt"]["layer_0"]["mlp"]["down"]["proj"]
+  assert "packed" in served.variables["aqt"]["layers"]["mlp"]["down"]["proj"]
   checkpoint.save_variant(str(tmp_path / "v"), served)
   back = checkpoint.load_variant(str(tmp_path / "v"))
   assert back.prec.kernel == "pallas" and back.weight_bytes == served.weight_bytes

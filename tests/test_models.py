@@ -120,7 +120,7 @@ def test_qwen2_every_precision_keeps_its_biases_in_float():
     h, _ = v.forward(ids, lens, v.init_cache(2, 16))
     lp = jax.nn.log_softmax(v.logits(h), -1)
     kls[name] = float((jnp.exp(want) * (want - lp)).sum(-1).mean())
-    q = v.variables["params"]["layer_0"]["attn"]["q"]["proj"]
+    q = v.variables["params"]["layers"]["attn"]["q"]["proj"]
     assert q["bias"].dtype == v.prec.jnp_dtype and ("kernel" in q) != v.prec.quantized
   # Dropping the biases costs a KL of 0.027 even in f32; int8, like bf16, stays 20x closer than that.
   assert kls["f32"] < 1e-6 and kls["bf16"] < kls["int8"] < 1e-3, kls
@@ -243,6 +243,39 @@ def test_jit_does_not_recompile_within_a_bucket():
   for n in (10, 12, 11):   # all bucket to 16 tokens
     engine.prefill(v, v.init_cache(2, 32), [ref["input_ids"][0][:n]] * 2)
   assert engine._prefill._cache_size() == compiled
+
+
+@pytest.mark.parametrize("tier", ["bf16", "int4"])
+def test_layers_are_scanned_so_depth_does_not_grow_the_program(tier):
+  """One block's program, looped: an 8-layer model lowers to as many matmuls as a 2-layer one."""
+  from mpr.models import config as config_lib, params as params_lib
+  from mpr.models.variants import abstract_variables, Variant
+  dots = {}
+  for layers in (2, 8):
+    cfg = config_lib.tiny(vocab_size=64, hidden_size=64, intermediate_size=128, num_layers=layers, num_heads=2,
+                          num_kv_heads=1, head_dim=32)
+    prec = precision(tier)
+    v = Variant.serve(cfg, prec, abstract_variables(cfg, prec))
+    tokens, lens = jax.ShapeDtypeStruct((2, 8), jnp.int32), jax.ShapeDtypeStruct((2,), jnp.int32)
+    cache = jax.eval_shape(lambda: v.init_cache(2, 16))
+    text = v._forward.lower(v.variables, tokens, lens, cache).as_text()
+    dots[layers] = text.count("dot_general")
+    assert params_lib.expected_shapes(cfg)[("layers", "mlp", "down", "proj", "kernel")] == (layers, 128, 64)
+  assert dots[2] == dots[8] > 0, dots
+
+
+def test_checkpoints_from_before_the_scan_load_stacked(tmp_path):
+  """The shipped policy was saved per layer ("layer_0", ...): it loads in the stacked layout, and saves in it."""
+  from mpr.models import checkpoint, tiny
+  path = os.path.join(tiny.ASSETS, "policy")
+  assert "layout" not in json.load(open(os.path.join(path, "model.json")))
+  cfg, params = checkpoint.load_model(path)
+  from mpr.models import params as params_lib
+  assert {p: x.shape for p, x in params_lib.flatten(params).items()} == params_lib.expected_shapes(cfg)
+  checkpoint.save_model(str(tmp_path / "m"), cfg, params)
+  assert json.load(open(tmp_path / "m" / "model.json"))["layout"] == "stacked"
+  again = checkpoint.load_model(str(tmp_path / "m"))[1]
+  assert all(jax.tree.leaves(jax.tree.map(lambda a, b: bool((a == b).all()), params, again)))
 
 
 # --- bad inputs ---------------------------------------------------------------------------------

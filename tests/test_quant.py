@@ -71,7 +71,7 @@ def test_frozen_storage_dtypes_and_memory(qwen):
              for n, v in variants.items()}
   assert qvalues["int8"] == {"int8"} and qvalues["int4"] == {"int4"} and qvalues["int3"] == {"int4"}
   assert qvalues["int2"] == {"int2"}
-  assert "kernel" not in str(jax.tree_util.tree_structure(variants["int4"].variables["params"]["layer_0"]))
+  assert "kernel" not in str(jax.tree_util.tree_structure(variants["int4"].variables["params"]["layers"]))
   mem = {n: v.weight_bytes for n, v in variants.items()}
   assert mem["f32"] == 2 * mem["bf16"]
   assert mem["bf16"] > mem["int8"] > mem["int4"] == mem["int3"] > mem["int2"]
@@ -213,7 +213,7 @@ def test_bad_checkpoints_fail_in_one_line(qwen, tmp_path):
   meta = (tmp_path / "m" / "model.json")
   text = meta.read_text()
   meta.write_text(text.replace('"intermediate_size": 128', '"intermediate_size": 96'))
-  with pytest.raises(UserError, match=r"layer_0/mlp/down/proj/kernel is float32\[128, 64\], expected float32\[96, 64\]"):
+  with pytest.raises(UserError, match=r"layers/mlp/down/proj/kernel is float32\[2, 128, 64\], expected float32\[2, 96, 64\]"):
     checkpoint.load_model(str(tmp_path / "m"))
   meta.write_text(text)
   with pytest.raises(UserError, match="expected a frozen variant"):

@@ -33,30 +33,30 @@ def _specs(cfg, prec, model):
 def test_megatron_layout_for_float_and_frozen_weights():
   cfg = tiny(vocab_size=256)
   f = _specs(cfg, precision("bf16"), 4)
-  layer = "['params']['layer_0']"
-  assert f[f"{layer}['attn']['q']['proj']['kernel']"] == P(None, "model")
-  assert f[f"{layer}['attn']['o']['proj']['kernel']"] == P("model", None)
-  assert f[f"{layer}['mlp']['up']['proj']['kernel']"] == P(None, "model")
-  assert f[f"{layer}['mlp']['down']['proj']['kernel']"] == P("model", None)
-  assert f[f"{layer}['attn']['q_norm']['scale']"] == P(None)
+  layer = "['params']['layers']"                                         # stacked: [layers, ...]
+  assert f[f"{layer}['attn']['q']['proj']['kernel']"] == P(None, None, "model")
+  assert f[f"{layer}['attn']['o']['proj']['kernel']"] == P(None, "model", None)
+  assert f[f"{layer}['mlp']['up']['proj']['kernel']"] == P(None, None, "model")
+  assert f[f"{layer}['mlp']['down']['proj']['kernel']"] == P(None, "model", None)
+  assert f[f"{layer}['attn']['q_norm']['scale']"] == P(None, None)
   assert f["['params']['embed']['embedding']"] == P("model", None)      # vocabulary split
   g = _specs(cfg, precision("int4-g32-emb"), 4)
-  frozen = "['aqt']['layer_0']['mlp']['{}']['proj']['AqtDotGeneral_0']['qrhs']['frozen']"
-  assert g[frozen.format("gate") + ".qvalue"] == P(None, None, "model")   # [groups, 32, out]
-  assert g[frozen.format("gate") + ".scale[0]"] == P(None, None, "model")
-  assert g[frozen.format("down") + ".qvalue"] == P("model", None, None)   # groups of inputs split
-  assert g[frozen.format("down") + ".scale[0]"] == P("model", None, None)
+  frozen = "['aqt']['layers']['mlp']['{}']['proj']['AqtDotGeneral_0']['qrhs']['frozen']"
+  assert g[frozen.format("gate") + ".qvalue"] == P(None, None, None, "model")   # [layers, groups, 32, out]
+  assert g[frozen.format("gate") + ".scale[0]"] == P(None, None, None, "model")
+  assert g[frozen.format("down") + ".qvalue"] == P(None, "model", None, None)   # groups of inputs split
+  assert g[frozen.format("down") + ".scale[0]"] == P(None, "model", None, None)
   assert g["['aqt']['embed']['qvalue']"] == P("model", None, None)
   per_channel = _specs(cfg, precision("int4"), 4)
-  assert per_channel[frozen.format("down") + ".scale[0]"] == P(None, None)   # one row of scales: replicated
+  assert per_channel[frozen.format("down") + ".scale[0]"] == P(None, None, None)   # one row of scales: replicated
   odd = _specs(tiny(vocab_size=754), precision("bf16"), 4)
   assert odd["['params']['embed']['embedding']"] == P(None, None)        # 754 rows do not split 4 ways
 
 
 def test_cache_heads_split_only_when_they_divide():
-  assert sharding.cache_spec((8, 64, 4, 16), 4) == P("data", None, "model", None)
-  assert sharding.cache_spec((8, 64, 2, 16), 4) == P("data", None, None, None)
-  assert sharding.cache_spec((8, 64, 2, 16), 1) == P("data", None, None, None)
+  assert sharding.cache_spec((3, 8, 64, 4, 16), 4) == P(None, "data", None, "model", None)
+  assert sharding.cache_spec((3, 8, 64, 2, 16), 4) == P(None, "data", None, None, None)
+  assert sharding.cache_spec((3, 8, 64, 2, 16), 1) == P(None, "data", None, None, None)
 
 
 def test_model_axis_must_divide_the_devices():
@@ -92,8 +92,8 @@ for name in ("qwen3_untied", "llama3_scaled"):
       gen = engine.generate(v, cache, last, max_new_tokens=6)
       out[f"{name}/{tier}/{data}x{model}"] = {
           "logits": np.asarray(v.logits(last)).tolist(), "tokens": gen.tokens.tolist(),
-          "cache_spec": list(gen.cache["k"][0].sharding.spec) if model > 1 else [],
-          "q_spec": str(jax.tree.leaves(v.variables["aqt" if prec.quantized else "params"]["layer_0"]["attn"]["q"])[0].sharding.spec) if model > 1 else ""}
+          "cache_spec": list(gen.cache["k"].sharding.spec) if model > 1 else [],
+          "q_spec": str(jax.tree.leaves(v.variables["aqt" if prec.quantized else "params"]["layers"]["attn"]["q"])[0].sharding.spec) if model > 1 else ""}
   # What one device holds is what the memory plan says it holds.
   mesh = sharding.make_mesh(jax.devices(), 4)
   for tier in ("bf16", "int4-g16"):
@@ -130,7 +130,7 @@ def test_eight_devices_give_single_device_logits_for_qwen3_and_llama(tmp_path):
         assert got["tokens"] == ref["tokens"]
         assert "model" in got["q_spec"]                  # the weights really are split
       # Two kv heads split over a model axis of 2, and stay split through prefill and generation.
-      assert out[f"{name}/{tier}/4x2"]["cache_spec"][:3] == ["data", None, "model"]
+      assert out[f"{name}/{tier}/4x2"]["cache_spec"][:4] == [None, "data", None, "model"]
       assert "model" not in out[f"{name}/{tier}/2x4"]["cache_spec"]      # 2 heads do not split 4 ways
     for tier in ("bf16", "int4-g16"):
       held, planned = out[f"{name}/{tier}/bytes"]

@@ -30,7 +30,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import difflib
-import functools
 import time
 from typing import Callable, Mapping, Optional, Sequence
 
@@ -42,7 +41,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from mpr.agent.prompt import Format, History
 from mpr.envs.rollout import Decision, EpisodeView
 from mpr.errors import UserError
-from mpr.models import engine, sharding
+from mpr.models import decoder, engine, sharding
 from mpr.models.tokenizer import Tokenizer
 from mpr.models.variants import Variant
 
@@ -458,14 +457,8 @@ def _thinking_tokens(tok: Tokenizer, ids: Sequence[int], opened: bool = False) -
   return next(n for n in range(1, len(ids) + 1) if "</think>" in tok.decode(list(ids[:n])))
 
 
-@jax.jit
-def _take_rows(cache, idx):
-  return jax.tree.map(lambda x: x[idx], cache)
-
-
-@functools.partial(jax.jit, donate_argnums=(0,))
-def _put_rows(cache, idx, sub):
-  return jax.tree.map(lambda x, y: x.at[idx].set(y), cache, sub)
+_take_rows = jax.jit(decoder.take_rows)
+_put_rows = jax.jit(decoder.put_rows, donate_argnums=(0,))
 
 
 @jax.jit

@@ -12,6 +12,9 @@ a byte: flipped bits that leave the files readable are refused, not served, and 
 reach orbax (whose background threads print tracebacks on unreadable data). Loaded tensors must be
 finite. Saves go to a temporary sibling folder renamed into place, so a kill never leaves half a
 checkpoint.
+
+model.json's "layout" is "stacked" (per-layer tensors under "layers" on a leading axis, as the
+scanned Decoder reads them). Float checkpoints without it, from before the scan, load too.
 """
 from __future__ import annotations
 
@@ -30,6 +33,8 @@ from mpr.errors import UserError
 from mpr.models import params as params_lib
 from mpr.models.config import ModelConfig, RopeScaling
 from mpr.models.quant import Precision, precision
+
+LAYOUT = "stacked"
 
 
 def config_to_json(cfg: ModelConfig) -> dict:
@@ -165,25 +170,30 @@ def save_model(path: str, cfg: ModelConfig, params: dict, extra: dict | None = N
                param_dtype: str = "float32") -> None:
   """Float params, stored as `param_dtype` (bfloat16 halves a shipped checkpoint); loads as f32."""
   stored = jax.tree.map(lambda x: np.asarray(x, np.dtype(jnp.dtype(param_dtype))), params)
-  _save(path, {"kind": "float", "config": config_to_json(cfg), "param_dtype": param_dtype, **(extra or {})},
-        "params", stored)
+  _save(path, {"kind": "float", "config": config_to_json(cfg), "param_dtype": param_dtype, "layout": LAYOUT,
+               **(extra or {})}, "params", stored)
 
 
 def load_model(path: str) -> tuple[ModelConfig, dict]:
+  """Float params as f32; a checkpoint in the per-layer layout of older versions is stacked on load."""
   meta = _read_meta(path)
   if meta.get("kind") != "float":
     raise UserError(f"{path}: holds a {meta.get('kind')!r} checkpoint, expected float params")
   cfg = config_from_json(meta["config"])
   dtype = jnp.dtype(meta.get("param_dtype", "float32"))
-  expected = params_lib.unflatten({p: jax.ShapeDtypeStruct(s, dtype)
-                                   for p, s in params_lib.expected_shapes(cfg).items()})
+  stacked = meta.get("layout") == LAYOUT
+  shapes = params_lib.expected_shapes(cfg) if stacked else params_lib.legacy_shapes(cfg)
+  expected = params_lib.unflatten({p: jax.ShapeDtypeStruct(s, dtype) for p, s in shapes.items()})
   stored = _restore(path, meta, "params", expected)
+  if not stacked:
+    stored = params_lib.stack_layers(stored, cfg.num_layers)
   return cfg, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), stored)
 
 
 def save_variant(path: str, variant) -> None:
   """Writes what serving reads, gathered to host numpy (orbax writes host-local arrays from one host)."""
-  meta = {"kind": "variant", "config": config_to_json(variant.cfg), "precision": dataclasses.asdict(variant.prec)}
+  meta = {"kind": "variant", "config": config_to_json(variant.cfg), "precision": dataclasses.asdict(variant.prec),
+          "layout": LAYOUT}
   _save(path, meta, "variables", jax.device_get(variant.variables))
 
 
@@ -202,6 +212,9 @@ def load_variant(path: str, mesh=None):
     raise UserError(f"{path}: frozen with the retired quant_head flag; freeze it again as {prec.name}-head")
   if precision(prec.name) != prec:   # validates the name, and that the fields are the name's
     raise UserError(f"{path}: precision fields do not match its name {prec.name!r}")
+  if meta.get("layout") != LAYOUT:
+    raise UserError(f"{path}: a variant frozen in the per-layer layout of an older mpr; convert it again "
+                    "(delete it and rerun the convert stage)")
   abstract = abstract_variables(cfg, prec)      # what serving reads, as shapes only
   if mesh is not None:
     from mpr.models import sharding

@@ -11,6 +11,12 @@ same code:
 `chunk_lens[b]` real tokens of row b are appended after its `cache["lengths"][b]` cached ones; the
 rest of the row is right padding. Each row keeps its own length, so episodes of different history
 lengths share a batch without left padding or recompute.
+
+The blocks run under `nn.scan`: one block's program is compiled once and looped, not unrolled
+`num_layers` times (an 8B model's 36 layers compile as one). Every per-layer parameter is therefore
+stacked under "layers" with a leading layer axis (params.expected_shapes), as are a quantized
+variant's frozen integers and scales, and the KV cache is one [L, B, S, K, D] array per keys and
+values that the loop carries and updates in place.
 """
 from __future__ import annotations
 
@@ -23,14 +29,30 @@ import jax.numpy as jnp
 from mpr.models.config import ModelConfig
 from mpr.models.layers import Block, Embedding, Linear, RMSNorm, rope_inv_freq
 
-Cache = dict[str, Any]   # {"k": [L] of [B,S,K,D], "v": same, "lengths": [B] int32}
+Cache = dict[str, Any]   # {"k": [L, B, S, K, D], "v": same, "lengths": [B] int32}
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=jnp.bfloat16) -> Cache:
-  shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
-  return {"k": [jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)],
-          "v": [jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)],
-          "lengths": jnp.zeros((batch,), jnp.int32)}
+  shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype), "lengths": jnp.zeros((batch,), jnp.int32)}
+
+
+def take_rows(cache: Cache, idx: jax.Array) -> Cache:
+  """The cache of rows `idx` (rows are axis 1 of the stacked keys and values)."""
+  return {"k": cache["k"][:, idx], "v": cache["v"][:, idx], "lengths": cache["lengths"][idx]}
+
+
+def put_rows(cache: Cache, idx: jax.Array, sub: Cache) -> Cache:
+  """`cache` with rows `idx` replaced by the rows of `sub` (take_rows' inverse)."""
+  return {"k": cache["k"].at[:, idx].set(sub["k"]), "v": cache["v"].at[:, idx].set(sub["v"]),
+          "lengths": cache["lengths"].at[idx].set(sub["lengths"])}
+
+
+def scanned_blocks(cfg: ModelConfig, quant=None, dtype=jnp.float32) -> nn.Module:
+  """`cfg.num_layers` Blocks under nn.scan: parameters (and a variant's frozen trees) stacked on a
+  leading layer axis, the layer index scanned, everything else broadcast to every layer."""
+  return nn.scan(Block, variable_axes={"params": 0, "aqt": 0}, split_rngs={"params": True},
+                 in_axes=(0,) + (nn.broadcast,) * 6, length=cfg.num_layers)(cfg, quant, dtype)
 
 
 class Decoder(nn.Module):
@@ -42,7 +64,7 @@ class Decoder(nn.Module):
     cfg, quant = self.cfg, self.quant
     prec = quant.prec if quant is not None else None
     self.embed = Embedding(cfg.vocab_size, cfg.hidden_size, quant if prec and prec.quant_embed else None, self.dtype)
-    self.blocks = [Block(cfg, quant, self.dtype, name=f"layer_{i}") for i in range(cfg.num_layers)]
+    self.layers = scanned_blocks(cfg, quant, self.dtype)
     self.final_norm = RMSNorm(cfg.rms_norm_eps, self.dtype)
     head_quant = quant if prec and prec.quant_head else None
     if not cfg.tie_embeddings:
@@ -75,15 +97,11 @@ class Decoder(nn.Module):
       positions = offsets[:, None] + depth
     inv_freq = jnp.asarray(rope_inv_freq(self.cfg))
     x = self.embed(tokens)
-    ks, vs = [], []
-    for block, kc, vc in zip(self.blocks, cache["k"], cache["v"]):
-      x, kc, vc = block(x, positions, offsets, kc, vc, inv_freq, visible, kv_len, commit)
-      ks.append(kc)
-      vs.append(vc)
+    (x, (ks, vs)), _ = self.layers((x, (cache["k"], cache["v"])), jnp.arange(self.cfg.num_layers),
+                                   positions, offsets, inv_freq, visible, kv_len, commit)
     if not commit:
       return self.final_norm(x), cache
-    new_cache = {"k": ks, "v": vs, "lengths": offsets + chunk_lens.astype(jnp.int32)}
-    return self.final_norm(x), new_cache
+    return self.final_norm(x), {"k": ks, "v": vs, "lengths": offsets + chunk_lens.astype(jnp.int32)}
 
   def logits(self, hidden: jax.Array) -> jax.Array:
     """[..., H] → f32 logits [..., V]."""

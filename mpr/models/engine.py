@@ -49,7 +49,7 @@ def pad_batch(seqs: Sequence[Sequence[int]], length: Optional[int] = None, pad: 
 def _check_room(cache, lens) -> np.ndarray:
   """The rows' cached lengths, after checking that `lens` more tokens fit each row."""
   lengths = np.asarray(cache["lengths"])
-  room = cache["k"][0].shape[1] - lengths
+  room = cache["k"].shape[2] - lengths
   if np.any(np.asarray(lens) > room):
     raise ValueError(f"KV cache overflow: appending {np.asarray(lens).tolist()} tokens with room "
                      f"{room.tolist()}; use a longer cache (trim the history)")
@@ -59,7 +59,7 @@ def _check_room(cache, lens) -> np.ndarray:
 def kv_window(cache, needed: int) -> int:
   """How many leading cache slots attention reads when no query sees past slot `needed`: its
   bucket() (at least KV_MIN) so few programs are compiled, capped at the cache's length."""
-  return min(cache["k"][0].shape[1], bucket(needed, KV_MIN))
+  return min(cache["k"].shape[2], bucket(needed, KV_MIN))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5), donate_argnums=(2,))

@@ -117,22 +117,23 @@ def _rope_projection(heads: int) -> params_lib.Hook:
   return lambda w: params_lib.transpose(unpermute_rope_rows(w, heads))
 
 
-def key_table(cfg: ModelConfig) -> Iterator[tuple[params_lib.Path, str, params_lib.Hook]]:
+def key_table(cfg: ModelConfig) -> Iterator[params_lib.Row]:
   t, i_ = params_lib.transpose, params_lib.identity
-  yield ("embed", "embedding"), "token_embd.weight", i_
-  yield ("final_norm", "scale"), "output_norm.weight", i_
+  yield ("embed", "embedding"), None, "token_embd.weight", i_
+  yield ("final_norm", "scale"), None, "output_norm.weight", i_
   if not cfg.tie_embeddings:
-    yield ("lm_head", "proj", "kernel"), "output.weight", t
+    yield ("lm_head", "proj", "kernel"), None, "output.weight", t
   hooks = {"q": _rope_projection(cfg.num_heads), "k": _rope_projection(cfg.num_kv_heads), "v": t, "o": t}
   names = {"q": "attn_q", "k": "attn_k", "v": "attn_v", "o": "attn_output"}
+  p = params_lib.LAYERS
   for i in range(cfg.num_layers):
-    p, g = f"layer_{i}", f"blk.{i}"
-    yield (p, "attn_norm", "scale"), f"{g}.attn_norm.weight", i_
-    yield (p, "mlp_norm", "scale"), f"{g}.ffn_norm.weight", i_
+    g = f"blk.{i}"
+    yield (p, "attn_norm", "scale"), i, f"{g}.attn_norm.weight", i_
+    yield (p, "mlp_norm", "scale"), i, f"{g}.ffn_norm.weight", i_
     for proj in "qkvo":
-      yield (p, "attn", proj, "proj", "kernel"), f"{g}.{names[proj]}.weight", hooks[proj]
+      yield (p, "attn", proj, "proj", "kernel"), i, f"{g}.{names[proj]}.weight", hooks[proj]
     for proj in ("gate", "up", "down"):
-      yield (p, "mlp", proj, "proj", "kernel"), f"{g}.ffn_{proj}.weight", t
+      yield (p, "mlp", proj, "proj", "kernel"), i, f"{g}.ffn_{proj}.weight", t
 
 
 def _dequantizer(reader: gguf.GGUFReader, source: str) -> Callable[[str], Optional[np.ndarray]]:

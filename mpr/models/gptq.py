@@ -1,6 +1,6 @@
 """GPTQ: weight quantization that compensates each column's rounding error from calibration activations.
 
-  hs = gptq.hessians(cfg, params, sequences)       # per projection: H = Σ x xᵀ over the calibration tokens
+  hs = gptq.hessians(cfg, params, sequences)       # per layer, per projection: H = Σ x xᵀ over the calibration tokens
   frozen = gptq.freeze(cfg, params, prec, hs)      # AQT's frozen tree, GPTQ's integers and scales in it
   variant = Variant.serve(cfg, prec, {"params": kept_float_leaves, "aqt": frozen})   # or gptq.make_variant
 
@@ -12,15 +12,16 @@ inputs stays close to the float one. The result is the same frozen tree the othe
 symmetric grid, integers in int8 / int4 / int2 containers and one scale per output channel or per
 group of `group_size` inputs), so serving, checkpoints and memory accounting do not change.
 
-Here the Hessians come from the float model's activations on the calibration sequences (every projection
-at once, one pass), not from the partly quantized model layer by layer as in the paper's sequential
-variant: one forward pass instead of one per layer, at some loss in the deeper layers.
+Calibration runs layer by layer: the calibration sequences' hidden states are carried through one
+block at a time, that block's Hessians are handed to the solver and dropped before the next block
+runs, so the host holds one layer's Hessians (an 8B model: about 2 GB, not 35). The inputs are the
+float model's activations, not the partly quantized model's as in the paper's sequential variant.
 
 Axes: a kernel W is [in, out] (Dense's layout: the contraction runs over `in`); H is [in, in].
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 import flax.linen as nn
 import jax
@@ -30,8 +31,9 @@ import numpy as np
 from mpr.errors import UserError
 from mpr.models import params as params_lib, sharding, variants
 from mpr.models.config import ModelConfig
-from mpr.models.decoder import Decoder, init_cache
-from mpr.models.layers import Linear
+from mpr.models.decoder import Decoder
+from mpr.models.layers import Block, Linear, rope_inv_freq
+from mpr.models.params import LAYERS
 from mpr.models.quant import MSE_RATIOS, Precision, grid
 
 Path = tuple[str, ...]
@@ -50,47 +52,65 @@ def segments(streams: Iterable[np.ndarray], count: int, length: int) -> list[np.
 
 
 def hessians(cfg: ModelConfig, params: dict, sequences: Iterable[np.ndarray], head: bool = False,
-             mesh=None) -> dict[Path, np.ndarray]:
-  """Σ x xᵀ (float64) of the inputs of every projection over all tokens of `sequences` (1-D token
-  arrays), keyed by the projection's kernel path; with `head`, of the LM head too. Sequences of one
-  length share one compiled pass; with a `mesh` the float model runs split over it (sharding.py).
-  The Hessians themselves are held on the host: Σ in² × 8 bytes over the projections."""
-  model = Decoder(cfg, None, jnp.float32)
-  if mesh is not None:
-    params = sharding.place_variables(mesh, {"params": jax.tree.map(lambda x: np.asarray(x, np.float32), params)})["params"]
+             mesh=None) -> Iterator[tuple[Optional[int], dict[Path, np.ndarray]]]:
+  """Σ x xᵀ (float64, on the host) of the inputs of every projection over all tokens of `sequences`
+  (1-D token arrays), one layer at a time: yields (layer, {stacked kernel path: H}) for each block in
+  order, then with `head` (None, {LM head path: H}). Lazy: a layer's forward pass runs when the
+  consumer asks for it. With a `mesh` the float model runs split over it (sharding.py)."""
+  seqs = [np.asarray(x, np.int32) for x in sequences]
+  for seq in seqs:
+    if seq.ndim != 1 or seq.size == 0:
+      raise UserError(f"gptq calibration sequences must be non-empty 1-D token arrays, got shape {seq.shape}")
+  if not seqs:
+    raise UserError("gptq: no calibration sequences")
+  # One piece of the model on the device(s) at a time, in f32: no whole float copy of an 8B model.
+  def put(tree):
+    tree = {"params": jax.tree.map(lambda x: np.asarray(x, np.float32), tree)}
+    return tree if mesh is None else sharding.place_variables(mesh, tree)
+
+  model, block = Decoder(cfg, None, jnp.float32), Block(cfg, None, jnp.float32)
+  inv_freq = jnp.asarray(rope_inv_freq(cfg))
 
   @jax.jit
-  def one(params, tokens):
+  def one_layer(variables, x):
     acc = {}
 
     def record(next_fun, args, kwargs, context):
       if isinstance(context.module, Linear) and context.method_name == "__call__":
-        x = args[0].reshape(-1, args[0].shape[-1]).astype(jnp.float32)
-        acc[tuple(context.module.path) + ("proj", "kernel")] = x.T @ x
+        inputs = args[0].reshape(-1, args[0].shape[-1])
+        acc[(LAYERS, *context.module.path, "proj", "kernel")] = inputs.T @ inputs
       return next_fun(*args, **kwargs)
 
-    def forward(m, *a):
-      hidden = m(*a)[0]
-      return m.logits(hidden) if head else hidden
-
-    n = tokens.shape[1]
+    n = x.shape[1]
+    kv = jnp.zeros((1, 1, n, cfg.num_kv_heads, cfg.head_dim), jnp.float32)
     with nn.intercept_methods(record):
-      model.apply({"params": params}, tokens, jnp.array([n], jnp.int32), init_cache(cfg, 1, n, jnp.float32),
-                  method=forward)
-    return acc
+      (x, _), _ = block.apply(variables, (x, (kv, kv)), 0, jnp.arange(n)[None], jnp.zeros((1,), jnp.int32), inv_freq)
+    return x, acc
 
-  out: dict[Path, np.ndarray] = {}
-  count = 0
-  for seq in sequences:
-    seq = np.asarray(seq, np.int32)
-    if seq.ndim != 1 or seq.size == 0:
-      raise UserError(f"gptq calibration sequences must be non-empty 1-D token arrays, got shape {seq.shape}")
-    for path, h in one(params, seq[None]).items():
-      out[path] = out.get(path, 0.0) + np.asarray(h, np.float64)
-    count += 1
-  if not count:
-    raise UserError("gptq: no calibration sequences")
-  return out
+  @jax.jit
+  def embed(variables, tokens):
+    return model.apply(variables, tokens, method=lambda m, t: m.embed(t))
+
+  @jax.jit
+  def head_input(variables, x):
+    x = model.apply(variables, x, method=lambda m, x: m.final_norm(x))[0]
+    return x.T @ x
+
+  def layer_by_layer():
+    xs = [embed(put({"embed": params["embed"]}), seq[None]) for seq in seqs]
+    for layer in range(cfg.num_layers):
+      variables = put(jax.tree.map(lambda a: a[layer], params[LAYERS]))
+      out: dict[Path, np.ndarray] = {}
+      for i, x in enumerate(xs):
+        xs[i], acc = one_layer(variables, x)
+        for path, h in acc.items():
+          out[path] = out.get(path, 0.0) + np.asarray(h, np.float64)
+      yield layer, out
+    if head:
+      norm = put({"final_norm": params["final_norm"]})
+      yield None, {("lm_head", "proj", "kernel"): sum(np.asarray(head_input(norm, x), np.float64) for x in xs)}
+
+  return layer_by_layer()     # bad sequences fail at the call, not at the first layer
 
 
 # --- the solver -----------------------------------------------------------------------------------
@@ -171,25 +191,36 @@ def _frozen_leaf(frozen: dict, kernel_path: Path):
   return node["AqtDotGeneral_0"]["qrhs"]["frozen"]
 
 
-def freeze(cfg: ModelConfig, params: dict, prec: Precision, hs: dict[Path, np.ndarray],
-           damp: float = 0.01) -> dict:
-  """The frozen tree of `prec` (mpr.models.variants.freeze) with every projection that has a Hessian
-  in `hs` quantized by GPTQ instead of rounded to nearest. On the host: the solver is numpy, kernel by
-  kernel, and make_variant places the result."""
+def freeze(cfg: ModelConfig, params: dict, prec: Precision,
+           hessians: Iterable[tuple[Optional[int], dict[Path, np.ndarray]]], damp: float = 0.01) -> dict:
+  """The frozen tree of `prec` (mpr.models.variants.freeze) with every projection quantized by GPTQ
+  under the Hessians that `hessians` (as from hessians()) gives, layer by layer, instead of rounded to
+  nearest. On the host: the solver is numpy, kernel by kernel, and make_variant places the result."""
   frozen = jax.device_get(variants.freeze(cfg, params, prec))
   flat = params_lib.flatten(params)
-  missing = [p for p in flat if p[-1] == "kernel" and variants.is_frozen(p, prec) and p not in hs]
-  if missing:
-    raise UserError(f"gptq: no calibration Hessian for {'/'.join(missing[0])} ({len(missing)} kernels)")
-  for path, h in hs.items():
-    if path not in flat or not variants.is_frozen(path, prec):
-      continue                                   # e.g. the head of a variant that leaves it float
+  kernels = [p for p in flat if p[-1] == "kernel" and variants.is_frozen(p, prec)]
+  # Writable copies of the frozen integers and scales, overwritten one solved kernel (or layer slice) at a time.
+  qvalues = {p: np.array(_frozen_leaf(frozen, p).qvalue) for p in kernels}
+  scales = {p: np.array(_frozen_leaf(frozen, p).scale[0]) for p in kernels}
+  solved = set()
+  for layer, hs in hessians:
+    for path, h in hs.items():
+      if path not in qvalues:
+        continue                                 # e.g. the head of a variant that leaves it float
+      at = () if layer is None else (layer,)
+      w = np.asarray(flat[path][at], np.float32)
+      q, s = quantize_kernel(w, h, prec, scales[path].dtype, damp)
+      qvalues[path][at] = q.reshape(qvalues[path][at].shape)
+      scales[path][at] = s.reshape(scales[path][at].shape)
+      solved.add((path, layer))
+  for path in kernels:
+    want = [None] if path[0] != LAYERS else range(cfg.num_layers)
+    gap = next((i for i in want if (path, i) not in solved), -1)
+    if gap != -1:
+      where = "" if gap is None else f" (layer {gap})"
+      raise UserError(f"gptq: no calibration Hessian for {'/'.join(path)}{where}")
     qt = _frozen_leaf(frozen, path)
-    scale_dtype = qt.scale[0].dtype
-    q, s = quantize_kernel(np.asarray(flat[path], np.float32), h, prec, scale_dtype, damp)
-    qvalue = np.asarray(q.reshape(qt.qvalue.shape)).astype(qt.qvalue.dtype)
-    scale = np.asarray(s.reshape(qt.scale[0].shape)).astype(scale_dtype)
-    frozen = _replace(frozen, path[:-1], qt.replace(qvalue=qvalue, scale=[scale]))
+    frozen = _replace(frozen, path[:-1], qt.replace(qvalue=qvalues[path], scale=[scales[path]]))
   return frozen
 
 
@@ -200,8 +231,9 @@ def _replace(tree: dict, path: Path, leaf) -> dict:
   return {**tree, path[0]: _replace(tree[path[0]], path[1:], leaf)}
 
 
-def make_variant(cfg: ModelConfig, params: dict, prec: Precision, hs: dict[Path, np.ndarray],
-                 damp: float = 0.01, mesh=None) -> variants.Variant:
+def make_variant(cfg: ModelConfig, params: dict, prec: Precision,
+                 hessians: Iterable[tuple[Optional[int], dict[Path, np.ndarray]]], damp: float = 0.01,
+                 mesh=None) -> variants.Variant:
   """A serving variant like mpr.models.variants.make_variant's (split over `mesh` if given), its
   projections quantized by GPTQ."""
-  return variants.make_variant(cfg, params, prec, frozen=freeze(cfg, params, prec, hs, damp), mesh=mesh)
+  return variants.make_variant(cfg, params, prec, frozen=freeze(cfg, params, prec, hessians, damp), mesh=mesh)

@@ -19,26 +19,27 @@ from mpr.models import params as params_lib
 from mpr.models.config import ModelConfig, from_hf
 
 
-def key_table(cfg: ModelConfig) -> Iterator[tuple[params_lib.Path, str, params_lib.Hook]]:
+def key_table(cfg: ModelConfig) -> Iterator[params_lib.Row]:
   t, i_ = params_lib.transpose, params_lib.identity
-  yield ("embed", "embedding"), "model.embed_tokens.weight", i_
-  yield ("final_norm", "scale"), "model.norm.weight", i_
+  yield ("embed", "embedding"), None, "model.embed_tokens.weight", i_
+  yield ("final_norm", "scale"), None, "model.norm.weight", i_
   if not cfg.tie_embeddings:
-    yield ("lm_head", "proj", "kernel"), "lm_head.weight", t
+    yield ("lm_head", "proj", "kernel"), None, "lm_head.weight", t
+  p = params_lib.LAYERS
   for i in range(cfg.num_layers):
-    p, hf = f"layer_{i}", f"model.layers.{i}"
-    yield (p, "attn_norm", "scale"), f"{hf}.input_layernorm.weight", i_
-    yield (p, "mlp_norm", "scale"), f"{hf}.post_attention_layernorm.weight", i_
+    hf = f"model.layers.{i}"
+    yield (p, "attn_norm", "scale"), i, f"{hf}.input_layernorm.weight", i_
+    yield (p, "mlp_norm", "scale"), i, f"{hf}.post_attention_layernorm.weight", i_
     for proj in "qkvo":
-      yield (p, "attn", proj, "proj", "kernel"), f"{hf}.self_attn.{proj}_proj.weight", t
+      yield (p, "attn", proj, "proj", "kernel"), i, f"{hf}.self_attn.{proj}_proj.weight", t
     for proj in ("gate", "up", "down"):
-      yield (p, "mlp", proj, "proj", "kernel"), f"{hf}.mlp.{proj}_proj.weight", t
+      yield (p, "mlp", proj, "proj", "kernel"), i, f"{hf}.mlp.{proj}_proj.weight", t
     if cfg.qk_norm:
-      yield (p, "attn", "q_norm", "scale"), f"{hf}.self_attn.q_norm.weight", i_
-      yield (p, "attn", "k_norm", "scale"), f"{hf}.self_attn.k_norm.weight", i_
+      yield (p, "attn", "q_norm", "scale"), i, f"{hf}.self_attn.q_norm.weight", i_
+      yield (p, "attn", "k_norm", "scale"), i, f"{hf}.self_attn.k_norm.weight", i_
     if cfg.qkv_bias:
       for proj in "qkv":
-        yield (p, "attn", proj, "proj", "bias"), f"{hf}.self_attn.{proj}_proj.bias", i_
+        yield (p, "attn", proj, "proj", "bias"), i, f"{hf}.self_attn.{proj}_proj.bias", i_
 
 
 def _shard_files(path: str) -> list[str]:

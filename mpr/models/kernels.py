@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from mpr.errors import UserError
+from mpr.models.params import LAYERS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,15 +68,17 @@ def pack(qvalue, scale, bits: int) -> Packed:
   return Packed(lo | (hi << 4), s, bits, k)
 
 
-def pack_tree(frozen: dict, bits: int) -> dict:
+def pack_tree(frozen: dict, bits: int, stacked: bool = False) -> dict:
   """A frozen variables tree with every projection's AQT tree (proj/AqtDotGeneral_0/qrhs/frozen)
-  replaced by its packed weights (proj/packed), what a `pallas` kernel precision serves."""
+  replaced by its packed weights (proj/packed), what a `pallas` kernel precision serves. Under
+  "layers" every leaf leads with the layer axis: each layer is packed on its own."""
   if not isinstance(frozen, dict):
     return frozen
   if "AqtDotGeneral_0" in frozen:
     qt = frozen["AqtDotGeneral_0"]["qrhs"]["frozen"]
-    return {"packed": pack(qt.qvalue, qt.scale[0], bits)}
-  return {k: pack_tree(v, bits) for k, v in frozen.items()}
+    one = functools.partial(pack, bits=bits)
+    return {"packed": (jax.vmap(one) if stacked else one)(qt.qvalue, qt.scale[0])}
+  return {k: pack_tree(v, bits, stacked or k == LAYERS) for k, v in frozen.items()}
 
 
 def _signed_nibbles(b):

@@ -147,16 +147,29 @@ class Embedding(nn.Module):
     return jnp.dot(x.astype(self.dtype), self.table().T)
 
 
-def write_cache(cache: jax.Array, chunk: jax.Array, offsets: jax.Array) -> jax.Array:
-  """Writes chunk [B, T, K, D] into cache [B, S, K, D] at each row's own offset.
+def write_cache(cache: jax.Array, layer: jax.Array, chunk: jax.Array, offsets: jax.Array) -> jax.Array:
+  """Writes chunk [B, T, K, D] into layer `layer` of the stacked cache [L, B, S, K, D] at each row's
+  own offset.
 
-  A scatter that drops what falls past the end: the chunk's padding may overhang a nearly full
-  row (callers check that the real tokens fit), and a dynamic_update_slice would instead shift
-  the whole write back over the row's history.
+  One scatter into the whole stack, so the scanned layers update the cache that their loop carries in
+  place. It drops what falls past the end: the chunk's padding may overhang a nearly full row
+  (callers check that the real tokens fit), and a dynamic_update_slice would instead shift the whole
+  write back over the row's history.
   """
-  def one(c, x, o):
-    return c.at[o + jnp.arange(x.shape[0])].set(x.astype(c.dtype), mode="drop")
-  return jax.vmap(one)(cache, chunk, offsets)
+  b, t = chunk.shape[:2]
+  rows, slots = jnp.arange(b)[:, None], offsets[:, None] + jnp.arange(t)[None, :]
+  chunk = chunk.astype(cache.dtype)
+  if jax.default_backend() == "cpu" and jnp.dtype(cache.dtype).itemsize < 4:
+    # XLA's CPU backend scatters 16-bit floats by converting the whole operand (every layer's cache)
+    # to f32 and back: scatter into this layer's slice alone, then put the slice back.
+    one = jax.lax.dynamic_index_in_dim(cache, layer, 0, keepdims=False).at[rows, slots].set(chunk, mode="drop")
+    return jax.lax.dynamic_update_index_in_dim(cache, one, layer, 0)
+  return cache.at[layer, rows, slots].set(chunk, mode="drop")
+
+
+def read_cache(cache: jax.Array, layer: jax.Array, slots: int) -> jax.Array:
+  """The first `slots` cache slots of layer `layer`: [B, slots, K, D]."""
+  return jax.lax.dynamic_index_in_dim(cache, layer, 0, keepdims=False)[:, :slots]
 
 
 class Attention(nn.Module):
@@ -165,9 +178,9 @@ class Attention(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, positions, offsets, k_cache, v_cache, inv_freq, tree=None, kv_len=None,
-               commit=True):
-    """x [B,T,H]; positions [B,T]; offsets [B] = tokens already cached per row.
+  def __call__(self, x, positions, offsets, cache, layer, inv_freq, tree=None, kv_len=None, commit=True):
+    """x [B,T,H]; positions [B,T]; offsets [B] = tokens already cached per row; cache = the stacked
+    (keys, values) [L,B,S,K,D] of all layers, of which this one reads and writes slice `layer`.
 
     Query i of row b sees cache slots j <= offsets[b] + i: its history and the chunk up to itself.
     Padding tokens at the end of a row's chunk are written too but never seen, because the
@@ -196,26 +209,27 @@ class Attention(nn.Module):
     q = apply_rope(q, positions, inv_freq)
     kk = apply_rope(kk, positions, inv_freq)
     q = q.reshape(b, t, k, n // k, d)
-    s = k_cache.shape[1] if kv_len is None else min(kv_len, k_cache.shape[1])
+    k_cache, v_cache = cache
+    s = k_cache.shape[2] if kv_len is None else min(kv_len, k_cache.shape[2])
     if tree is None:
-      k_cache = write_cache(k_cache, kk, offsets)
-      v_cache = write_cache(v_cache, v, offsets)
-      keys, values = k_cache[:, :s], v_cache[:, :s]
+      k_cache = write_cache(k_cache, layer, kk, offsets)
+      v_cache = write_cache(v_cache, layer, v, offsets)
+      keys, values = read_cache(k_cache, layer, s), read_cache(v_cache, layer, s)
       visible = jnp.arange(s)[None, None, :] <= (offsets[:, None] + jnp.arange(t)[None, :])[..., None]
     else:
-      keys = jnp.concatenate([k_cache[:, :s], kk.astype(k_cache.dtype)], axis=1)     # [history ; chunk]
-      values = jnp.concatenate([v_cache[:, :s], v.astype(v_cache.dtype)], axis=1)
+      keys = jnp.concatenate([read_cache(k_cache, layer, s), kk.astype(k_cache.dtype)], axis=1)  # [history ; chunk]
+      values = jnp.concatenate([read_cache(v_cache, layer, s), v.astype(v_cache.dtype)], axis=1)
       history = jnp.broadcast_to(jnp.arange(s)[None, None, :] < offsets[:, None, None], (b, t, s))
       visible = jnp.concatenate([history, tree], axis=-1)
       if commit:
-        k_cache = write_cache(k_cache, kk, offsets)
-        v_cache = write_cache(v_cache, v, offsets)
+        k_cache = write_cache(k_cache, layer, kk, offsets)
+        v_cache = write_cache(v_cache, layer, v, offsets)
     logits = jnp.einsum("btkgd,bskd->bkgts", q, keys.astype(q.dtype),
                         preferred_element_type=jnp.float32) * (d ** -0.5)
     logits = jnp.where(visible[:, None, None], logits, _NEG)               # [B, K, G, T, S]
     probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, values.astype(self.dtype)).reshape(b, t, n * d)
-    return Linear(cfg.hidden_size, self.quant, self.dtype, name="o")(out), k_cache, v_cache
+    return Linear(cfg.hidden_size, self.quant, self.dtype, name="o")(out), (k_cache, v_cache)
 
 
 class Mlp(nn.Module):
@@ -232,16 +246,19 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
+  """One decoder layer in the form `nn.scan` iterates (Decoder): the carry is (hidden states, stacked
+  caches), the scanned input the layer's index into the caches, and nothing is stacked out."""
   cfg: ModelConfig
   quant: Optional[Any] = None
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, positions, offsets, k_cache, v_cache, inv_freq, tree=None, kv_len=None, commit=True):
+  def __call__(self, carry, layer, positions, offsets, inv_freq, tree=None, kv_len=None, commit=True):
+    x, cache = carry
     eps = self.cfg.rms_norm_eps
-    h, k_cache, v_cache = Attention(self.cfg, self.quant, self.dtype, name="attn")(
-        RMSNorm(eps, self.dtype, name="attn_norm")(x), positions, offsets, k_cache, v_cache, inv_freq,
+    h, cache = Attention(self.cfg, self.quant, self.dtype, name="attn")(
+        RMSNorm(eps, self.dtype, name="attn_norm")(x), positions, offsets, cache, layer, inv_freq,
         tree, kv_len, commit)
     x = x + h
     x = x + Mlp(self.cfg, self.quant, self.dtype, name="mlp")(RMSNorm(eps, self.dtype, name="mlp_norm")(x))
-    return x, k_cache, v_cache
+    return (x, cache), None

@@ -87,8 +87,8 @@ def weight_bytes(cfg: ModelConfig, tier: str, model: int) -> int:
 
 def cache_bytes(cfg: ModelConfig, tier: str, rows: int, context: int, data: int, model: int) -> int:
   cache = jax.eval_shape(lambda: init_cache(cfg, rows, context, precision(tier).jnp_dtype))
-  kv = cache["k"] + cache["v"]
-  return sum(leaf_bits(x) // _shards(sharding.cache_spec(x.shape, model), data, model) for x in kv) // 8
+  return sum(leaf_bits(x) // _shards(sharding.cache_spec(x.shape, model), data, model)
+             for x in (cache["k"], cache["v"])) // 8
 
 
 def local_block(cfg: ModelConfig, model: int) -> ModelConfig:
@@ -106,12 +106,11 @@ def activation_bytes(cfg: ModelConfig, dtype, rows: int, chunk: int, context: in
   s = jax.ShapeDtypeStruct
   x = s((rows, chunk, cfg.hidden_size), dtype)
   pos, offs = s((rows, chunk), jnp.int32), s((rows,), jnp.int32)
-  kv = s((rows, context, cfg.num_kv_heads, cfg.head_dim), dtype)
+  kv = s((1, rows, context, cfg.num_kv_heads, cfg.head_dim), dtype)    # one layer's slot of the stack
   inv = jnp.asarray(rope_inv_freq(cfg))
-  params = jax.eval_shape(lambda: block.init(jax.random.key(0), jnp.zeros(x.shape, dtype), jnp.zeros(pos.shape, jnp.int32),
-                                             jnp.zeros(offs.shape, jnp.int32), jnp.zeros(kv.shape, dtype),
-                                             jnp.zeros(kv.shape, dtype), inv, kv_len=context))
-  fn = lambda p, x, pos, offs, k, v: block.apply(p, x, pos, offs, k, v, inv, kv_len=context)
+  fn = lambda p, x, pos, offs, k, v: block.apply(p, (x, (k, v)), 0, pos, offs, inv, kv_len=context)[0]
+  params = jax.eval_shape(lambda *a: block.init(jax.random.key(0), (a[0], (a[3], a[4])), 0, a[1], a[2], inv,
+                                                kv_len=context), x, pos, offs, kv, kv)
   compiled = jax.jit(fn, donate_argnums=(4, 5)).lower(params, x, pos, offs, kv, kv).compile()
   return int(compiled.memory_analysis().temp_size_in_bytes) + 2 * leaf_bits(x) // 8
 

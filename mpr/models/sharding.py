@@ -11,6 +11,8 @@ needs one all-reduce after attention and one after the MLP. The token table spli
 A quantized variant's frozen AQT tree (int values and scales) follows its float kernel's rule: its
 last axis is the output features, its first the input features or their groups. Norms and anything
 whose split axis does not divide evenly stay replicated, which is always correct, only less sharded.
+The layer axis that the scanned blocks' stacked parameters (under "layers") and the KV cache lead
+with is never split: every device runs every layer.
 
 The specs are a function of names and shapes alone, so they serve live arrays and `jax.eval_shape`
 trees alike (the memory plan). GSPMD propagates the layout through the jitted agent calls: the code
@@ -25,6 +27,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mpr.errors import UserError
+from mpr.models.params import LAYERS
 
 AXES = ("data", "model")
 COLUMN = frozenset({"q", "k", "v", "gate", "up", "lm_head", "tied_head"})   # output features split
@@ -63,7 +66,8 @@ def param_spec(path: Sequence[str], shape: tuple[int, ...], model: int) -> P:
   owner = next((n for n in reversed(path) if n in COLUMN or n in ROW), None)
   if owner is None:                                            # norms
     return P(*([None] * len(shape)))
-  return _split(shape, -1 if owner in COLUMN else 0, model)
+  first = 1 if LAYERS in path else 0                           # past the stacked layer axis
+  return _split(shape, -1 if owner in COLUMN else first, model)
 
 
 def variable_specs(variables: Any, model: int) -> Any:
@@ -83,13 +87,13 @@ def place_variables(mesh: Mesh, variables: Any) -> Any:
 
 
 def cache_spec(cache_leaf_shape: tuple[int, ...], model: int) -> P:
-  """A cache's [B, S, K, D] keys/values: rows over "data", kv heads over "model" (when they divide)."""
-  heads = "model" if model > 1 and cache_leaf_shape[2] % model == 0 else None
-  return P("data", None, heads, None)
+  """A cache's [L, B, S, K, D] keys/values: rows over "data", kv heads over "model" (when they divide)."""
+  heads = "model" if model > 1 and cache_leaf_shape[3] % model == 0 else None
+  return P(None, "data", None, heads, None)
 
 
 def place_cache(mesh: Mesh, cache: dict) -> dict:
   model = mesh.shape["model"]
   put = lambda x: jax.device_put(x, NamedSharding(mesh, cache_spec(x.shape, model)))
-  return {"k": [put(x) for x in cache["k"]], "v": [put(x) for x in cache["v"]],
+  return {"k": put(cache["k"]), "v": put(cache["v"]),
           "lengths": jax.device_put(cache["lengths"], NamedSharding(mesh, P("data")))}

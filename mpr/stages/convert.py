@@ -67,17 +67,15 @@ def run(config, sdir: str) -> dict:
   hosts.sync("convert: look")
   todo = [n for n in names if not os.path.isfile(os.path.join(sdir, n, "model.json"))]
   hosts.sync("convert: looked")
-  hs = {}
+  calib = None
   metrics, lines = {}, ["| tier | bytes | converted in (s) |", "|---|---:|---:|"]
   for name in names:
     prec, start, seconds = precision(name), time.perf_counter(), None
     if name in todo:
       if prec.gptq:
-        if prec.quant_head not in hs:
-          hs[prec.quant_head] = gptq.hessians(policy.cfg, policy.params, calibration(config, policy, sdir),
-                                              head=prec.quant_head, mesh=mesh)
-        variant = gptq.make_variant(policy.cfg, policy.params, prec, hs[prec.quant_head], config.convert.damp,
-                                    mesh=mesh)
+        calib = calibration(config, policy, sdir) if calib is None else calib
+        hs = gptq.hessians(policy.cfg, policy.params, calib, head=prec.quant_head, mesh=mesh)   # layer by layer
+        variant = gptq.make_variant(policy.cfg, policy.params, prec, hs, config.convert.damp, mesh=mesh)
       else:
         variant = make_variant(policy.cfg, policy.params, prec, mesh=mesh)
       if hosts.is_primary():
