@@ -124,6 +124,15 @@ def test_training_goes_on_from_a_policy_folder_only_when_it_matches(tmp_path, se
     start(str(tmp_path / "missing"))
 
 
+def test_weight_decay_reaches_matrices_not_norms_or_biases():
+  from mpr.models import config as config_lib, params as params_lib
+  cfg = config_lib.tiny(vocab_size=64, qkv_bias=True)
+  mask = params_lib.flatten(lm.decayed(params_lib.abstract(cfg)))
+  assert {p for p, on in mask.items() if on} == {p for p in mask if p[-1] in ("kernel", "embedding")}
+  assert not mask[("layers", "attn_norm", "scale")] and not mask[("layers", "attn", "q", "proj", "bias")]
+  assert mask[("layers", "mlp", "down", "proj", "kernel")] and mask[("embed", "embedding")]
+
+
 def test_no_examples_is_a_clear_error(tmp_path, setup):
   cfg, _, tc = setup
   with pytest.raises(UserError, match="no training examples"):

@@ -24,6 +24,17 @@ def test_one_device_plan_is_what_the_variant_and_cache_hold(tier):
       {k: init_cache(cfg, 4, 48, precision(tier).jnp_dtype)[k] for k in ("k", "v")})
 
 
+def test_the_scanned_loops_layer_slice_is_one_layers_weights():
+  import math
+  from mpr.models import params as params_lib
+  cfg = tiny(vocab_size=256)
+  one_layer = sum(math.prod(s) for s in params_lib.layer_shapes(cfg).values()) * 2     # bf16
+  assert memory.weight_bytes(cfg, "bf16", 1, one_layer=True) == one_layer
+  assert memory.weight_bytes(cfg, "int4", 1, one_layer=True) < one_layer / 3
+  p = memory.plan("qwen3-1.7b", ["bf16", "int4"], (1, 1), rows=2, context=64)
+  assert p.activations > memory.weight_bytes(memory.model_config("qwen3-1.7b"), "bf16", 1, one_layer=True)
+
+
 def test_model_axis_divides_what_splits_and_activations_grow_with_the_chunk():
   cfg = tiny(vocab_size=256)                   # kv heads 2: a model axis of 4 cannot split the cache
   one, four = (memory.weight_bytes(cfg, "int4-g32", m) for m in (1, 4))

@@ -215,9 +215,18 @@ def test_bad_checkpoints_fail_in_one_line(qwen, tmp_path):
   meta.write_text(text.replace('"intermediate_size": 128', '"intermediate_size": 96'))
   with pytest.raises(UserError, match=r"layers/mlp/down/proj/kernel is float32\[2, 128, 64\], expected float32\[2, 96, 64\]"):
     checkpoint.load_model(str(tmp_path / "m"))
+  meta.write_text(text.replace('"layout": "stacked"', '"layout": "sideways"'))
+  with pytest.raises(UserError, match="unknown parameter layout 'sideways'"):
+    checkpoint.load_model(str(tmp_path / "m"))
   meta.write_text(text)
   with pytest.raises(UserError, match="expected a frozen variant"):
     checkpoint.load_variant(str(tmp_path / "m"))
+  # A variant frozen before the layers were stacked is refused (converted again), not misread.
+  checkpoint.save_variant(str(tmp_path / "v"), make_variant(cfg, params, precision("int4")))
+  vmeta = tmp_path / "v" / "model.json"
+  vmeta.write_text(vmeta.read_text().replace('"layout": "stacked"', '"layout_": "per-layer"'))
+  with pytest.raises(UserError, match="per-layer layout of an older mpr; convert it again"):
+    checkpoint.load_variant(str(tmp_path / "v"))
   # Corrupt the array data: every data file truncated.
   for root, _, files in os.walk(tmp_path / "m" / "params"):
     for f in files:

@@ -181,7 +181,9 @@ def load_model(path: str) -> tuple[ModelConfig, dict]:
     raise UserError(f"{path}: holds a {meta.get('kind')!r} checkpoint, expected float params")
   cfg = config_from_json(meta["config"])
   dtype = jnp.dtype(meta.get("param_dtype", "float32"))
-  stacked = meta.get("layout") == LAYOUT
+  if meta.get("layout", LAYOUT) != LAYOUT:
+    raise UserError(f"{path}: unknown parameter layout {meta['layout']!r} in model.json (expected {LAYOUT!r})")
+  stacked = "layout" in meta
   shapes = params_lib.expected_shapes(cfg) if stacked else params_lib.legacy_shapes(cfg)
   expected = params_lib.unflatten({p: jax.ShapeDtypeStruct(s, dtype) for p, s in shapes.items()})
   stored = _restore(path, meta, "params", expected)

@@ -192,11 +192,12 @@ def _frozen_leaf(frozen: dict, kernel_path: Path):
 
 
 def freeze(cfg: ModelConfig, params: dict, prec: Precision,
-           hessians: Iterable[tuple[Optional[int], dict[Path, np.ndarray]]], damp: float = 0.01) -> dict:
+           hessians: Iterable[tuple[Optional[int], dict[Path, np.ndarray]]], damp: float = 0.01, mesh=None) -> dict:
   """The frozen tree of `prec` (mpr.models.variants.freeze) with every projection quantized by GPTQ
   under the Hessians that `hessians` (as from hessians()) gives, layer by layer, instead of rounded to
-  nearest. On the host: the solver is numpy, kernel by kernel, and make_variant places the result."""
-  frozen = jax.device_get(variants.freeze(cfg, params, prec))
+  nearest. On the host: the solver is numpy, kernel by kernel, and make_variant places the result. The
+  rounded tree it starts from is made over `mesh` when given (no whole float copy on one device)."""
+  frozen = jax.device_get(variants.freeze(cfg, params, prec, mesh))
   flat = params_lib.flatten(params)
   kernels = [p for p in flat if p[-1] == "kernel" and variants.is_frozen(p, prec)]
   # Writable copies of the frozen integers and scales, overwritten one solved kernel (or layer slice) at a time.
@@ -236,4 +237,4 @@ def make_variant(cfg: ModelConfig, params: dict, prec: Precision,
                  mesh=None) -> variants.Variant:
   """A serving variant like mpr.models.variants.make_variant's (split over `mesh` if given), its
   projections quantized by GPTQ."""
-  return variants.make_variant(cfg, params, prec, frozen=freeze(cfg, params, prec, hessians, damp), mesh=mesh)
+  return variants.make_variant(cfg, params, prec, frozen=freeze(cfg, params, prec, hessians, damp, mesh), mesh=mesh)

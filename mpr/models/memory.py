@@ -12,8 +12,9 @@ abstract shapes, for the larger of two working sets: one decoder block's device-
 and MLP width divided by the model axis) appending a `--chunk`-token prefill at the full context,
 with its input and output hidden states (blocks run one after another), and the LM head's f32
 logits and log-softmax over the chunk on the device's vocabulary shard (the scoring pass). A
-prefill of a whole rebuilt context (`--chunk` = context) is the worst case. A chip fits when the
-total is within what JAX uses of its HBM by default (USABLE).
+prefill of a whole rebuilt context (`--chunk` = context) is the worst case. To that comes one layer's
+slice of the stacked weights (the largest tier's), which the scanned layer loop reads out as a
+temporary. A chip fits when the total is within what JAX uses of its HBM by default (USABLE).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ import numpy as np
 from mpr.errors import UserError
 from mpr.models import config as config_lib
 from mpr.models import sharding
+from mpr.models.params import LAYERS
 from mpr.models.config import ModelConfig
 from mpr.models.decoder import init_cache
 from mpr.models.layers import Block, rope_inv_freq
@@ -76,13 +78,16 @@ def _shards(spec, data: int, model: int) -> int:
   return math.prod(size[a] for a in spec if a is not None)
 
 
-def weight_bytes(cfg: ModelConfig, tier: str, model: int) -> int:
-  """Bytes of one tier's serving variables on one device of a mesh with `model` model shards."""
+def weight_bytes(cfg: ModelConfig, tier: str, model: int, one_layer: bool = False) -> int:
+  """Bytes of one tier's serving variables on one device of a mesh with `model` model shards; with
+  `one_layer`, of one layer's slice of the stacked ones (what the scanned loop reads out per layer)."""
   variables = abstract_variables(cfg, precision(tier))
   specs = sharding.variable_specs(variables, model)
-  leaves = jax.tree.leaves(variables)
+  leaves = jax.tree_util.tree_leaves_with_path(variables)
   spec_leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
-  return sum(-(-leaf_bits(x) // _shards(s, 1, model)) for x, s in zip(leaves, spec_leaves, strict=True)) // 8
+  bits = sum(-(-leaf_bits(x) // _shards(s, 1, model)) for (path, x), s in zip(leaves, spec_leaves, strict=True)
+             if not one_layer or LAYERS in sharding.names(path))
+  return bits // 8 // (cfg.num_layers if one_layer else 1)
 
 
 def cache_bytes(cfg: ModelConfig, tier: str, rows: int, context: int, data: int, model: int) -> int:
@@ -135,7 +140,8 @@ class Plan:
   chunk: int
   weights: dict          # tier -> bytes per device
   caches: dict           # tier -> bytes per device
-  activations: int       # bytes per device: a block's or the head's working set, whichever is larger
+  activations: int       # bytes per device: a block's or the head's working set, whichever is larger,
+                         # plus one layer's weights read out by the scanned loop
 
   @property
   def total(self) -> int:
@@ -164,7 +170,8 @@ def plan(name: str, tiers: list[str], mesh: tuple[int, int], rows: int, context:
               weights={t: weight_bytes(cfg, t, model) for t in tiers},
               caches={t: cache_bytes(cfg, t, rows, context, data, model) for t in tiers},
               activations=max(max(activation_bytes(local, d, rows // data, chunk, context),
-                                      head_bytes(cfg, d, rows // data, chunk, model)) for d in dtypes))
+                                      head_bytes(cfg, d, rows // data, chunk, model)) for d in dtypes)
+              + max(weight_bytes(cfg, t, model, one_layer=True) for t in tiers))
 
 
 def markdown(plans: list[Plan]) -> str:

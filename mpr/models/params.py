@@ -108,6 +108,8 @@ def fill(cfg: ModelConfig, table: Iterator[Row], get: Callable[[str], np.ndarray
       continue
     if path not in flat:
       flat[path] = np.empty(shapes[path], value.dtype)
+    elif value.dtype != flat[path].dtype:       # layers stored at different widths: keep the wider
+      flat[path] = flat[path].astype(np.result_type(flat[path].dtype, value.dtype))
     flat[path][layer] = value
     filled.setdefault(path, set()).add(layer)
   for path, layers in filled.items():

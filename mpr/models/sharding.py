@@ -9,7 +9,8 @@ projections into heads and the MLP (q, k, v, gate, up, an untied LM head or a ti
 head) split their output features, the projections back (o, down) their input features, so a block
 needs one all-reduce after attention and one after the MLP. The token table splits its vocabulary.
 A quantized variant's frozen AQT tree (int values and scales) follows its float kernel's rule: its
-last axis is the output features, its first the input features or their groups. Norms and anything
+last axis is the output features, its first (after a stacked layer axis) the input features or their
+groups. Norms and anything
 whose split axis does not divide evenly stay replicated, which is always correct, only less sharded.
 The layer axis that the scanned blocks' stacked parameters (under "layers") and the KV cache lead
 with is never split: every device runs every layer.
@@ -42,7 +43,7 @@ def make_mesh(devices: Sequence[jax.Device], model: int = 1) -> Mesh:
   return Mesh(np.asarray(devices).reshape(n // model, model), AXES)
 
 
-def _names(path) -> list[str]:
+def names(path) -> list[str]:
   out = []
   for k in path:
     for attr in ("key", "name", "idx"):
@@ -73,7 +74,7 @@ def param_spec(path: Sequence[str], shape: tuple[int, ...], model: int) -> P:
 def variable_specs(variables: Any, model: int) -> Any:
   """PartitionSpecs for a variables tree ({"params": ..., "aqt": ...}), arrays or ShapeDtypeStructs."""
   return jax.tree_util.tree_map_with_path(
-      lambda path, x: param_spec(_names(path), tuple(x.shape), model), variables)
+      lambda path, x: param_spec(names(path), tuple(x.shape), model), variables)
 
 
 def shardings(mesh: Mesh, variables: Any) -> Any:

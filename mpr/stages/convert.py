@@ -74,7 +74,9 @@ def run(config, sdir: str) -> dict:
     if name in todo:
       if prec.gptq:
         calib = calibration(config, policy, sdir) if calib is None else calib
-        hs = gptq.hessians(policy.cfg, policy.params, calib, head=prec.quant_head, mesh=mesh)   # layer by layer
+        # Layer by layer, again for each GPTQ tier: one layer's Hessians held at a time, at the cost of
+        # one more float forward pass over the calibration (cheap beside the solver).
+        hs = gptq.hessians(policy.cfg, policy.params, calib, head=prec.quant_head, mesh=mesh)
         variant = gptq.make_variant(policy.cfg, policy.params, prec, hs, config.convert.damp, mesh=mesh)
       else:
         variant = make_variant(policy.cfg, policy.params, prec, mesh=mesh)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mpr import hosts
+from mpr.errors import UserError
 
 
 def restore_latest(directory: str, state: Any, max_to_keep: int = 1, save_interval_steps: int = 1):
@@ -26,7 +27,12 @@ def restore_latest(directory: str, state: Any, max_to_keep: int = 1, save_interv
       max_to_keep=max_to_keep, save_interval_steps=save_interval_steps))
   step = mgr.latest_step() or 0
   if step:
-    got = mgr.restore(step, args=ocp.args.StandardRestore(jax.tree.map(np.asarray, state)))
+    try:
+      got = mgr.restore(step, args=ocp.args.StandardRestore(jax.tree.map(np.asarray, state)))
+    except Exception as e:  # orbax raises many types for a tree that is not this state's
+      raise UserError(f"{directory}: step {step} does not hold this run's training state (another model, "
+                      f"config or mpr version?): {type(e).__name__}: {str(e).splitlines()[0][:200]}; "
+                      "delete the folder to start over") from None
     state = jax.tree.map(lambda mine, x: jnp.asarray(x) if isinstance(mine, jax.Array) else x, state, got)
   return mgr, step, state
 

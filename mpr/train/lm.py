@@ -99,9 +99,15 @@ def _loss(model: Decoder, params, tokens, mask, lens):
 def make_optimizer(tc, total_steps: int) -> optax.GradientTransformation:
   schedule = optax.warmup_cosine_decay_schedule(0.0, tc.lr, min(tc.warmup_steps, max(total_steps - 1, 1)),
                                                 max(total_steps, 2), tc.lr * tc.end_lr_ratio)
-  decay_mask = lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)   # no decay on norms' scales
   return optax.chain(optax.clip_by_global_norm(tc.clip_norm),
-                     optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=tc.weight_decay, mask=decay_mask))
+                     optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=tc.weight_decay, mask=decayed))
+
+
+def decayed(params) -> dict:
+  """Which parameters weight decay applies to: the matrices (kernels, the token table), not norms'
+  scales or biases. By name: stacked layers give a norm's scale two axes."""
+  return jax.tree_util.tree_map_with_path(lambda path, x: str(getattr(path[-1], "key", "")) in ("kernel", "embedding"),
+                                          params)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(2, 3))
