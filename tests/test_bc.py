@@ -133,6 +133,19 @@ def test_weight_decay_reaches_matrices_not_norms_or_biases():
   assert mask[("layers", "mlp", "down", "proj", "kernel")] and mask[("embed", "embedding")]
 
 
+def test_a_training_checkpoint_of_another_state_is_a_one_line_error(tmp_path):
+  """E.g. a run folder from before the layers were stacked: its per-layer Adam moments fit no new state."""
+  from mpr.train import checkpoints
+  old = {"params": {"layer_0": {"kernel": np.ones((4, 4), np.float32)}}}
+  mgr, step, _ = checkpoints.restore_latest(str(tmp_path / "ckpt"), old)
+  assert step == 0
+  checkpoints.save(mgr, 3, old)
+  mgr.wait_until_finished()
+  new = {"params": {"layers": {"kernel": np.ones((2, 4, 4), np.float32)}}}
+  with pytest.raises(UserError, match=r"step 3 does not hold this run's training state .*delete the folder"):
+    checkpoints.restore_latest(str(tmp_path / "ckpt"), new)
+
+
 def test_no_examples_is_a_clear_error(tmp_path, setup):
   cfg, _, tc = setup
   with pytest.raises(UserError, match="no training examples"):
