@@ -147,7 +147,7 @@ def test_plot_and_report_files(tmp_path):
   cap = report.plot_caption("tiny policy", "bf16", "int2", "valid_seen", 134, 0, "textworld")
   paths = report.write_report(_points(), str(tmp_path / "out"), caption=cap, setting={"engine": "textworld"})
   assert sorted(os.listdir(tmp_path / "out")) == ["pareto.png", "pareto.svg", "results.json", "table1.md",
-                                                  "table2.md"]
+                                                  "table2.md", "table4.md"]
   assert paths["pareto.svg"] == str(tmp_path / "out" / "pareto.svg")
   with open(paths["pareto.png"], "rb") as f:
     png = f.read()
@@ -225,3 +225,48 @@ def test_learning_curves_plot_every_run(tmp_path):
   assert "lam=0.1_seed=0" in text and "lam=0.5_seed=0" in text and "KL to reference" in text
   with pytest.raises(UserError, match="can write"):
     report.learning_curves({"a": rows(0.0)}, str(tmp_path / "c.pdf"))
+
+
+def test_head_to_head_pairs_the_main_router_with_every_method_at_its_share(tmp_path):
+  pts = [_with_outcomes(_pt("high only", None, 0.9, 1.0), 18),
+         _with_outcomes(_pt("low only", None, 0.5, 0.0), 10),
+         _with_outcomes(_pt("random", "p=0.2", 0.6, 0.21, share=0.2, matches="KL-ST + GRPO K=0.5"), 12),
+         _with_outcomes(_pt("random", "p=0.35", 0.6, 0.35, share=0.3, matches="KL-ST + GRPO K=0.4"), 12),
+         _with_outcomes(_pt("entropy", "H≥1", 0.7, 0.2, share=0.2), 14),
+         _with_outcomes(_pt("KL-ST", "K=0.6", 0.8, 0.2, share=0.2), 16),
+         _with_outcomes(_pt("KL-ST + GRPO", "K=0.5", 0.85, 0.2, share=0.2), 17),
+         _with_outcomes(_pt("KL-ST + GRPO", "K=0.4", 0.9, 0.3, share=0.3), 18)]
+  h2h = report.head_to_head(pts, shares=(0.2, 0.3))
+  assert list(h2h) == ["high only", "low only", "random", "entropy", "KL-ST"]
+  assert h2h["high only"]["0.2"]["delta"] == pytest.approx(-0.05)          # the one point, at every share
+  assert h2h["high only"]["0.3"]["paired"]["only_a"] == 0 and h2h["low only"]["0.3"]["paired"]["only_a"] == 8
+  assert h2h["random"]["0.2"]["paired"]["only_a"] == 5                      # the point matched to K=0.5
+  assert "more than 2 points apart" in h2h["random"]["0.3"]["refused"]     # random ran 35% against 30%
+  assert h2h["entropy"]["0.2"]["delta"] == pytest.approx(0.15) and h2h["entropy"]["0.3"] is None
+  rows = _rows(report.table4(pts, shares=(0.2, 0.3)))
+  assert rows["KL-ST"][0].startswith("+5.0 [") and rows["KL-ST"][1] == "—"
+  assert rows["random"][1] == "refused (random ran 35.0% high against 30.0%)"
+  assert rows["high only"][1] == "+0.0 [+0.0, +0.0] p=1"
+  with pytest.raises(UserError, match="no points of 'GRPO only'"):
+    report.head_to_head(pts, method="GRPO only")
+  paths = report.write_report(pts, str(tmp_path), shares=(0.2, 0.3))
+  res = json.load(open(paths["results.json"]))
+  assert res["head_to_head"]["method"] == "KL-ST + GRPO"
+  assert res["head_to_head"]["vs"]["entropy"]["0.2"]["paired"]["only_a"] == 3
+  assert "table4.md" not in report.write_report(pts[:6], str(tmp_path / "no_router"), shares=(0.2,))
+
+
+def test_rerender_rewrites_a_report_from_its_points(tmp_path):
+  pts = [_with_outcomes(_pt("high only", None, 0.9, 1.0), 18),
+         _with_outcomes(_pt("KL-ST + GRPO", "K=0.5", 0.85, 0.2, share=0.2), 17)]
+  report.write_report(pts, str(tmp_path), shares=(0.2,), setting={"engine": "fast", "caption": "tiny · seed 0"})
+  os.remove(tmp_path / "table4.md")
+  open(tmp_path / "table1.md", "w").write("stale")
+  assert report.main([str(tmp_path)]) == 0
+  assert "| KL-ST + GRPO | 20.0% | K=0.5 |" in open(tmp_path / "table1.md").read()
+  assert (tmp_path / "table4.md").exists() and "tiny · seed 0" in _svg_text(tmp_path / "pareto.svg")
+  assert json.load(open(tmp_path / "results.json"))["setting"]["engine"] == "fast"
+  assert report.main([str(tmp_path / "nowhere")]) == 2
+  open(tmp_path / "results.json", "w").write("{trunc")
+  with pytest.raises(UserError, match="is not JSON"):
+    report.rerender(str(tmp_path))

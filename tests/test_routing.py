@@ -183,6 +183,12 @@ def test_pipeline_end_to_end_on_a_few_real_games(tmp_path, alfworld_data, run_ho
   # The second router seed plays at the seed share: Table 3 holds both seeds of KL-ST and KL-ST + GRPO.
   assert {(pt["method"], pt["seed"]) for pt in res["seed_points"]} == {("KL-ST", 1), ("KL-ST + GRPO", 1)}
   assert "| KL-ST + GRPO | 20.0% | **mean ± sd (2)** |" in open(tmp_path / "route_eval" / "table3.md").read()
+  # Table 4 pairs KL-ST + GRPO with every method; a re-render from results.json gives the same tables.
+  assert "Table 4" in p.stdout and set(res["head_to_head"]["vs"]) >= {"high only", "random", "first-k", "KL-ST"}
+  tables = {f: (tmp_path / "route_eval" / f).read_text() for f in ("table1.md", "table2.md", "table3.md", "table4.md")}
+  from mpr.eval import report
+  assert report.main([str(tmp_path / "route_eval")]) == 0
+  assert {f: (tmp_path / "route_eval" / f).read_text() for f in tables} == tables
   grpo = json.load(open(tmp_path / "router_grpo" / "metrics.json"))
   assert [r["iteration"] for r in grpo["iterations"]] == [1, 2]
   # λ kept on validation; the other seed trained at it; both kept routers saved; curves plotted.

@@ -19,9 +19,12 @@ percentages in the tables.
 """
 from __future__ import annotations
 
+import argparse
 import itertools
+import json
 import numbers
 import os
+import sys
 from typing import Optional, Sequence
 
 import matplotlib
@@ -305,6 +308,64 @@ def table3(points: Sequence[dict], seed_points: Sequence[dict], reference: str =
   return "\n".join(lines) + "\n"
 
 
+MAIN_ROUTER = "KL-ST + GRPO"
+
+
+def head_to_head(points: Sequence[dict], method: str = MAIN_ROUTER,
+                 shares: Sequence[float] = (0.1, 0.2, 0.3, 0.5)) -> dict[str, dict[str, Optional[dict]]]:
+  """`method` against every other method at each pre-set share, by rival then share ("0.2").
+
+  Each entry: {"delta": method's success − the rival's, "paired": mpr.eval.paired.compare where both have
+  per-game outcomes (else None)}; None where either has no point at that share. High only and low only
+  are the same point at every share; random is the point played at `method`'s own realised share, and
+  one more than RANDOM_TOLERANCE away is {"refused": why}.
+  """
+  points = _check(points)
+  groups = _by_method(points)
+  if method not in groups:
+    raise UserError(f"head_to_head: no points of {method!r}")
+  out: dict[str, dict[str, Optional[dict]]] = {}
+  for rival in groups:
+    if rival == method:
+      continue
+    row = out[rival] = {}
+    for q in shares:
+      p, r = _at_share(points, method, q), None
+      if p is not None:
+        if rival == "random":
+          r = _named(p, groups["random"])
+        elif rival in BASELINES:
+          r = groups[rival][0]
+        else:
+          r = _at_share(points, rival, q)
+      if r is None:
+        row[f"{q:g}"] = None
+      elif rival == "random" and _too_far(p, r, RANDOM_TOLERANCE):
+        row[f"{q:g}"] = {"refused": _too_far(p, r, RANDOM_TOLERANCE)}
+      else:
+        row[f"{q:g}"] = {"delta": p["success"] - r["success"], "paired": _paired(p, r)}
+  return out
+
+
+def table4(points: Sequence[dict], method: str = MAIN_ROUTER, shares: Sequence[float] = (0.1, 0.2, 0.3, 0.5)) -> str:
+  """Markdown: `method` against every other method at each pre-set share (head_to_head), one row per rival."""
+  h2h = head_to_head(points, method, shares)
+  lines = [f"**Table 4.** {method} against every other method at the same pre-set share of high-precision calls: "
+           f"its success minus the other's, in points, paired over the same games [95% bootstrap interval] and "
+           f"the exact McNemar p; positive means {method} won more games. High only and low only are the "
+           f"same point at every share; random is played at {method}'s realised share.", "",
+           "| vs | " + " | ".join(f"{_pct(q)}% high" for q in shares) + " |",
+           "|---|" + "---|" * len(shares)]
+  for rival, row in h2h.items():
+    cells = []
+    for q in shares:
+      c = row[f"{q:g}"]
+      cells.append("—" if c is None else f"refused ({c['refused'].split(':')[0]})" if "refused" in c
+                   else _delta(c["paired"], c["delta"]))
+    lines.append(f"| {rival} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
 # --- plot ----------------------------------------------------------------------------------------
 
 REFERENCES = ("high only", "low only")   # one tier throughout: horizontal lines, not points at 0% / 100%
@@ -426,10 +487,13 @@ def learning_curves(runs: dict[str, Sequence[dict]], *paths: str, title: Optiona
     fig = Figure(figsize=(7.0, 4.2), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, 2, sharex=True).ravel()
-    for (name, rows), color in zip(runs.items(), itertools.cycle(_ROUTER_COLORS)):
+    # More runs than colours (a λ sweep and its seeds): each pass through the colours takes the next line
+    # style and marker, so no two runs look alike.
+    styles = itertools.product((("-", "o"), ("--", "s"), (":", "^")), _ROUTER_COLORS)
+    for (name, rows), ((linestyle, marker), color) in zip(runs.items(), itertools.cycle(styles)):
       for ax, (key, label, scale) in zip(axes, CURVES):
         ax.plot([r["iteration"] for r in rows], [scale * r[key] for r in rows], color=color, linewidth=1.0,
-                marker="o", markersize=2, label=name)
+                linestyle=linestyle, marker=marker, markersize=2, label=name)
         ax.set_ylabel(label)
     for ax in axes[2:]:
       ax.set_xlabel("iteration")
@@ -447,12 +511,13 @@ def write_report(points: Sequence[dict], outdir: str, shares: Sequence[float] = 
                  caption: Optional[str] = None, setting: Optional[dict] = None,
                  seed_points: Optional[Sequence[dict]] = None) -> dict[str, str]:
   """Writes results.json, table1.md, table2.md, pareto.png and pareto.svg under outdir (and table3.md
-  for `seed_points`, the other router seeds' points); returns their paths.
+  for `seed_points`, the other router seeds' points; table4.md where MAIN_ROUTER has points); returns
+  their paths.
 
   caption: the figure's subtitle (plot_caption: model, tiers, split, episodes, seed, engine); none if
   not given. setting: what the points were played with (e.g. the engine), stored in results.json.
-  results.json holds every point, the Pareto fronts, each method's gaps to its matched random points
-  and every point's paired comparison with high only.
+  results.json holds every point, the Pareto fronts, each method's gaps to its matched random points,
+  every point's paired comparison with high only and MAIN_ROUTER's head to head with every method.
   """
   points = _check(points)
   groups = _by_method(points)
@@ -466,13 +531,62 @@ def write_report(points: Sequence[dict], outdir: str, shares: Sequence[float] = 
       "vs_random": {m: matched_random_gap(points, m) for m in matched},
       "vs_high_only": paired_vs(points) if "high only" in groups else {},
       **({"seed_points": list(seed_points)} if seed_points else {}),
+      **({"head_to_head": {"method": MAIN_ROUTER, "vs": head_to_head(points, shares=shares)}}
+         if MAIN_ROUTER in groups else {}),
   }
-  names = ("results.json", "table1.md", "table2.md", "pareto.png", "pareto.svg") + (("table3.md",) if seed_points else ())
+  names = (("results.json", "table1.md", "table2.md", "pareto.png", "pareto.svg")
+           + (("table3.md",) if seed_points else ()) + (("table4.md",) if MAIN_ROUTER in groups else ()))
   paths = {name: os.path.join(outdir, name) for name in names}
   if seed_points:
     atomic_write_text(paths["table3.md"], table3(points, seed_points))
   atomic_write_json(paths["results.json"], results)
   atomic_write_text(paths["table1.md"], table1(points, shares=shares))
   atomic_write_text(paths["table2.md"], table2(points, shares=shares))
+  if MAIN_ROUTER in groups:
+    atomic_write_text(paths["table4.md"], table4(points, shares=shares))
   pareto_plot(points, paths["pareto.png"], paths["pareto.svg"], caption=caption)
   return paths
+
+
+def rerender(outdir: str, caption: Optional[str] = None) -> dict[str, str]:
+  """Writes a report again from the points in its results.json (e.g. one made before a table was added),
+  at the pre-set shares its points were played at; the plot keeps the caption results.json records
+  unless `caption` is given."""
+  path = os.path.join(outdir, "results.json")
+  if not os.path.isfile(path):
+    raise UserError(f"{path} does not exist: not a report folder")
+  try:
+    with open(path) as f:
+      results = json.load(f)
+  except ValueError as e:
+    raise UserError(f"{path} is not JSON ({e})") from None
+  if not isinstance(results, dict) or not isinstance(results.get("points"), list):
+    raise UserError(f"{path} holds no list of points: not a report's results.json")
+  points, setting = results["points"], results.get("setting")
+  shares = sorted({p["share"] for p in _check(points) if p.get("share") is not None})
+  if not shares:
+    raise UserError(f"{path}: no point was played at a pre-set share (a report from before pre-set shares)")
+  caption = caption or (setting or {}).get("caption")
+  if caption:
+    setting = {**(setting or {}), "caption": caption}
+  return write_report(points, outdir, shares=shares, caption=caption, setting=setting,
+                      seed_points=results.get("seed_points"))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  ap = argparse.ArgumentParser(description="Re-renders a report (tables, results.json, Pareto plot) from the "
+                                           "points in its results.json.")
+  ap.add_argument("outdir", nargs="+", help="a folder holding a report's results.json (e.g. WORKDIR/route_eval)")
+  ap.add_argument("--caption", help="the plot's subtitle, where results.json records none")
+  args = ap.parse_args(argv)
+  try:
+    for outdir in args.outdir:
+      print("\n".join(sorted(rerender(outdir, args.caption).values())))
+  except UserError as e:
+    print(f"report: error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

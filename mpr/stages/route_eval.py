@@ -28,8 +28,8 @@ each step priced by the calls and tokens each tier ran in it (catch-up prefill o
 tier's embedding included), at per-tier prices fitted to all this run's points (`python -m
 mpr.eval.cost` re-prices the logged points with another device's prices). Episode logs per
 point under points/ make the stage resumable. Writes results.json, table1.md, table2.md, table3.md
-(with several seeds), pareto.png / pareto.svg (mpr.eval.report) here and per split in <split>/, and
-prints the tables.
+(with several seeds), table4.md (KL-ST + GRPO head to head with every other method), pareto.png /
+pareto.svg (mpr.eval.report) here and per split in <split>/, and prints the tables.
 """
 from __future__ import annotations
 
@@ -261,10 +261,11 @@ def run(config, sdir: str) -> dict:
       p["logs"] = [os.path.relpath(os.path.join(sdir, f), outdir) for f in p["logs"]]
     caption = report.plot_caption(model, hi, lo, name, len(sub), config.seed, env.engine)
     paths = report.write_report(main, outdir, shares=shares, caption=caption,
-                                setting={"engine": env.engine, "split": name, "games": len(sub), "cost_model": costs},
+                                setting={"engine": env.engine, "split": name, "games": len(sub), "cost_model": costs,
+                                         "caption": caption},
                                 seed_points=[p for p, m in zip(points, is_main) if not m] or None)
     title = f"### {model}: {hi} / {lo} routing on {name} ({len(sub)} games, {env.engine} engine)\n\n"
-    text += title + "".join(open(paths[f]).read() + "\n" for f in ("table1.md", "table2.md", "table3.md")
+    text += title + "".join(open(paths[f]).read() + "\n" for f in ("table1.md", "table4.md", "table2.md", "table3.md")
                             if f in paths)
     result[name] = {"games": len(sub), "results": os.path.relpath(paths["results.json"], sdir)}
   io.atomic_write_text(os.path.join(sdir, "summary.md"), text)
