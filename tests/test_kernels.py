@@ -81,6 +81,29 @@ def test_packing_keeps_every_int4_value_and_refuses_what_does_not_fit():
     kernels.matmul(jnp.ones((1, 8)), w, interpret=True)
 
 
+@pytest.mark.parametrize("bits, groups", [(4, 1), (4, 4), (8, 2)])
+def test_row_parallel_packing_gives_each_device_its_own_inputs(bits, groups):
+  """Packed for 2 devices, each half of the packed rows is the packing of its half of the inputs: the two
+  partial products sum to the whole one."""
+  rng = np.random.default_rng(bits + groups)
+  lim = 8 if bits == 4 else 128
+  q = rng.integers(-lim, lim, (64, 32)).astype(np.int8)
+  scale = rng.uniform(0.01, 0.1, (groups, 32)).astype(np.float32)
+  x = jnp.asarray(rng.normal(size=(3, 64)), jnp.float32)
+  whole = kernels.matmul(x, kernels.pack(q, scale, bits), block_n=32, interpret=True)
+  two = kernels.pack(q, scale, bits, shards=2)
+  rows, g = two.values.shape[0] // 2, max(1, groups // 2)
+  parts = [kernels.matmul(x[:, 32 * i:32 * (i + 1)],
+                          kernels.Packed(two.values[rows * i:rows * (i + 1)],
+                                         two.scale[g * i:g * (i + 1)] if groups > 1 else two.scale, bits, 2).local(),
+                          block_n=32, interpret=True) for i in range(2)]
+  np.testing.assert_allclose(np.asarray(parts[0] + parts[1]), np.asarray(whole), rtol=1e-5, atol=1e-5)
+  with pytest.raises(UserError, match="per device"):
+    kernels.matmul(x, two, interpret=True)
+  with pytest.raises(UserError, match="3 scale groups do not split over 2 input blocks"):
+    kernels.pack(q[:48], np.ones((3, 32), np.float32), bits, shards=2)
+
+
 def test_decode_benchmark_runs_its_smoke_shapes(tmp_path):
   import json
   import subprocess

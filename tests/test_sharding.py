@@ -138,6 +138,80 @@ def test_eight_devices_give_single_device_logits_for_qwen3_and_llama(tmp_path):
       assert out[f"{name}/{tier}/restored"]
 
 
+_PALLAS_SCRIPT = """
+import dataclasses, json, sys
+import jax, numpy as np
+from mpr.agent import agent as agent_lib, models
+from mpr.errors import UserError
+from mpr.models import checkpoint, engine, sharding
+from mpr.models.hf import load_hf
+from mpr.models.quant import precision
+from mpr.models.variants import make_variant
+from mpr.router.routes import random_route
+out = {}
+meshes = {"qwen3_untied": ((1, 1), (4, 2), (2, 4)), "llama3_scaled": ((1, 1), (4, 2))}
+for name, tiers in (("qwen3_untied", ("int4-g16", "int8-head")), ("llama3_scaled", ("int4",))):
+  cfg, params = load_hf(sys.argv[1] + "/" + name)
+  for tier in tiers:
+    prec = dataclasses.replace(precision(tier + "-pallas"), dtype="float32")
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(1, cfg.vocab_size, n).tolist() for n in (5, 11, 3, 8)]
+    for data, model in meshes[name]:
+      mesh = sharding.make_mesh(jax.devices()[:data * model], model) if data * model > 1 else None
+      v = make_variant(cfg, params, prec, mesh=mesh)
+      cache = v.init_cache(4, 48) if mesh is None else sharding.place_cache(mesh, v.init_cache(4, 48))
+      last, cache = engine.prefill(v, cache, seqs)
+      gen = engine.generate(v, cache, last, max_new_tokens=6)
+      down = v.variables["aqt"]["layers"]["mlp"]["down"]["proj"]["packed"]
+      out[f"{name}/{tier}/{data}x{model}"] = {
+          "logits": np.asarray(v.logits(last)).tolist(), "tokens": gen.tokens.tolist(), "shards": down.shards,
+          "down_spec": list(down.values.sharding.spec) if mesh else [],
+          "head": "lm_head" in v.variables["aqt"]}
+mesh = sharding.make_mesh(jax.devices(), 4)
+try:          # 10 groups of 16 inputs cannot be dealt out to 4 devices
+  make_variant(cfg, params, precision("int4-g16-pallas"), mesh=mesh)
+except UserError as e:
+  out["refused"] = str(e)
+# Converted on a mesh, restored straight into it; refused on a mesh with another model axis.
+cfg, params = load_hf(sys.argv[1] + "/qwen3_untied")
+v = make_variant(cfg, params, precision("int4-g16-pallas"), mesh=mesh)
+checkpoint.save_variant(sys.argv[2] + "/v", v)
+back = checkpoint.load_variant(sys.argv[2] + "/v", mesh)
+same = jax.tree.map(lambda a, b: bool((np.asarray(a) == np.asarray(b)).all()) and a.sharding == b.sharding,
+                    v.variables, back.variables)
+out["restored"] = all(jax.tree.leaves(same)) and back.packed_for == 4
+for what, call in (("other_mesh", lambda: checkpoint.load_variant(sys.argv[2] + "/v", sharding.make_mesh(jax.devices(), 2))),
+                   ("agent", lambda: agent_lib.from_config(
+                       agent_lib.agent_config(devices=8, model_parallel=4), pol.tok, pol.variants(["int4-pallas"]),
+                       rows=4, route=random_route("int4-pallas", "int4-pallas", 0.5, seed=0)))):
+  pol = models.load(models.model_config())
+  try:
+    call()
+  except UserError as e:
+    out[what] = str(e)
+print(json.dumps(out))
+"""
+
+
+def test_pallas_kernel_on_a_mesh_gives_single_device_logits(tmp_path):
+  """The fused kernel on 2 × 4 and 4 × 2 meshes: column-parallel projections on each device's outputs,
+  row-parallel ones packed per device and summed; the single-device logits and tokens (f32 compute)."""
+  out = _forced(8, _PALLAS_SCRIPT, FIX, str(tmp_path))
+  for key, got in out.items():
+    if key.count("/") != 2 or key.endswith("1x1"):
+      continue
+    ref = out[key.rsplit("/", 1)[0] + "/1x1"]
+    np.testing.assert_allclose(got["logits"], ref["logits"], atol=1e-5, rtol=0)
+    assert got["tokens"] == ref["tokens"]
+    model = int(key[-1])
+    assert got["shards"] == model and got["down_spec"][:2] == [None, "model"]   # [layers, K(/2), N]: inputs split
+  assert out["qwen3_untied/int8-head/2x4"]["head"]                    # the LM head through the kernel too
+  assert "down: kernels.pack: 10 scale groups do not split over 4 input blocks" in out["refused"]
+  assert out["restored"]
+  assert "packed for a model axis of 4, this run's is 2" in out["other_mesh"]
+  assert "packed for another mesh than the agent's" in out["agent"]
+
+
 _EPISODES_SCRIPT = """
 import json, sys
 from mpr.agent import agent as agent_lib, models

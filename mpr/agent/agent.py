@@ -129,6 +129,10 @@ class Agent:
     stop = tok.token_to_id(fmt.stop)
     self.stop_ids = tuple(dict.fromkeys(([stop] if stop is not None else []) + list(tok.eos_ids)))
     self.rows: list[Optional[_Row]] = [None] * rows
+    foreign = sorted(n for n, v in variants.items() if v.prec.kernel == "pallas" and v.model.quant.mesh != mesh)
+    if foreign:
+      raise UserError(f"variant(s) {foreign} were packed for another mesh than the agent's (the fused kernel's "
+                      "layout follows the mesh): make them with Policy.variants(mesh=agent.mesh_of(config.agent))")
     self.mesh = mesh
     self._rows_sharding = None if mesh is None else NamedSharding(mesh, P("data"))
     self.variants = {n: v if mesh is None else dataclasses.replace(v, variables=sharding.place_variables(mesh, v.variables))

@@ -195,7 +195,7 @@ def load_model(path: str) -> tuple[ModelConfig, dict]:
 def save_variant(path: str, variant) -> None:
   """Writes what serving reads, gathered to host numpy (orbax writes host-local arrays from one host)."""
   meta = {"kind": "variant", "config": config_to_json(variant.cfg), "precision": dataclasses.asdict(variant.prec),
-          "layout": LAYOUT}
+          "layout": LAYOUT, **({"packed_for": variant.packed_for} if variant.prec.kernel == "pallas" else {})}
   _save(path, meta, "variables", jax.device_get(variant.variables))
 
 
@@ -217,9 +217,13 @@ def load_variant(path: str, mesh=None):
   if meta.get("layout") != LAYOUT:
     raise UserError(f"{path}: a variant frozen in the per-layer layout of an older mpr; convert it again "
                     "(delete it and rerun the convert stage)")
-  abstract = abstract_variables(cfg, prec)      # what serving reads, as shapes only
+  model = 1 if mesh is None else mesh.shape["model"]
+  if prec.kernel == "pallas" and meta.get("packed_for", 1) != model:
+    raise UserError(f"{path}: {prec.name} was packed for a model axis of {meta.get('packed_for', 1)}, this run's "
+                    f"is {model}; convert it again (delete it and rerun the convert stage)")
+  abstract = abstract_variables(cfg, prec, model)      # what serving reads, as shapes only
   if mesh is not None:
     from mpr.models import sharding
     abstract = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
                             abstract, sharding.shardings(mesh, abstract))
-  return Variant.serve(cfg, prec, _restore(path, meta, "variables", abstract))
+  return Variant.serve(cfg, prec, _restore(path, meta, "variables", abstract), mesh)

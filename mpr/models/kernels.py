@@ -16,6 +16,12 @@ the low nibble from row r and the high nibble from row r + K/2 of the [K, N] int
 of a byte then meet two contiguous halves of x's columns: no interleaving inside the kernel. Scales:
 [G, N] f32, one row per group of K/G inputs (G = 1: per channel), as AQT's frozen scales.
 
+On a mesh (sharded): a projection whose outputs are split (q, k, v, gate, up) runs the kernel on each
+device's columns as they are. One whose inputs are split (o, down: Megatron's row-parallel layers)
+is packed in `shards` blocks of K/shards rows, each laid out as above, so that splitting the packed
+rows evenly gives every device the packing of its own inputs; the devices' partial products are then
+summed (one all-reduce, as XLA's dot would need).
+
 The kernel: a grid over (M / block_m, N / block_n); each program loops over K in blocks of block_k
 rows (within one scale group), accumulating in f32, and scales per group before adding. The same
 code runs in interpret mode on CPU (the suite checks it against AQT's serving path) and lowers for
@@ -32,6 +38,7 @@ from jax.experimental import pallas as pl
 
 from mpr.errors import UserError
 from mpr.models.params import LAYERS
+from mpr.models.sharding import ROW
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,19 +47,29 @@ class Packed:
   values: jax.Array     # int8 [K, N], or uint8 [K/2, N] for 4 bits and fewer
   scale: jax.Array      # f32 [G, N]
   bits: int
-  k: int                # contracted size K
+  shards: int = 1       # blocks of K/shards inputs, each packed on its own (a row-parallel layer's devices)
+
+  @property
+  def k(self) -> int:
+    """The contracted size K."""
+    return self.values.shape[0] * (2 if self.bits <= 4 else 1)
 
   @property
   def group(self) -> int:
     return self.k // self.scale.shape[0]
 
+  def local(self) -> "Packed":
+    """One device's block, as a sharded caller sees it: a packing of its own inputs."""
+    return dataclasses.replace(self, shards=1)
 
-jax.tree_util.register_dataclass(Packed, data_fields=["values", "scale"], meta_fields=["bits", "k"])
+
+jax.tree_util.register_dataclass(Packed, data_fields=["values", "scale"], meta_fields=["bits", "shards"])
 
 
-def pack(qvalue, scale, bits: int) -> Packed:
+def pack(qvalue, scale, bits: int, shards: int = 1) -> Packed:
   """AQT frozen values ([K, N] per channel, [G, K/G, N] grouped; at most 4 bits: in [-8, 7], as AQT's
-  grid makes them) and scales ([1, N] / [G, 1, N]). Traceable: jax.eval_shape gives the layout."""
+  grid makes them) and scales ([1, N] / [G, 1, N]), packed in `shards` blocks of K/shards inputs.
+  Traceable: jax.eval_shape gives the layout."""
   q = jnp.asarray(qvalue).astype(jnp.int8)
   if q.ndim == 3:
     q = q.reshape(-1, q.shape[-1])
@@ -60,25 +77,40 @@ def pack(qvalue, scale, bits: int) -> Packed:
   s = jnp.asarray(scale, jnp.float32).reshape(-1, n)
   if k % s.shape[0]:
     raise UserError(f"kernels.pack: {s.shape[0]} scale groups do not tile K={k}")
-  if bits > 4:
-    return Packed(q, s, bits, k)
-  if k % 2:
+  if bits <= 4 and k % 2:
     raise UserError(f"kernels.pack: {bits}-bit values pack in pairs of rows, K={k} is odd")
-  lo, hi = q[:k // 2].astype(jnp.uint8) & 0xF, q[k // 2:].astype(jnp.uint8) & 0xF
-  return Packed(lo | (hi << 4), s, bits, k)
+  per = 2 * shards if bits <= 4 else shards
+  if k % per:
+    raise UserError(f"kernels.pack: K={k} does not split into {shards} input blocks"
+                    + (f" of whole pairs of rows (a multiple of {per})" if bits <= 4 else ""))
+  if shards > 1 and s.shape[0] > 1 and s.shape[0] % shards:
+    raise UserError(f"kernels.pack: {s.shape[0]} scale groups do not split over {shards} input blocks")
+  local = k // shards
+  _block_k(local // 2 if bits <= 4 else local, k // s.shape[0], local // 2 if bits <= 4 else 0)   # matmul can tile it
+  if bits > 4:
+    return Packed(q, s, bits, shards)
+  blocks = q.reshape(shards, local, n)
+  half = local // 2
+  lo, hi = blocks[:, :half].astype(jnp.uint8) & 0xF, blocks[:, half:].astype(jnp.uint8) & 0xF
+  return Packed((lo | (hi << 4)).reshape(k // 2, n), s, bits, shards)
 
 
-def pack_tree(frozen: dict, bits: int, stacked: bool = False) -> dict:
+def pack_tree(frozen: dict, bits: int, model: int = 1, stacked: bool = False, owner: str = "") -> dict:
   """A frozen variables tree with every projection's AQT tree (proj/AqtDotGeneral_0/qrhs/frozen)
-  replaced by its packed weights (proj/packed), what a `pallas` kernel precision serves. Under
+  replaced by its packed weights (proj/packed), what a `pallas` kernel precision serves. The
+  row-parallel projections (sharding.ROW) are packed in `model` blocks (the mesh's model axis). Under
   "layers" every leaf leads with the layer axis: each layer is packed on its own."""
   if not isinstance(frozen, dict):
     return frozen
   if "AqtDotGeneral_0" in frozen:
     qt = frozen["AqtDotGeneral_0"]["qrhs"]["frozen"]
-    one = functools.partial(pack, bits=bits)
-    return {"packed": (jax.vmap(one) if stacked else one)(qt.qvalue, qt.scale[0])}
-  return {k: pack_tree(v, bits, stacked or k == LAYERS) for k, v in frozen.items()}
+    one = functools.partial(pack, bits=bits, shards=model if owner in ROW else 1)
+    try:
+      return {"packed": (jax.vmap(one) if stacked else one)(qt.qvalue, qt.scale[0])}
+    except UserError as e:
+      split = f" (a model axis of {model} splits its inputs)" if model > 1 and owner in ROW else ""
+      raise UserError(f"{owner}: {e}{split}") from None
+  return {k: pack_tree(v, bits, model, stacked or k == LAYERS, k if k != "proj" else owner) for k, v in frozen.items()}
 
 
 def _signed_nibbles(b):
@@ -127,6 +159,8 @@ def matmul(x: jax.Array, w: Packed, *, block_m: int = 64, block_n: int = 256, in
   """x [M, K] @ dequantized w → [M, N] in x's dtype (f32 accumulation). `interpret` runs the kernel
   as JAX ops (CPU)."""
   m, k = x.shape
+  if w.shards != 1:
+    raise UserError(f"kernels.matmul: weights packed for {w.shards} devices; call it per device on Packed.local()")
   if k != w.k:
     raise UserError(f"kernels.matmul: x has {k} columns, the weights {w.k} rows")
   n = w.values.shape[1]

@@ -18,8 +18,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
-from mpr.models import kernels
+from mpr.models import kernels, sharding
 from mpr.models.config import ModelConfig
 from mpr.models.quant import dequantize_table, quantize_table
 
@@ -76,7 +77,7 @@ class Linear(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.quant is not None and self.quant.mode == "serve" and self.quant.prec.kernel == "pallas":
-      return _FusedProj(self.features, self.dtype, self.bias, name="proj")(x)
+      return _FusedProj(self.features, self.dtype, self.bias, self.quant.mesh, name="proj")(x)
     dg_cls = self.quant.dot_general_cls() if self.quant is not None else None
     return nn.Dense(self.features, use_bias=self.bias, dtype=self.dtype, param_dtype=jnp.float32,
                     dot_general_cls=dg_cls, name="proj")(x)
@@ -84,21 +85,54 @@ class Linear(nn.Module):
 
 class _FusedProj(nn.Module):
   """A served projection through the fused Pallas kernel: reads its packed integers and scales
-  (kernels.pack_tree) where Dense keeps AQT's tree, and its float bias where Dense keeps it."""
+  (kernels.pack_tree) where Dense keeps AQT's tree, and its float bias where Dense keeps it. On a
+  `mesh` the kernel runs on each device's shard of x and of the weights (the caller's name, e.g. "o",
+  says how they are split)."""
   features: int
   dtype: Dtype
   bias: bool
+  mesh: Optional[Any] = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     w = self.variable("aqt", "packed", lambda: None).value
     if w is None:
       raise ValueError("a pallas-kernel projection serves only packed weights (variants.make_variant)")
-    y = kernels.matmul(x.reshape(-1, x.shape[-1]).astype(self.dtype), w,
-                       interpret=jax.default_backend() == "cpu").reshape(*x.shape[:-1], self.features)
+    x = x.astype(self.dtype)
+    if self.mesh is None or self.mesh.size == 1:
+      y = _fused(x, w)
+    else:
+      y = _fused_sharded(self.mesh, self.parent.name, x, w)
     if self.bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
     return y
+
+
+def _fused(x: jax.Array, w: kernels.Packed) -> jax.Array:
+  y = kernels.matmul(x.reshape(-1, x.shape[-1]), w, interpret=jax.default_backend() == "cpu")
+  return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+def _fused_sharded(mesh, owner: str, x: jax.Array, w: kernels.Packed) -> jax.Array:
+  """x [B, ..., K] through one projection's packed weights laid out on `mesh` as sharding.param_spec
+  places them: each device multiplies its rows (over "data", when they divide) by its shard of the
+  weights; where the inputs are split (a row-parallel layer) the partial products are summed."""
+  model, data = mesh.shape["model"], mesh.shape["data"]
+  path = [owner, "proj", "packed"]
+  vspec = sharding.param_spec(path + ["values"], w.values.shape, model)
+  sspec = sharding.param_spec(path + ["scale"], w.scale.shape, model)
+  split_in, split_out = vspec[0] == "model", vspec[-1] == "model"
+  if split_in and w.shards != model:
+    raise ValueError(f"{owner}: weights packed for {w.shards} input blocks on a model axis of {model}")
+  rows = ["data" if x.shape[0] % data == 0 else None] + [None] * (x.ndim - 2)
+
+  def local(xl, values, scale):
+    y = _fused(xl, kernels.Packed(values, scale, w.bits, w.shards).local())
+    return jax.lax.psum(y, "model") if split_in else y
+
+  return jax.shard_map(local, mesh=mesh, check_vma=False,
+                       in_specs=(P(*rows, "model" if split_in else None), vspec, sspec),
+                       out_specs=P(*rows, "model" if split_out else None))(x, w.values, w.scale)
 
 
 class Embedding(nn.Module):

@@ -195,9 +195,11 @@ def _aqt_config(p: Precision):
 
 @dataclasses.dataclass(frozen=True)
 class Quant:
-  """The injector a Decoder receives: a Precision plus an AQT mode (train | convert | serve)."""
+  """The injector a Decoder receives: a Precision plus an AQT mode (train | convert | serve), and for a
+  `pallas` kernel the mesh its packed weights are split over (None: one device)."""
   prec: Precision
   mode: str = "serve"
+  mesh: Optional[Any] = None
 
   def dot_general_cls(self):
     from aqt.jax.v2 import tiled_dot_general

@@ -10,8 +10,9 @@ head) split their output features, the projections back (o, down) their input fe
 needs one all-reduce after attention and one after the MLP. The token table splits its vocabulary.
 A quantized variant's frozen AQT tree (int values and scales) follows its float kernel's rule: its
 last axis is the output features, its first (after a stacked layer axis) the input features or their
-groups. Norms and anything whose split axis does not divide evenly stay replicated, which is always
-correct, only less sharded.
+groups. A `pallas` variant's packed values and scales follow the same rule; the fused kernel runs on
+each device's shard (mpr.models.layers, kernels.pack_tree). Norms and anything whose split axis does not
+divide evenly stay replicated, which is always correct, only less sharded.
 The layer axis that the scanned blocks' stacked parameters (under "layers") and the KV cache lead
 with is never split: every device runs every layer.
 

@@ -100,12 +100,20 @@ class Variant:
     return init_cache(self.cfg, batch, length, self.prec.jnp_dtype)
 
   @classmethod
-  def serve(cls, cfg: ModelConfig, prec: Precision, variables: dict) -> "Variant":
-    """A variant over ready serving variables (from make_variant, or restored from a checkpoint)."""
+  def serve(cls, cfg: ModelConfig, prec: Precision, variables: dict, mesh: Mesh | None = None) -> "Variant":
+    """A variant over ready serving variables (from make_variant, or restored from a checkpoint); a
+    `pallas` kernel's are laid out for `mesh` (packed_for)."""
     if not prec.quantized:
       return cls(cfg, prec, Decoder(cfg, None, prec.jnp_dtype), variables, ())
     holes = tuple((p, s) for p, s in expected_shapes(cfg).items() if is_frozen(p, prec))
-    return cls(cfg, prec, Decoder(cfg, Quant(prec, "serve"), prec.jnp_dtype), variables, holes)
+    quant = Quant(prec, "serve", mesh if prec.kernel == "pallas" else None)
+    return cls(cfg, prec, Decoder(cfg, quant, prec.jnp_dtype), variables, holes)
+
+  @property
+  def packed_for(self) -> int:
+    """The model-axis size a `pallas` variant's row-parallel weights are packed for (1 otherwise)."""
+    mesh = self.model.quant.mesh if self.model.quant is not None else None
+    return 1 if mesh is None else mesh.shape["model"]
 
 
 def check_fits(cfg: ModelConfig, prec: Precision) -> None:
@@ -135,17 +143,32 @@ def make_variant(cfg: ModelConfig, params: dict, prec: Precision, frozen: dict |
     return Variant.serve(cfg, prec, place({"params": jax.tree.map(cast, params)}))
   check_fits(cfg, prec)
   kept = {p: cast(v) for p, v in params_lib.flatten(params).items() if not is_frozen(p, prec)}
-  if prec.kernel == "pallas" and mesh is not None:
-    raise UserError(f"precision {prec.name}: the pallas kernel serves unsharded weights; run it on one device "
-                    "(agent.devices=1)")
   aqt = freeze(cfg, params, prec, mesh) if frozen is None else place({"aqt": frozen})["aqt"]
   if prec.kernel == "pallas":
-    aqt = jax.jit(kernels.pack_tree, static_argnums=1)(aqt, prec.weight_bits)
-  return Variant.serve(cfg, prec, {"params": place({"params": params_lib.unflatten(kept)})["params"], "aqt": aqt})
+    aqt = _pack(aqt, prec, mesh)
+  return Variant.serve(cfg, prec, {"params": place({"params": params_lib.unflatten(kept)})["params"], "aqt": aqt},
+                       mesh)
 
 
-def abstract_variables(cfg: ModelConfig, prec: Precision) -> dict:
+def _pack(aqt: dict, prec: Precision, mesh: Mesh | None) -> dict:
+  """A frozen tree packed for the fused kernel; on a mesh, packed for its model axis and split over it."""
+  model = 1 if mesh is None else mesh.shape["model"]
+  pack = functools.partial(kernels.pack_tree, bits=prec.weight_bits, model=model)
+  if mesh is None:
+    return jax.jit(pack)(aqt)
+  out = sharding.shardings(mesh, {"aqt": jax.eval_shape(pack, aqt)})["aqt"]
+  return jax.jit(pack, out_shardings=out)(aqt)
+
+
+def abstract_variables(cfg: ModelConfig, prec: Precision, model: int = 1) -> dict:
   """The serving variables of `prec` as ShapeDtypeStructs, from no weights (a GPTQ tree has the shapes
-  of rounding's)."""
+  of rounding's); a `pallas` kernel's packed for a model axis of `model`."""
   prec = dataclasses.replace(prec, gptq=False)
-  return jax.eval_shape(lambda p: make_variant(cfg, p, prec).variables, params_lib.abstract(cfg))
+
+  def build(p):
+    variables = make_variant(cfg, p, dataclasses.replace(prec, kernel="xla")).variables
+    if prec.kernel != "pallas":
+      return variables
+    return {**variables, "aqt": kernels.pack_tree(variables["aqt"], prec.weight_bits, model)}
+
+  return jax.eval_shape(build, params_lib.abstract(cfg))
