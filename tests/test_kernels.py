@@ -104,6 +104,21 @@ def test_row_parallel_packing_gives_each_device_its_own_inputs(bits, groups):
     kernels.pack(q[:48], np.ones((3, 32), np.float32), bits, shards=2)
 
 
+def test_output_blocks_tile_any_width_a_power_of_two_divides():
+  """N = 384 (e.g. one device's share of an MLP split 8 ways) runs in blocks of 128; a width no block
+  of 16–256 columns tiles is refused when packing, naming it, not at the first forward."""
+  rng = np.random.default_rng(0)
+  q = rng.integers(-8, 8, (32, 384)).astype(np.int8)
+  scale = rng.uniform(0.01, 0.1, (1, 384)).astype(np.float32)
+  x = jnp.asarray(rng.normal(size=(2, 32)), jnp.float32)
+  got = kernels.matmul(x, kernels.pack(q, scale, 4), interpret=True)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(x) @ (q * scale), rtol=1e-5, atol=1e-5)
+  with pytest.raises(UserError, match="no N block of 16–256 columns tiles 300 columns"):
+    kernels.pack(q[:, :300], scale[:, :300], 4)
+  with pytest.raises(UserError, match="tiles 300 columns"):     # 600 outputs, 300 per device of 2
+    kernels.pack(np.zeros((32, 600), np.int8), np.ones((1, 600), np.float32), 4, out_shards=2)
+
+
 def test_decode_benchmark_runs_its_smoke_shapes(tmp_path):
   import json
   import subprocess

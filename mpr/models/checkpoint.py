@@ -218,7 +218,7 @@ def load_variant(path: str, mesh=None):
     raise UserError(f"{path}: a variant frozen in the per-layer layout of an older mpr; convert it again "
                     "(delete it and rerun the convert stage)")
   model = 1 if mesh is None else mesh.shape["model"]
-  if prec.kernel == "pallas" and meta.get("packed_for", 1) != model:
+  if prec.kernel == "pallas" and prec.weight_bits <= 4 and meta.get("packed_for", 1) != model:   # int8 does not pair rows
     raise UserError(f"{path}: {prec.name} was packed for a model axis of {meta.get('packed_for', 1)}, this run's "
                     f"is {model}; convert it again (delete it and rerun the convert stage)")
   abstract = abstract_variables(cfg, prec, model)      # what serving reads, as shapes only

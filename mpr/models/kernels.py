@@ -1,6 +1,6 @@
 """A fused weight-only int8 / int4 matmul for decode shapes (Pallas).
 
-  w = pack(qvalue, scale, bits=4, group=128)        # once per kernel, from AQT's frozen values and scales
+  w = pack(qvalue, scale, bits=4)                   # once per kernel, from AQT's frozen values and scales
   y = matmul(x, w)                                   # x [M, K] (M = decode batch, 1–64) → [M, N]
 
 Why: with XLA's default lowering, a weight-only low-bit dot first materialises the dequantized
@@ -16,8 +16,8 @@ the low nibble from row r and the high nibble from row r + K/2 of the [K, N] int
 of a byte then meet two contiguous halves of x's columns: no interleaving inside the kernel. Scales:
 [G, N] f32, one row per group of K/G inputs (G = 1: per channel), as AQT's frozen scales.
 
-On a mesh (sharded): a projection whose outputs are split (q, k, v, gate, up) runs the kernel on each
-device's columns as they are. One whose inputs are split (o, down: Megatron's row-parallel layers)
+On a mesh (sharded): a projection whose outputs are split (q, k, v, gate, up, an untied LM head) runs
+the kernel on each device's columns as they are. One whose inputs are split (o, down: Megatron's row-parallel layers)
 is packed in `shards` blocks of K/shards rows, each laid out as above, so that splitting the packed
 rows evenly gives every device the packing of its own inputs; the devices' partial products are then
 summed (one all-reduce, as XLA's dot would need).
@@ -51,7 +51,7 @@ class Packed:
 
   @property
   def k(self) -> int:
-    """The contracted size K."""
+    """The contracted size K (of one layer's weights, not of a stacked [layers, ...] tree's)."""
     return self.values.shape[0] * (2 if self.bits <= 4 else 1)
 
   @property
@@ -66,9 +66,10 @@ class Packed:
 jax.tree_util.register_dataclass(Packed, data_fields=["values", "scale"], meta_fields=["bits", "shards"])
 
 
-def pack(qvalue, scale, bits: int, shards: int = 1) -> Packed:
+def pack(qvalue, scale, bits: int, shards: int = 1, out_shards: int = 1) -> Packed:
   """AQT frozen values ([K, N] per channel, [G, K/G, N] grouped; at most 4 bits: in [-8, 7], as AQT's
   grid makes them) and scales ([1, N] / [G, 1, N]), packed in `shards` blocks of K/shards inputs.
+  `out_shards`: the devices its N outputs are split over (when they divide), checked to tile too.
   Traceable: jax.eval_shape gives the layout."""
   q = jnp.asarray(qvalue).astype(jnp.int8)
   if q.ndim == 3:
@@ -87,6 +88,7 @@ def pack(qvalue, scale, bits: int, shards: int = 1) -> Packed:
     raise UserError(f"kernels.pack: {s.shape[0]} scale groups do not split over {shards} input blocks")
   local = k // shards
   _block_k(local // 2 if bits <= 4 else local, k // s.shape[0], local // 2 if bits <= 4 else 0)   # matmul can tile it
+  _block_n(n // out_shards if n % out_shards == 0 and n >= out_shards else n)
   if bits > 4:
     return Packed(q, s, bits, shards)
   blocks = q.reshape(shards, local, n)
@@ -104,11 +106,12 @@ def pack_tree(frozen: dict, bits: int, model: int = 1, stacked: bool = False, ow
     return frozen
   if "AqtDotGeneral_0" in frozen:
     qt = frozen["AqtDotGeneral_0"]["qrhs"]["frozen"]
-    one = functools.partial(pack, bits=bits, shards=model if owner in ROW else 1)
+    row = owner in ROW
+    one = functools.partial(pack, bits=bits, shards=model if row else 1, out_shards=1 if row else model)
     try:
       return {"packed": (jax.vmap(one) if stacked else one)(qt.qvalue, qt.scale[0])}
     except UserError as e:
-      split = f" (a model axis of {model} splits its inputs)" if model > 1 and owner in ROW else ""
+      split = f" (a model axis of {model} splits its {'inputs' if row else 'outputs'})" if model > 1 else ""
       raise UserError(f"{owner}: {e}{split}") from None
   return {k: pack_tree(v, bits, model, stacked or k == LAYERS, k if k != "proj" else owner) for k, v in frozen.items()}
 
@@ -154,19 +157,30 @@ def _block_k(rows: int, group: int, half: int) -> int:
   raise UserError(f"kernels: no K block of 8–256 rows tiles {rows} rows in groups of {group}")
 
 
-@functools.partial(jax.jit, static_argnames=("block_m", "block_n", "interpret"))
-def matmul(x: jax.Array, w: Packed, *, block_m: int = 64, block_n: int = 256, interpret: bool = False) -> jax.Array:
-  """x [M, K] @ dequantized w → [M, N] in x's dtype (f32 accumulation). `interpret` runs the kernel
-  as JAX ops (CPU)."""
+def _block_n(n: int, block_n: int = 256) -> int:
+  """The N block: all of N up to block_n, else the largest power of two up to block_n that divides it."""
+  if n <= block_n:
+    return n
+  b = block_n
+  while b >= 16 and n % b:
+    b //= 2
+  if b < 16:
+    raise UserError(f"kernels: no N block of 16–{block_n} columns tiles {n} columns")
+  return b
+
+
+@functools.partial(jax.jit, static_argnames=("block_m", "block_n", "interpret", "out_dtype"))
+def matmul(x: jax.Array, w: Packed, *, block_m: int = 64, block_n: int = 256, interpret: bool = False,
+           out_dtype=None) -> jax.Array:
+  """x [M, K] @ dequantized w → [M, N] in `out_dtype` (default x's; f32 accumulation). `interpret`
+  runs the kernel as JAX ops (CPU)."""
   m, k = x.shape
   if w.shards != 1:
     raise UserError(f"kernels.matmul: weights packed for {w.shards} devices; call it per device on Packed.local()")
   if k != w.k:
     raise UserError(f"kernels.matmul: x has {k} columns, the weights {w.k} rows")
   n = w.values.shape[1]
-  bn = min(block_n, n)
-  if n % bn:
-    raise UserError(f"kernels.matmul: N={n} is not a multiple of block_n={bn}")
+  bn = _block_n(n, block_n)
   # Decode batches: one block of M rows, a power of two of at least 16 (Triton's smallest dot).
   bm = min(block_m, max(16, 1 << max(0, m - 1).bit_length()))
   mp = -(-m // bm) * bm
@@ -176,7 +190,7 @@ def matmul(x: jax.Array, w: Packed, *, block_m: int = 64, block_n: int = 256, in
   block_k = _block_k(rows, w.group, half)
   kernel = functools.partial(_kernel, bits=w.bits, k=k, block_k=block_k, group=w.group)
   out = pl.pallas_call(
-      kernel, out_shape=jax.ShapeDtypeStruct((mp, n), x.dtype), grid=(mp // bm, n // bn),
+      kernel, out_shape=jax.ShapeDtypeStruct((mp, n), out_dtype or x.dtype), grid=(mp // bm, n // bn),
       in_specs=[pl.BlockSpec((bm, k), lambda i, j: (i, 0)),
                 pl.BlockSpec((rows, bn), lambda i, j: (0, j)),
                 pl.BlockSpec((w.scale.shape[0], bn), lambda i, j: (0, j))],

@@ -21,6 +21,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from mpr.models import kernels, sharding
+from mpr.errors import UserError
 from mpr.models.config import ModelConfig
 from mpr.models.quant import dequantize_table, quantize_table
 
@@ -108,8 +109,8 @@ class _FusedProj(nn.Module):
     return y
 
 
-def _fused(x: jax.Array, w: kernels.Packed) -> jax.Array:
-  y = kernels.matmul(x.reshape(-1, x.shape[-1]), w, interpret=jax.default_backend() == "cpu")
+def _fused(x: jax.Array, w: kernels.Packed, out_dtype=None) -> jax.Array:
+  y = kernels.matmul(x.reshape(-1, x.shape[-1]), w, interpret=jax.default_backend() == "cpu", out_dtype=out_dtype)
   return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
@@ -122,13 +123,17 @@ def _fused_sharded(mesh, owner: str, x: jax.Array, w: kernels.Packed) -> jax.Arr
   vspec = sharding.param_spec(path + ["values"], w.values.shape, model)
   sspec = sharding.param_spec(path + ["scale"], w.scale.shape, model)
   split_in, split_out = vspec[0] == "model", vspec[-1] == "model"
-  if split_in and w.shards != model:
-    raise ValueError(f"{owner}: weights packed for {w.shards} input blocks on a model axis of {model}")
+  if w.bits <= 4 and w.shards != (model if split_in else 1):
+    raise UserError(f"{owner}: weights packed in {w.shards} input blocks, served on a model axis of {model} "
+                    f"that {'splits' if split_in else 'does not split'} them (make the variant on this mesh)")
   rows = ["data" if x.shape[0] % data == 0 else None] + [None] * (x.ndim - 2)
 
   def local(xl, values, scale):
-    y = _fused(xl, kernels.Packed(values, scale, w.bits, w.shards).local())
-    return jax.lax.psum(y, "model") if split_in else y
+    w_local = kernels.Packed(values, scale, w.bits, w.shards).local()
+    if not split_in:
+      return _fused(xl, w_local)
+    # Partial products are summed in f32 and rounded once, as one device's accumulation would be.
+    return jax.lax.psum(_fused(xl, w_local, jnp.float32), "model").astype(xl.dtype)
 
   return jax.shard_map(local, mesh=mesh, check_vma=False,
                        in_specs=(P(*rows, "model" if split_in else None), vspec, sspec),

@@ -81,7 +81,7 @@ def _shards(spec, data: int, model: int) -> int:
 def weight_bytes(cfg: ModelConfig, tier: str, model: int, one_layer: bool = False) -> int:
   """Bytes of one tier's serving variables on one device of a mesh with `model` model shards; with
   `one_layer`, of one layer's slice of the stacked ones (what the scanned loop reads out per layer)."""
-  variables = abstract_variables(cfg, precision(tier))
+  variables = abstract_variables(cfg, precision(tier), model)     # a pallas tier's packing may refuse the split
   specs = sharding.variable_specs(variables, model)
   leaves = jax.tree_util.tree_leaves_with_path(variables)
   spec_leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))

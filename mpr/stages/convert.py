@@ -61,7 +61,9 @@ def calibration(config, policy, sdir: str) -> list[np.ndarray]:
 def run(config, sdir: str) -> dict:
   check_tiers(config.tiers)
   policy = models.load(config.model)
-  mesh = agent_lib.mesh_of(config.agent)       # where the variant is computed; the files do not depend on it
+  # Where the variant is computed. The files do not depend on it, except a -pallas tier's int4/int3
+  # packing, which follows the model axis (agent is in CONFIG_KEYS: another mesh is another convert).
+  mesh = agent_lib.mesh_of(config.agent)
   names = (config.tiers.high, config.tiers.low)
   # Every host decides from the same folder state: none writes before all have looked.
   hosts.sync("convert: look")
