@@ -106,6 +106,13 @@ def test_table2_reports_each_router_at_each_share():
   assert rows["GRPO only"] == ["—", "—", "87.0 [35.0%]", "90.0 [50.0%]"]
   assert rows["KL-ST + GRPO"] == ["87.0 [10.0%]", "90.5 [25.0%]", "—", "—"]
   assert _rows(report.table2(_points(), methods=("oracle",), shares=(0.5,)))["oracle"] == ["—"]
+  # Paired differences along the claimed order (plain differences here: no per-game outcomes).
+  assert rows["KL-ST + GRPO − KL-ST"] == ["+1.0", "+1.5", "—", "—"]
+  assert rows["KL-ST − GRPO only"] == ["—", "—", "+1.0", "+1.0"]
+  pts = [_with_outcomes(_pt("KL-ST", "K=0.5", 0.85, 0.2, share=0.2), 17),
+         _with_outcomes(_pt("KL-ST + GRPO", "K=0.4", 0.9, 0.2, share=0.2), 18)]
+  paired = _rows(report.table2(pts, shares=(0.2,)))
+  assert paired["KL-ST + GRPO − KL-ST"][0].startswith("+5.0 [") and "KL-ST − GRPO only" not in paired
 
 
 def test_matched_random_gap_uses_the_named_point_and_refuses_a_mismatch():

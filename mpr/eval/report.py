@@ -263,12 +263,17 @@ def table1(points: Sequence[dict], shares: Sequence[float] = (0.1, 0.2, 0.3, 0.5
   return "\n".join(lines) + "\n"
 
 
+ABLATION_ORDER = (("KL-ST + GRPO", "KL-ST"), ("KL-ST", "GRPO only"))   # the paper's claim: each ≥ the next
+
+
 def table2(points: Sequence[dict], methods: Sequence[str] = ("KL-ST", "GRPO only", "KL-ST + GRPO"),
-           shares: Sequence[float] = (0.1, 0.2, 0.3, 0.5)) -> str:
-  """Markdown ablation: each router's success at each pre-set share (the realised share in brackets)."""
+           shares: Sequence[float] = (0.1, 0.2, 0.3, 0.5), order=ABLATION_ORDER) -> str:
+  """Markdown ablation: each router's success at each pre-set share (the realised share in brackets),
+  then for each pair in `order` the first's success minus the second's, paired over the same games."""
   points = _check(points)
   lines = ["**Table 2.** Ablation: success % at each pre-set share of high-precision calls "
-           "(realised share in brackets).", "",
+           "(realised share in brackets); below, differences in points paired over the same games "
+           "[95% bootstrap interval], exact McNemar p.", "",
            "| method | " + " | ".join(f"{_pct(q)}% high" for q in shares) + " |",
            "|---|" + "---:|" * len(shares)]
   for method in methods:
@@ -277,6 +282,13 @@ def table2(points: Sequence[dict], methods: Sequence[str] = ("KL-ST", "GRPO only
       p = _at_share(points, method, q)
       cells.append("—" if p is None else f"{_pct(p['success'])} [{_pct(p['high_ratio'])}%]")
     lines.append(f"| {method} | " + " | ".join(cells) + " |")
+  for a, b in order:
+    pairs = [(_at_share(points, a, q), _at_share(points, b, q)) for q in shares]
+    if all(pa is None or pb is None for pa, pb in pairs):
+      continue
+    cells = ["—" if pa is None or pb is None else _delta(_paired(pa, pb), pa["success"] - pb["success"])
+             for pa, pb in pairs]
+    lines.append(f"| {a} − {b} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
 
