@@ -13,7 +13,7 @@ from mpr.router import grpo
 def test_config_defaults_and_overrides():
   c = grpo.grpo_config(lams=(0.5,))
   assert (c.group_size, c.lams, c.clip, c.beta, c.epochs_per_iter, c.seeds, c.advantages) == \
-         (8, (0.5,), 0.2, 0.1, 2, (0,), ("std",))
+         (8, (0.5,), 0.2, 0.1, 2, (0,), ("center",))
 
 
 def test_episode_reward_by_hand():
@@ -150,9 +150,12 @@ def test_iteration_decisions_carry_weights_and_the_success_signal():
     return Episode("g", "pick_and_place_simple", 0, "", steps, won=won)
 
   groups = [[ep(True, 2, 1), ep(False, 6, 0)], [ep(True, 3, 0), ep(True, 3, 3)]]
-  dec = decisions(groups, "hi", "lo", ("z",), lam=0.1, eps=1e-6, temperature=1.0, loss_mean="episode")
+  dec = decisions(groups, "hi", "lo", ("z",), lam=0.1, eps=1e-6, temperature=1.0, loss_mean="episode",
+                  advantage="std")
   assert dec["success_signal"] == 0.5                # the second group's episodes both won
   np.testing.assert_allclose(dec["weights"], [1 / 2] * 2 + [1 / 6] * 6 + [1 / 3] * 6)
   # Within the all-won group only the λ cost differs, so the advantages still split it ±1.
   assert dec["adv"][8] == pytest.approx(1.0, abs=1e-4) and dec["adv"][11] == pytest.approx(-1.0, abs=1e-4)
   assert decisions(groups, "hi", "lo", ("z",), 0.1, 1e-6, 1.0)["weights"].tolist() == [1.0] * 14
+  # Centred (the default), the all-won group keeps its cost difference at its size: 0.1 · (0 − 1) / 2.
+  assert decisions(groups, "hi", "lo", ("z",), 0.1, 1e-6, 1.0)["adv"][8] == pytest.approx(0.05)

@@ -193,11 +193,11 @@ def test_pipeline_end_to_end_on_a_few_real_games(tmp_path, alfworld_data, run_ho
   assert [r["iteration"] for r in grpo["iterations"]] == [1, 2]
   # λ kept on validation; the other seed trained at it; both kept routers saved; curves plotted.
   assert grpo["lam"] in (0.1, 0.5) and [r["lam"] for r in grpo["selection"]] == [0.1, 0.5]
-  assert set(grpo["runs"]) == {"lam=0.1_decision_std_seed=0", "lam=0.5_decision_std_seed=0", f"lam={grpo['lam']:g}_decision_std_seed=1"}
+  assert set(grpo["runs"]) == {"lam=0.1_decision_center_seed=0", "lam=0.5_decision_center_seed=0", f"lam={grpo['lam']:g}_decision_center_seed=1"}
   assert (tmp_path / "router_grpo" / "seed_1" / "router" / "router.json").exists()
   assert (tmp_path / "router_grpo" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   scratch = json.load(open(tmp_path / "router_grpo_scratch" / "metrics.json"))
-  assert scratch["lam"] == grpo["lam"] and list(scratch["runs"]) == [f"lam={grpo['lam']:g}_decision_std_seed=0"]
+  assert scratch["lam"] == grpo["lam"] and list(scratch["runs"]) == [f"lam={grpo['lam']:g}_decision_center_seed=0"]
   # GRPO learns from the decisions its rollouts made: p(high) recomputed from the logged inputs under the
   # router that played iteration 1 (the KL-ST router of its seed) is the p(high) each step recorded.
   from mpr.router import data as router_data, features
@@ -205,7 +205,7 @@ def test_pipeline_end_to_end_on_a_few_real_games(tmp_path, alfworld_data, run_ho
   from mpr.records import Episode
   cfg, sl_params, _ = load_router(str(tmp_path / "router_sl" / "router"))
   tiers = json.load(open(tmp_path / "route_eval" / "config.json"))["tiers"]
-  run0 = tmp_path / "router_grpo" / "runs" / f"lam={grpo['lam']:g}_decision_std_seed=0"
+  run0 = tmp_path / "router_grpo" / "runs" / f"lam={grpo['lam']:g}_decision_center_seed=0"
   eps = [Episode.from_json(json.loads(x)) for x in open(run0 / "rollouts" / "iter_000.jsonl")]
   x = np.concatenate([features.episode_inputs(cfg.inputs, e, tiers["low"]) for e in eps])
   offsets = np.cumsum([0] + [len(e.steps) for e in eps])
@@ -247,7 +247,7 @@ def test_pipeline_end_to_end_on_a_few_real_games(tmp_path, alfworld_data, run_ho
     os.remove(sdir / name)
   shutil.rmtree(sdir / "router")
   shutil.rmtree(sdir / "seed_1")
-  run1 = sdir / "runs" / f"lam={grpo['lam']:g}_decision_std_seed=1"
+  run1 = sdir / "runs" / f"lam={grpo['lam']:g}_decision_center_seed=1"
   shutil.rmtree(_latest_checkpoint(run1))
   log = run1 / "rollouts" / "iter_001.jsonl"
   routed = lambda text: sorted((r["game"], r["seed"], [(s["precision"], s["action"]) for s in r["steps"]])
@@ -283,7 +283,7 @@ def test_pipeline_end_to_end_on_a_few_real_games(tmp_path, alfworld_data, run_ho
   shares = [played(two / "collect" / f"episodes_train.host{i}.jsonl") for i in range(2)]
   assert shares[0] and shares[1] and not {e[0] for e in shares[0]} & {e[0] for e in shares[1]}
   assert sorted(shares[0] + shares[1]) == played(tmp_path / "collect" / "episodes_train.jsonl")
-  two_run = two / "router_grpo" / "runs" / f"lam={grpo['lam']:g}_decision_std_seed=0"
+  two_run = two / "router_grpo" / "runs" / f"lam={grpo['lam']:g}_decision_center_seed=0"
   assert [json.loads(x)["iteration"] for x in open(two_run / "iterations.jsonl")] == [1, 2]
   runs = json.load(open(two / "collect" / "provenance.json"))["runs"]
   assert len(runs) == 1 and [h["processes"] for h in runs[0]["hosts"]] == [2, 2]   # every host's code

@@ -57,9 +57,9 @@ def get_config(arg=None):
   # loss mean and the advantage scaling swept (12 settings) and kept on valid_train, then three seeds there.
   c.router_grpo = grpo_config(iterations=1 if arg.runlocal else 20, games_per_iter=2 if arg.runlocal else 8,
                               group_size=4 if arg.runlocal else 8, num_games=c.collect.games, seeds=seeds,
-                              lams=(0.1,) if arg.runlocal else (0.05, 0.2, 0.5),
+                              lams=(0.2,) if arg.runlocal else (0.05, 0.2, 0.5),
                               loss_means=("decision",) if arg.runlocal else ("decision", "episode"),
-                              advantages=("std",) if arg.runlocal else ("std", "center"))
+                              advantages=("center",) if arg.runlocal else ("std", "center"))
   # Every method at the same pre-set shares of validation steps sent high (runlocal: 20% only); the full
   # run plays valid_seen and 360 generated test games at every point (500 episodes).
   c.eval = eval_config(arg.split, runlocal_default(arg, "num_games", 6),

@@ -48,8 +48,11 @@ def grpo_config(**overrides) -> ml_collections.ConfigDict:
   # sweep, kept on validation with λ.
   c.loss_means = ("decision",)
   # How a group's advantages are scaled: "std" (divided by the group's reward std, the paper's GRPO) or
-  # "center" (only centred; see group_advantages). Several = part of the sweep.
-  c.advantages = ("std",)
+  # "center" (only centred; see group_advantages). Several = part of the sweep. Default "center": in the
+  # full dmr_tiny run's sweep (BENCHMARKS.md, "GRPO's settings") "std" drove the router to 0–5% high calls
+  # within 20 iterations, most groups carrying no success signal, and "center" won as many or more
+  # valid_train games at every λ and loss mean.
+  c.advantages = ("center",)
   c.seeds = (0,)                # one run per seed (routing samples, game draws, batch order; KL-ST init of that seed)
   c.update(overrides)
   return c

@@ -64,7 +64,7 @@ READS = ("collect", "router_sl")     # this workdir's stages it builds on (mpr.s
 # --- decisions of one iteration ---------------------------------------------------------------------
 
 def decisions(groups: list[list[Episode]], high: str, low: str, inputs: Sequence[str], lam: float, eps: float,
-              temperature: float, loss_mean: str = "decision", advantage: str = "std") -> dict:
+              temperature: float, loss_mean: str = "decision", advantage: str = "center") -> dict:
   """Flattened routing decisions of an iteration's groups: the router's inputs at each (features.INPUTS),
   offsets, actions, logp_old, advantages, loss weights (grpo.decision_weights), and the share of groups
   whose episodes did not all end alike.
