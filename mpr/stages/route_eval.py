@@ -265,7 +265,7 @@ def run(config, sdir: str) -> dict:
                                          "caption": caption},
                                 seed_points=[p for p, m in zip(points, is_main) if not m] or None)
     title = f"### {model}: {hi} / {lo} routing on {name} ({len(sub)} games, {env.engine} engine)\n\n"
-    text += title + "".join(open(paths[f]).read() + "\n" for f in ("table1.md", "table4.md", "table2.md", "table3.md")
+    text += title + "".join(open(paths[f]).read() + "\n" for f in ("table1.md", "table2.md", "table3.md", "table4.md")
                             if f in paths)
     result[name] = {"games": len(sub), "results": os.path.relpath(paths["results.json"], sdir)}
   io.atomic_write_text(os.path.join(sdir, "summary.md"), text)
