@@ -149,14 +149,14 @@ from mpr.models.quant import precision
 from mpr.models.variants import make_variant
 from mpr.router.routes import random_route
 out = {}
-meshes = {"qwen3_untied": ((1, 1), (4, 2), (2, 4)), "llama3_scaled": ((1, 1), (4, 2))}
+meshes = {"int4-g16": ((1, 1), (4, 2), (2, 4)), "int8-head": ((1, 1), (2, 4)), "int4": ((1, 1), (4, 2))}
 for name, tiers in (("qwen3_untied", ("int4-g16", "int8-head")), ("llama3_scaled", ("int4",))):
   cfg, params = load_hf(sys.argv[1] + "/" + name)
   for tier in tiers:
     prec = dataclasses.replace(precision(tier + "-pallas"), dtype="float32")
     rng = np.random.default_rng(0)
     seqs = [rng.integers(1, cfg.vocab_size, n).tolist() for n in (5, 11, 3, 8)]
-    for data, model in meshes[name]:
+    for data, model in meshes[tier]:
       mesh = sharding.make_mesh(jax.devices()[:data * model], model) if data * model > 1 else None
       v = make_variant(cfg, params, prec, mesh=mesh)
       cache = v.init_cache(4, 48) if mesh is None else sharding.place_cache(mesh, v.init_cache(4, 48))
