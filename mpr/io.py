@@ -67,6 +67,17 @@ def read_json(path: str) -> Any:
     return json.load(f)
 
 
+def read_json_object(path: str) -> dict:
+  """A file the user hands over that must hold one JSON object: anything else is a one-line UserError."""
+  try:
+    obj = read_json(path)
+  except ValueError as e:        # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
+    raise UserError(f"{path}: invalid JSON ({e})") from None
+  if not isinstance(obj, dict):
+    raise UserError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+  return obj
+
+
 def _record(line: bytes) -> dict | None:
   """The record on one line, or None for a line that is unterminated or not a JSON object."""
   if not line.endswith(b"\n"):

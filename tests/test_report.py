@@ -275,5 +275,5 @@ def test_rerender_rewrites_a_report_from_its_points(tmp_path):
   assert json.load(open(tmp_path / "results.json"))["setting"]["engine"] == "fast"
   assert report.main([str(tmp_path / "nowhere")]) == 2
   open(tmp_path / "results.json", "w").write("{trunc")
-  with pytest.raises(UserError, match="is not JSON"):
+  with pytest.raises(UserError, match="invalid JSON"):
     report.rerender(str(tmp_path))

@@ -141,14 +141,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   ap.add_argument("stage_dir", help="WORKDIR/route_eval of a finished run")
   ap.add_argument("prices", help="a price table (JSON)")
   args = ap.parse_args(argv)
+  from mpr.eval.report import read_results
   from mpr.stages.route_eval import point_log   # the stage names its episode logs
   try:
     costs = load_table(args.prices)
-    path = os.path.join(args.stage_dir, "results.json")
-    if not os.path.isfile(path):
-      raise UserError(f"{path} does not exist: not a finished route_eval folder")
-    with open(path) as f:
-      points = json.load(f)["points"]
+    points = read_results(args.stage_dir)["points"]
     played = []
     for p in points:
       # A point's episodes: those of its games in its logs (paths relative to results.json; a random point

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import numbers
 import os
 import sys
@@ -34,6 +33,7 @@ from matplotlib.figure import Figure
 
 from mpr.errors import UserError
 from mpr.eval import paired
+from mpr import io
 from mpr.io import atomic_open, atomic_write_json, atomic_write_text
 
 # Row order of the tables; methods not listed follow in order of first appearance.
@@ -350,10 +350,11 @@ def head_to_head(points: Sequence[dict], method: str = MAIN_ROUTER,
           r = groups[rival][0]
         else:
           r = _at_share(points, rival, q)
+      why = r is not None and rival == "random" and _too_far(p, r, RANDOM_TOLERANCE)
       if r is None:
         row[f"{q:g}"] = None
-      elif rival == "random" and _too_far(p, r, RANDOM_TOLERANCE):
-        row[f"{q:g}"] = {"refused": _too_far(p, r, RANDOM_TOLERANCE)}
+      elif why:
+        row[f"{q:g}"] = {"refused": why}
       else:
         row[f"{q:g}"] = {"delta": p["success"] - r["success"], "paired": _paired(p, r)}
   return out
@@ -560,24 +561,26 @@ def write_report(points: Sequence[dict], outdir: str, shares: Sequence[float] = 
   return paths
 
 
+def read_results(outdir: str) -> dict:
+  """The results.json a report wrote in `outdir` (write_report), checked to hold a list of points."""
+  path = os.path.join(outdir, "results.json")
+  if not os.path.isfile(path):
+    raise UserError(f"{path} does not exist: not a report folder")
+  results = io.read_json_object(path)
+  if not isinstance(results.get("points"), list):
+    raise UserError(f"{path} holds no list of points: not a report's results.json")
+  return results
+
+
 def rerender(outdir: str, caption: Optional[str] = None) -> dict[str, str]:
   """Writes a report again from the points in its results.json (e.g. one made before a table was added),
   at the pre-set shares its points were played at; the plot keeps the caption results.json records
   unless `caption` is given."""
-  path = os.path.join(outdir, "results.json")
-  if not os.path.isfile(path):
-    raise UserError(f"{path} does not exist: not a report folder")
-  try:
-    with open(path) as f:
-      results = json.load(f)
-  except ValueError as e:
-    raise UserError(f"{path} is not JSON ({e})") from None
-  if not isinstance(results, dict) or not isinstance(results.get("points"), list):
-    raise UserError(f"{path} holds no list of points: not a report's results.json")
+  results = read_results(outdir)
   points, setting = results["points"], results.get("setting")
   shares = sorted({p["share"] for p in _check(points) if p.get("share") is not None})
   if not shares:
-    raise UserError(f"{path}: no point was played at a pre-set share (a report from before pre-set shares)")
+    raise UserError(f"{os.path.join(outdir, 'results.json')}: no point was played at a pre-set share (a report from before pre-set shares)")
   caption = caption or (setting or {}).get("caption")
   if caption:
     setting = {**(setting or {}), "caption": caption}

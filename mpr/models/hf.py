@@ -14,6 +14,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from mpr import io
 from mpr.errors import UserError
 from mpr.models import params as params_lib
 from mpr.models.config import ModelConfig, from_hf
@@ -58,13 +59,7 @@ def read_config(path: str, max_seq_len: Optional[int] = None) -> ModelConfig:
   cfg_file = os.path.join(path, "config.json")
   if not os.path.isfile(cfg_file):
     raise UserError(f"{path}: not a Hugging Face checkpoint directory (no config.json)")
-  try:
-    with open(cfg_file) as f:
-      hf = json.load(f)
-  except json.JSONDecodeError as e:
-    raise UserError(f"{cfg_file}: invalid JSON ({e})") from None
-  if not isinstance(hf, dict):
-    raise UserError(f"{cfg_file}: expected a JSON object, got {type(hf).__name__}")
+  hf = io.read_json_object(cfg_file)
   try:
     return from_hf(hf, max_seq_len)
   except KeyError as e:

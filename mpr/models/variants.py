@@ -51,9 +51,13 @@ def freeze(cfg: ModelConfig, params: dict, prec: Precision, mesh: Mesh | None = 
 
   if mesh is None:
     return jax.jit(convert)(params)
-  placed = sharding.place_variables(mesh, {"params": params})["params"]
-  out = sharding.shardings(mesh, {"aqt": jax.eval_shape(convert, placed)})["aqt"]
-  return jax.jit(convert, out_shardings=out)(placed)
+  return _split_aqt(convert, sharding.place_variables(mesh, {"params": params})["params"], mesh)
+
+
+def _split_aqt(fn, arg, mesh: Mesh):
+  """fn(arg), an 'aqt' tree, computed straight into the layout sharding.py gives that collection on `mesh`."""
+  out = sharding.shardings(mesh, {"aqt": jax.eval_shape(fn, arg)})["aqt"]
+  return jax.jit(fn, out_shardings=out)(arg)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)   # hashed by identity: a static jit argument
@@ -154,10 +158,7 @@ def _pack(aqt: dict, prec: Precision, mesh: Mesh | None) -> dict:
   """A frozen tree packed for the fused kernel; on a mesh, packed for its model axis and split over it."""
   model = 1 if mesh is None else mesh.shape["model"]
   pack = functools.partial(kernels.pack_tree, bits=prec.weight_bits, model=model)
-  if mesh is None:
-    return jax.jit(pack)(aqt)
-  out = sharding.shardings(mesh, {"aqt": jax.eval_shape(pack, aqt)})["aqt"]
-  return jax.jit(pack, out_shardings=out)(aqt)
+  return jax.jit(pack)(aqt) if mesh is None else _split_aqt(pack, aqt, mesh)
 
 
 def abstract_variables(cfg: ModelConfig, prec: Precision, model: int = 1) -> dict:
