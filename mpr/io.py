@@ -67,14 +67,20 @@ def read_json(path: str) -> Any:
     return json.load(f)
 
 
-def read_json_object(path: str) -> dict:
-  """A file the user hands over that must hold one JSON object: anything else is a one-line UserError."""
+def read_json_object(path: str, label: str | None = None) -> dict:
+  """A file the user hands over that must hold one JSON object: anything else is a one-line UserError.
+
+  Errors start with `label` (default: the path), so a caller can say what the file was meant to be.
+  """
+  label = label or path
   try:
     obj = read_json(path)
+  except OSError as e:
+    raise UserError(f"{label}: {e.strerror}") from None
   except ValueError as e:        # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
-    raise UserError(f"{path}: invalid JSON ({e})") from None
+    raise UserError(f"{label}: invalid JSON ({e})") from None
   if not isinstance(obj, dict):
-    raise UserError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    raise UserError(f"{label}: expected a JSON object, got {type(obj).__name__}")
   return obj
 
 

@@ -278,6 +278,19 @@ def test_checkpoints_from_before_the_scan_load_stacked(tmp_path):
   assert all(jax.tree.leaves(jax.tree.map(lambda a, b: bool((a == b).all()), params, again)))
 
 
+@pytest.mark.parametrize("text, needle", [("{cut", "invalid JSON"), ("[]", "expected a JSON object, got list"),
+                                          (b"\xff\xfe", "invalid JSON")])
+def test_a_broken_model_json_is_one_line(tmp_path, text, needle):
+  from mpr.models import checkpoint, tiny
+  path = tmp_path / "policy"
+  shutil.copytree(os.path.join(tiny.ASSETS, "policy"), path)
+  (path / "model.json").write_bytes(text if isinstance(text, bytes) else text.encode())
+  for load in (checkpoint.load_model, checkpoint.load_variant):
+    with pytest.raises(UserError, match=needle) as e:
+      load(str(path))
+    assert str(e.value).startswith(str(path / "model.json")) and "\n" not in str(e.value)
+
+
 # --- bad inputs ---------------------------------------------------------------------------------
 
 def _copy_fixture(tmp_path, name="qwen3_tied"):

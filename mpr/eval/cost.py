@@ -33,7 +33,6 @@ measures such a table on the device it runs on.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Optional, Sequence
@@ -87,14 +86,8 @@ def _is_ms(v) -> bool:
 
 def load_table(path: str) -> Costs:
   """A price table (the module docstring's format), checked: one bad entry is one clear error."""
-  try:
-    with open(path) as f:
-      table = json.load(f)
-  except OSError as e:
-    raise UserError(f"cost table {path}: {e.strerror}") from None
-  except ValueError as e:
-    raise UserError(f"cost table {path}: not JSON ({e})") from None
-  tiers = table.get("tiers") if isinstance(table, dict) else None
+  table = io.read_json_object(path, label=f"cost table {path}")
+  tiers = table.get("tiers")
   if not isinstance(tiers, dict) or not tiers:
     raise UserError(f"cost table {path}: needs a 'tiers' object mapping each tier to its prices {list(PRICES)}")
   for tier, prices in tiers.items():

@@ -19,7 +19,6 @@ scanned Decoder reads them). Float checkpoints without it, from before the scan,
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 from typing import Any, Optional
@@ -160,10 +159,7 @@ def _read_meta(path: str) -> dict:
   meta_file = os.path.join(path, "model.json")
   if not os.path.isfile(meta_file):
     raise UserError(f"{path}: not an mpr model checkpoint (no model.json)")
-  try:
-    return io.read_json(meta_file)
-  except json.JSONDecodeError:
-    raise UserError(f"{meta_file}: corrupt JSON") from None
+  return io.read_json_object(meta_file)
 
 
 def save_model(path: str, cfg: ModelConfig, params: dict, extra: dict | None = None,
