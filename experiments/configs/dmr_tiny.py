@@ -53,13 +53,13 @@ def get_config(arg=None):
   seeds = (0,) if arg.runlocal else (0, 1, 2)
   c.router_sl = sl_config(quantile=0.8, epochs=20 if arg.runlocal else 40, batch_size=256, seeds=seeds)
   c.router_sl.data = ""                  # '' = this workdir's collect/
-  # GRPO draws its rounds from the games collect played, so no further games are generated. Full run: λ, the
-  # loss mean and the advantage scaling swept (12 settings) and kept on valid_train, then three seeds there.
+  # GRPO draws its rounds from the games collect played, so no further games are generated. Full run: λ swept
+  # and kept on valid_train, then three seeds there. The loss mean and advantage scaling are grpo_config's
+  # defaults (decision, center), kept by an earlier 12-setting sweep on valid_train (BENCHMARKS.md); add
+  # `--config.router_grpo.loss_means="('decision','episode')"` (or `advantages`) to sweep them again.
   c.router_grpo = grpo_config(iterations=1 if arg.runlocal else 20, games_per_iter=2 if arg.runlocal else 8,
                               group_size=4 if arg.runlocal else 8, num_games=c.collect.games, seeds=seeds,
-                              lams=(0.2,) if arg.runlocal else (0.05, 0.2, 0.5),
-                              loss_means=("decision",) if arg.runlocal else ("decision", "episode"),
-                              advantages=("center",) if arg.runlocal else ("std", "center"))
+                              lams=(0.2,) if arg.runlocal else (0.05, 0.2, 0.5))
   # Every method at the same pre-set shares of validation steps sent high (runlocal: 20% only); the full
   # run plays valid_seen and 360 generated test games at every point (500 episodes).
   c.eval = eval_config(arg.split, runlocal_default(arg, "num_games", 6),
