@@ -11,11 +11,12 @@ tier) → router_sl (KL-ST) → router_grpo (from the KL-ST router; `router_grpo
 random init, the GRPO-only ablation) → route_eval (every method and operating point on
 `eval.split`; Table 1, Table 2, Pareto plot).
 
-Measured on 2 CPU cores for the committed run (results/dmr_tiny/, an older policy and the earlier
-route_eval protocol): collect 240 + 80 games 20 min, router_sl 32 s, router_grpo 4 iterations × 6 games
-× 4 episodes 9.4 min and the scratch ablation 7.3 min, route_eval 14 points × 140 games 6.3–7.5 min each.
-route_eval now plays 2 + 10 points per pre-set share (3 routers, their 3 random baselines, entropy,
-margin, first-k, oracle): 42 points at the four default shares, about 5 hours on 2 cores.
+Measured on 2 CPU cores, two processes one per core (README, "GPUs, TPUs and several hosts"), full run
+at 0ff4aff: collect 1000 + 200 games 16 min, router_sl (3 seeds) 10.5 min, router_grpo (3 λ × 20
+iterations × 8 games × 8 episodes, the selection on valid_train, 2 more seeds) 80 min, the scratch
+ablation 15 min; route_eval plays 2 + 10 points per pre-set share (3 routers, their 3 random baselines,
+entropy, margin, first-k, oracle) and the other seeds' routers at 20% and 30%: 50 points of 500
+episodes, about 5 h.
 """
 import ml_collections
 
