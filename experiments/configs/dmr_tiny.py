@@ -9,14 +9,14 @@
 Stages: collect (both tiers score every step of train / valid_train episodes; z_t from the low
 tier) → router_sl (KL-ST) → router_grpo (from the KL-ST router; `router_grpo_scratch`: from a
 random init, the GRPO-only ablation) → route_eval (every method and operating point on
-`eval.split`; Table 1, Table 2, Pareto plot).
+`eval.split`; Tables 1-4, Pareto plot).
 
 Measured on 2 CPU cores, two processes one per core (README, "GPUs, TPUs and several hosts"), full run
 at 0ff4aff: collect 1000 + 200 games 16 min, router_sl (3 seeds) 10.5 min, router_grpo (3 λ × 20
 iterations × 8 games × 8 episodes, the selection on valid_train, 2 more seeds) 80 min, the scratch
 ablation 15 min; route_eval plays 2 + 10 points per pre-set share (3 routers, their 3 random baselines,
 entropy, margin, first-k, oracle) and the other seeds' routers at 20% and 30%: 50 points of 500
-episodes, about 5 h.
+episodes at ~5 min each, about 4.5 h.
 """
 import ml_collections
 
