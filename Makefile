@@ -19,6 +19,8 @@ $(STAMP): requirements.txt pyproject.toml Makefile
 
 demo: $(STAMP)
 	$(PY) launch.py --config experiments/configs/dmr_tiny.py:runlocal --workdir $(WORKDIR)
+	@printf "\n### Beside it: the full run's Table 1 (results/dmr_tiny/, analysed in BENCHMARKS.md)\n\n"
+	@cat results/dmr_tiny/table1.md
 
 test: $(STAMP)
 	$(PY) -m pytest tests
