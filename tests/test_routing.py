@@ -334,18 +334,44 @@ def test_pipeline_bad_inputs_are_one_line_exit_2(tmp_path, alfworld_data, stage,
 
 def test_operating_points_send_the_preset_share_of_validation_steps_high():
   from mpr.router import data
-  from mpr.stages.route_eval import thresholds
+  from mpr.stages.route_eval import high_steps, thresholds
   x = np.arange(10, dtype=np.float32)
   val = data.StepTable(z=np.zeros((10, 4), np.float32), d=x, offsets=np.array([0, 4, 10]), low_entropy=x / 10,
                        low_margin=x / 10, games=["a", "b"], won=np.array([True, False]))
   th = thresholds(val, {"KL-ST": x / 20}, (0.2, 0.45))
   assert set(th) == {"KL-ST", "entropy", "margin", "oracle", "first-k"}
-  for q in (0.2, 0.45):
-    # Each rule's side of its threshold holds the share q of the validation steps (up to one step).
-    assert abs(np.mean(x / 20 >= th["KL-ST"][q]) - q) <= 0.1
-    assert abs(np.mean(val.low_entropy >= th["entropy"][q]) - q) <= 0.1
-    assert abs(np.mean(val.low_margin <= th["margin"][q]) - q) <= 0.1
-    assert abs(np.mean(val.d >= th["oracle"][q]) - q) <= 0.1
   assert th["oracle"][0.2] == pytest.approx(7.2)
   # first-k: episodes of 4 and 6 steps; k=1 covers 2/10 of the steps, k=2 4/10 (nearest 0.45).
   assert th["first-k"] == {0.2: 1, 0.45: 2}
+  for q in (0.2, 0.45):
+    high = high_steps(val, {"KL-ST": x / 20}, th, q)
+    # Each quantile rule's side of its threshold holds the share q of the validation steps (up to one step).
+    for name in ("KL-ST", "entropy", "margin", "oracle"):
+      assert abs(high[name].mean() - q) <= 0.1, name
+    assert high["KL-ST"].tolist() == (x / 20 >= th["KL-ST"][q]).tolist()
+    assert high["margin"][:2].all() and not high["margin"][-1]      # low margin goes high
+    assert high["oracle"][-1] and not high["oracle"][0]
+  # The first k steps of each episode: episode a is steps 0-3, episode b steps 4-9.
+  assert np.flatnonzero(high_steps(val, {}, th, 0.45)["first-k"]).tolist() == [0, 1, 4, 5]
+
+
+def test_route_agreement_counts_the_oracle_steps_each_rule_sends_high():
+  import importlib.util
+  from mpr.router import data
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "route_agreement.py")
+  spec = importlib.util.spec_from_file_location("route_agreement", path)
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  d = np.array([0.0, 5.0, 1.0, 0.2, 4.0, 0.1, 3.0, 0.3, 2.0, 0.4], np.float32)
+  val = data.StepTable(z=np.zeros((10, 4), np.float32), d=d, offsets=np.array([0, 4, 10]), low_entropy=d[::-1].copy(),
+                       low_margin=-d, games=["a", "b"], won=np.array([True, False]))
+  # A router that ranks steps as d does, and one that ranks them the other way round.
+  out = bench.agreement(val, {"KL-ST": d / 10, "GRPO only": -d}, tau=1.0, shares=(0.2,))
+  rows = out["shares"]["0.2"]
+  assert out["reference"] == "KL-ST" and out["sensitive"] == pytest.approx(0.5)
+  assert rows["KL-ST"] == {"high": 0.2, "sensitive": 1.0, "oracle_steps": 1.0, "oracle_d_mass": 1.0, "overlap": 1.0}
+  assert rows["margin"]["oracle_steps"] == 1.0                 # low margin = high d here
+  assert rows["GRPO only"]["sensitive"] == 0.0 and rows["GRPO only"]["overlap"] == 0.0
+  assert rows["GRPO only"]["oracle_d_mass"] == pytest.approx(0.1 / 9.0)
+  assert out["spearman"]["GRPO only"] == pytest.approx(-1.0)
+  assert "| 20% | KL-ST | 20.0 | 100.0 | 100.0 | 100.0 | 100.0 |" in bench.table(out)

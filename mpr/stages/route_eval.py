@@ -109,6 +109,18 @@ def thresholds(val: data.StepTable, p_high: dict[str, np.ndarray], shares) -> di
   return out
 
 
+def high_steps(val: data.StepTable, p_high: dict[str, np.ndarray], th: dict, share: float) -> dict[str, np.ndarray]:
+  """Per method, which validation steps (bool [N]) its rule at the thresholds fixed for `share` sends high."""
+  t = np.concatenate([np.arange(n) for n in np.diff(val.offsets)])
+  out = {name: p >= th[name][share] for name, p in p_high.items()}
+  out["entropy"] = val.low_entropy >= th["entropy"][share]
+  out["margin"] = val.low_margin <= th["margin"][share]
+  with np.errstate(invalid="ignore"):      # steps with unknown d are never the oracle's
+    out["oracle"] = val.d >= th["oracle"][share]
+  out["first-k"] = t < th["first-k"][share]
+  return out
+
+
 def point(method: str, param, episodes: list[Episode], high: str, share: float | None = None) -> dict:
   s, c = summary_lib.summarize(episodes), summary_lib.step_costs(episodes)
   return {"method": method, "param": param, "share": share, "success": s["overall"]["success"],
@@ -131,7 +143,7 @@ def point_log(sdir: str, method: str, param) -> str:
   return os.path.join(sdir, "points", point_slug(method, param) + ".jsonl")
 
 
-def _routers(wdir: str, config) -> list[tuple[str, int, ml_collections.ConfigDict, dict]]:
+def trained_routers(wdir: str, config) -> list[tuple[str, int, ml_collections.ConfigDict, dict]]:
   """(method, seed, cfg, params) of every trained router in the workdir, the reference seed first."""
   hi, lo = config.tiers.high, config.tiers.low
   out = []
@@ -188,7 +200,7 @@ def run(config, sdir: str) -> dict:
   counts = (config.collect.games, config.router_grpo.num_games)
   check_disjoint(split_games(config, config.collect.split, 0 if 0 in counts else max(counts)), games, "route_eval")
   wdir = os.path.dirname(sdir)
-  routers = _routers(wdir, config)
+  routers = trained_routers(wdir, config)
   if not routers:
     raise UserError(f"no trained router in {wdir} (run router_sl first)")
   val_table = data.load(collect.table_path(os.path.join(wdir, "collect"), config.collect.val_split))
