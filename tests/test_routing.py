@@ -369,9 +369,15 @@ def test_route_agreement_counts_the_oracle_steps_each_rule_sends_high():
   out = bench.agreement(val, {"KL-ST": d / 10, "GRPO only": -d}, tau=1.0, shares=(0.2,))
   rows = out["shares"]["0.2"]
   assert out["reference"] == "KL-ST" and out["sensitive"] == pytest.approx(0.5)
-  assert rows["KL-ST"] == {"high": 0.2, "sensitive": 1.0, "oracle_steps": 1.0, "oracle_d_mass": 1.0, "overlap": 1.0}
+  assert rows["KL-ST"] == {"high": 0.2, "sensitive": 1.0, "oracle_steps": 1.0, "oracle_d_mass": 1.0,
+                           "oracle_episodes": 1.0, "overlap": 1.0}
   assert rows["margin"]["oracle_steps"] == 1.0                 # low margin = high d here
   assert rows["GRPO only"]["sensitive"] == 0.0 and rows["GRPO only"]["overlap"] == 0.0
   assert rows["GRPO only"]["oracle_d_mass"] == pytest.approx(0.1 / 9.0)
+  # The oracle's steps are 1 (d 5, episode a) and 4 (d 4, episode b's first); first-k (k=1) sends steps 0 and 4
+  # high, so it holds episode b's; entropy (d reversed) sends steps 8 and 5 high, neither.
+  assert rows["first-k"]["oracle_episodes"] == 0.5
+  assert rows["GRPO only"]["oracle_episodes"] == 0.0 and rows["entropy"]["oracle_episodes"] == 0.0
+  assert out["oracle_paths"]["0.2"] == {"episodes": 2, "steps_per_episode": 1.0}
   assert out["spearman"]["GRPO only"] == pytest.approx(-1.0)
-  assert "| 20% | KL-ST | 20.0 | 100.0 | 100.0 | 100.0 | 100.0 |" in bench.table(out)
+  assert "| 20% | KL-ST | 20.0 | 100.0 | 100.0 | 100.0 | 100.0 | 100.0 |" in bench.table(out)
