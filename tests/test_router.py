@@ -77,6 +77,8 @@ def test_auroc_and_average_precision_by_hand():
   assert labels.average_precision(s, y) == pytest.approx(1 / 3 * 1 + 1 / 3 * 2 / 3 + 1 / 3 * 3 / 4)
   with pytest.raises(UserError, match="both classes"):
     labels.auroc([0.1, 0.2], [1, 1])
+  # ranks (AUROC's, and the rank correlations of route_agreement): ties share their mean rank
+  assert labels.ranks([0.9, 0.7, 0.7, 0.1]).tolist() == [4.0, 2.5, 2.5, 1.0]
 
 
 # --- the step table -------------------------------------------------------------------------------

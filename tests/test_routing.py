@@ -336,11 +336,13 @@ def test_operating_points_send_the_preset_share_of_validation_steps_high():
   from mpr.router import data
   from mpr.stages.route_eval import high_steps, thresholds
   x = np.arange(10, dtype=np.float32)
-  val = data.StepTable(z=np.zeros((10, 4), np.float32), d=x, offsets=np.array([0, 4, 10]), low_entropy=x / 10,
+  d = x.copy()
+  d[0] = np.nan                                   # a step whose d is unknown
+  val = data.StepTable(z=np.zeros((10, 4), np.float32), d=d, offsets=np.array([0, 4, 10]), low_entropy=x / 10,
                        low_margin=x / 10, games=["a", "b"], won=np.array([True, False]))
   th = thresholds(val, {"KL-ST": x / 20}, (0.2, 0.45))
   assert set(th) == {"KL-ST", "entropy", "margin", "oracle", "first-k"}
-  assert th["oracle"][0.2] == pytest.approx(7.2)
+  assert th["oracle"][0.2] == pytest.approx(7.4)  # the 0.8 quantile of the known d (1..9)
   # first-k: episodes of 4 and 6 steps; k=1 covers 2/10 of the steps, k=2 4/10 (nearest 0.45).
   assert th["first-k"] == {0.2: 1, 0.45: 2}
   for q in (0.2, 0.45):
@@ -348,11 +350,12 @@ def test_operating_points_send_the_preset_share_of_validation_steps_high():
     # Each quantile rule's side of its threshold holds the share q of the validation steps (up to one step).
     for name in ("KL-ST", "entropy", "margin", "oracle"):
       assert abs(high[name].mean() - q) <= 0.1, name
-    assert high["KL-ST"].tolist() == (x / 20 >= th["KL-ST"][q]).tolist()
-    assert high["margin"][:2].all() and not high["margin"][-1]      # low margin goes high
-    assert high["oracle"][-1] and not high["oracle"][0]
-  # The first k steps of each episode: episode a is steps 0-3, episode b steps 4-9.
-  assert np.flatnonzero(high_steps(val, {}, th, 0.45)["first-k"]).tolist() == [0, 1, 4, 5]
+  # Thresholds on the data's own values: routers, entropy and the oracle go high at or above theirs,
+  # margin at or below; first-k sends each episode's first k steps (a: steps 0-3, b: steps 4-9).
+  at = {"KL-ST": {0.3: 0.35}, "entropy": {0.3: 0.7}, "margin": {0.3: 0.2}, "oracle": {0.3: 8.0}, "first-k": {0.3: 2}}
+  high = {m: np.flatnonzero(h).tolist() for m, h in high_steps(val, {"KL-ST": x / 20}, at, 0.3).items()}
+  assert high == {"KL-ST": [7, 8, 9], "entropy": [7, 8, 9], "margin": [0, 1, 2], "oracle": [8, 9],
+                  "first-k": [0, 1, 4, 5]}
 
 
 def test_route_agreement_counts_the_oracle_steps_each_rule_sends_high():
@@ -381,3 +384,11 @@ def test_route_agreement_counts_the_oracle_steps_each_rule_sends_high():
   assert out["oracle_paths"]["0.2"] == {"episodes": 2, "steps_per_episode": 1.0}
   assert out["spearman"]["GRPO only"] == pytest.approx(-1.0)
   assert "| 20% | KL-ST | 20.0 | 100.0 | 100.0 | 100.0 | 100.0 | 100.0 |" in bench.table(out)
+
+
+def test_route_agreement_bad_workdir_is_one_line_exit_2(tmp_path):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  p = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "route_agreement.py"), "--workdir",
+                      str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")], capture_output=True, text=True)
+  assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+  assert p.stderr.startswith("route_agreement: error:") and "config.json not found" in p.stderr

@@ -113,6 +113,12 @@ def load(path: str) -> StepTable:
   return table
 
 
+def step_index(offsets: np.ndarray) -> np.ndarray:
+  """int [N]: each step's index within its episode (episode e is rows offsets[e]:offsets[e+1])."""
+  offsets = np.asarray(offsets)
+  return np.arange(offsets[-1]) - np.repeat(offsets[:-1], np.diff(offsets))
+
+
 def windows(z: np.ndarray, offsets: np.ndarray, rows: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
   """(zw float32 [B, max_len, D], mask bool [B, max_len]): each row's right-aligned history window.
 

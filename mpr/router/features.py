@@ -62,7 +62,7 @@ def _matrix(inputs, z: np.ndarray, entropy, margin, offsets: np.ndarray) -> np.n
     out[starts] = first
     return out
 
-  t = np.arange(n) - np.repeat(offsets[:-1], np.diff(offsets))
+  t = data.step_index(offsets)
   cols = {"z": lambda: z, "entropy": lambda: entropy, "margin": lambda: margin,
           "prev_entropy": lambda: prev(entropy, 0.0), "prev_margin": lambda: prev(margin, 1.0),
           "step": lambda: t / STEP_SCALE}

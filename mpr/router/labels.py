@@ -76,18 +76,23 @@ def _both_classes(scores, y, what: str) -> tuple[np.ndarray, np.ndarray]:
   return s, y == 1
 
 
+def ranks(x) -> np.ndarray:
+  """1-based ranks of x, tied values sharing their mean rank."""
+  _, inverse, counts = np.unique(np.asarray(x), return_inverse=True, return_counts=True)
+  last = np.cumsum(counts)                       # the rank of the last member of each tie group
+  return (last - (counts - 1) / 2.0)[inverse.reshape(-1)]
+
+
 def auroc(scores, y) -> float:
   """Area under the ROC curve: P(score of a positive > score of a negative), ties counting half.
 
   Mann-Whitney form: with average ranks r over all scores, (Σ r_pos − n1 (n1 + 1) / 2) / (n1 n0).
   """
   s, pos = _both_classes(scores, y, "AUROC")
-  uniq, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
-  last = np.cumsum(counts)                       # 1-based rank of the last member of each tie group
-  ranks = (last - (counts - 1) / 2.0)[inverse]   # tied scores share their mean rank
+  r = ranks(s)
   n1 = int(pos.sum())
   n0 = s.size - n1
-  return float((ranks[pos].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
+  return float((r[pos].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
 
 
 def average_precision(scores, y) -> float:

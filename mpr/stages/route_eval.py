@@ -104,20 +104,19 @@ def thresholds(val: data.StepTable, p_high: dict[str, np.ndarray], shares) -> di
   out = {name: {q: share_threshold(p, q) for q in shares} for name, p in p_high.items()}
   out["entropy"] = {q: float(np.quantile(val.low_entropy, 1 - q)) for q in shares}
   out["margin"] = {q: float(np.quantile(val.low_margin, q)) for q in shares}
-  out["oracle"] = {q: float(np.quantile(val.d, 1 - q)) for q in shares}
+  out["oracle"] = {q: float(np.nanquantile(val.d, 1 - q)) for q in shares}     # d is NaN where unknown
   out["first-k"] = {q: k_for(q) for q in shares}
   return out
 
 
 def high_steps(val: data.StepTable, p_high: dict[str, np.ndarray], th: dict, share: float) -> dict[str, np.ndarray]:
   """Per method, which validation steps (bool [N]) its rule at the thresholds fixed for `share` sends high."""
-  t = np.concatenate([np.arange(n) for n in np.diff(val.offsets)])
   out = {name: p >= th[name][share] for name, p in p_high.items()}
   out["entropy"] = val.low_entropy >= th["entropy"][share]
   out["margin"] = val.low_margin <= th["margin"][share]
   with np.errstate(invalid="ignore"):      # steps with unknown d are never the oracle's
     out["oracle"] = val.d >= th["oracle"][share]
-  out["first-k"] = t < th["first-k"][share]
+  out["first-k"] = data.step_index(val.offsets) < th["first-k"][share]
   return out
 
 
