@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 
 from mpr import io, provenance
-from mpr.errors import UserError
+from mpr.errors import UserError, one_line_errors
 from mpr.router import data, labels, routes
 from mpr.stages import collect, route_eval
 
@@ -117,16 +117,13 @@ def run(workdir: str, out: str) -> str:
   return text
 
 
+@one_line_errors("route_agreement")
 def main() -> int:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--workdir", required=True, help="a run's workdir with collect, router_sl and route_eval/config.json")
   ap.add_argument("--out", required=True)
   args = ap.parse_args()
-  try:
-    print(run(args.workdir, args.out))
-  except UserError as e:
-    print(f"route_agreement: error: {e}", file=sys.stderr)
-    return 2
+  print(run(args.workdir, args.out))
   return 0
 
 

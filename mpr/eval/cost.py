@@ -41,7 +41,7 @@ import numpy as np
 from scipy.optimize import nnls
 
 from mpr import io
-from mpr.errors import UserError
+from mpr.errors import UserError, one_line_errors
 from mpr.eval import summary
 from mpr.records import PASS_KINDS, WORK_KINDS, Episode
 
@@ -128,6 +128,7 @@ def estimate(costs: Costs, points: Sequence[dict], played: Sequence[Sequence[Epi
     p["speedup_est"] = None if s is None or base is None else base / max(s, 1e-12)
 
 
+@one_line_errors("cost")
 def main(argv: Optional[Sequence[str]] = None) -> int:
   ap = argparse.ArgumentParser(description="Re-prices a finished route_eval with a price table "
                                            "(e.g. an accelerator's, from benchmarks/tier_prices.py).")
@@ -136,25 +137,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = ap.parse_args(argv)
   from mpr.eval.report import read_results
   from mpr.stages.route_eval import point_log   # the stage names its episode logs
-  try:
-    costs = load_table(args.prices)
-    points = read_results(args.stage_dir)["points"]
-    played = []
-    for p in points:
-      # A point's episodes: those of its games in its logs (paths relative to results.json; a random point
-      # matched split by split has one per split, a table of one split reads the logs of all).
-      logs = [os.path.join(args.stage_dir, f) for f in p["logs"]] if "logs" in p else \
-             [point_log(args.stage_dir, p["method"], p["param"])]
-      missing = [f for f in logs if not os.path.isfile(f)]
-      if missing:
-        raise UserError(f"{missing[0]} does not exist: the point's episode log is needed to re-price it")
-      episodes = [Episode.from_json(r) for f in logs for r in io.read_jsonl(f)]
-      games = p.get("outcomes")       # None in results written before per-game outcomes
-      played.append([e for e in episodes if games is None or e.game in games])
-    estimate(costs, points, played)
-  except UserError as e:
-    print(f"cost: error: {e}", file=sys.stderr)
-    return 2
+  costs = load_table(args.prices)
+  points = read_results(args.stage_dir)["points"]
+  played = []
+  for p in points:
+    # A point's episodes: those of its games in its logs (paths relative to results.json; a random point
+    # matched split by split has one per split, a table of one split reads the logs of all).
+    logs = [os.path.join(args.stage_dir, f) for f in p["logs"]] if "logs" in p else \
+           [point_log(args.stage_dir, p["method"], p["param"])]
+    missing = [f for f in logs if not os.path.isfile(f)]
+    if missing:
+      raise UserError(f"{missing[0]} does not exist: the point's episode log is needed to re-price it")
+    episodes = [Episode.from_json(r) for f in logs for r in io.read_jsonl(f)]
+    games = p.get("outcomes")       # None in results written before per-game outcomes
+    played.append([e for e in episodes if games is None or e.game in games])
+  estimate(costs, points, played)
   print(f"prices: {costs['source']}\n")
   print("| method | operating point | high calls % | model ms/step measured | estimated | speed-up estimated |")
   print("|---|---|---:|---:|---:|---:|")

@@ -19,7 +19,7 @@ import sys
 from typing import Optional, Sequence
 
 from mpr import io
-from mpr.errors import UserError
+from mpr.errors import UserError, one_line_errors
 from mpr.records import Episode
 
 _STEP_FIELDS = ("action", "observation", "admissible", "action_probs")
@@ -60,16 +60,13 @@ def compare(dir_a: str, dir_b: str) -> dict:
           "identical": all(f["different"] == 0 and not f["missing_on_one_side"] for f in files.values())}
 
 
+@one_line_errors("crosscheck")
 def main(argv: Optional[Sequence[str]] = None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("a", help="a stage folder holding episodes_*.jsonl (e.g. WORKDIR/eval)")
   p.add_argument("b")
   args = p.parse_args(argv)
-  try:
-    report = compare(args.a, args.b)
-  except UserError as e:
-    print(f"crosscheck: error: {e}", file=sys.stderr)
-    return 2
+  report = compare(args.a, args.b)
   print(json.dumps(report, indent=1, default=str))
   return 0 if report["identical"] else 1
 

@@ -31,7 +31,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from mpr.errors import UserError
+from mpr.errors import UserError, one_line_errors
 from mpr.eval import paired
 from mpr import io
 from mpr.io import atomic_open, atomic_write_json, atomic_write_text
@@ -588,18 +588,15 @@ def rerender(outdir: str, caption: Optional[str] = None) -> dict[str, str]:
                       seed_points=results.get("seed_points"))
 
 
+@one_line_errors("report")
 def main(argv: Optional[Sequence[str]] = None) -> int:
   ap = argparse.ArgumentParser(description="Re-renders a report (tables, results.json, Pareto plot) from the "
                                            "points in its results.json.")
   ap.add_argument("outdir", nargs="+", help="a folder holding a report's results.json (e.g. WORKDIR/route_eval)")
   ap.add_argument("--caption", help="the plot's subtitle, where results.json records none")
   args = ap.parse_args(argv)
-  try:
-    for outdir in args.outdir:
-      print("\n".join(sorted(rerender(outdir, args.caption).values())))
-  except UserError as e:
-    print(f"report: error: {e}", file=sys.stderr)
-    return 2
+  for outdir in args.outdir:
+    print("\n".join(sorted(rerender(outdir, args.caption).values())))
   return 0
 
 

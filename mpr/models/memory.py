@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mpr.errors import UserError
+from mpr.errors import UserError, one_line_errors
 from mpr.models import config as config_lib
 from mpr.models import sharding
 from mpr.models.params import LAYERS
@@ -188,6 +188,7 @@ def markdown(plans: list[Plan]) -> str:
       f"{c} {USABLE[c]:.0%} of {b // GIB}" for c, b in CHIPS.items()) + " GiB).\n"
 
 
+@one_line_errors("memory")
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--model", action="append", required=True,
@@ -199,13 +200,9 @@ def main(argv=None) -> int:
   ap.add_argument("--chunk", type=int, default=0, help="tokens one prefill appends per row (default: the context)")
   ap.add_argument("--json", help="also write the plans here")
   args = ap.parse_args(argv)
-  try:
-    tiers = [t for t in args.tiers.split(",") if t]
-    plans = [plan(m, tiers, parse_mesh(mesh), args.rows, args.context, args.chunk or None)
-             for m in args.model for mesh in (args.mesh or ["1x1"])]
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  tiers = [t for t in args.tiers.split(",") if t]
+  plans = [plan(m, tiers, parse_mesh(mesh), args.rows, args.context, args.chunk or None)
+           for m in args.model for mesh in (args.mesh or ["1x1"])]
   print(markdown(plans))
   if args.json:
     with open(args.json, "w") as f:

@@ -29,7 +29,7 @@ from typing import Callable, Optional, Sequence
 
 from mpr import io
 from mpr.envs.games import GameSpec
-from mpr.errors import UserError
+from mpr.errors import UserError, one_line_errors
 
 WALK_STEPS = 50
 _WORDS = ("look", "go", "to", "take", "from", "open", "close", "apple", "1", "fridge", "xyzzy", "")
@@ -264,15 +264,8 @@ def _shard(text: str) -> tuple[int, int]:
   return i, n
 
 
+@one_line_errors("verify")
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  try:
-    return _main(argv)
-  except UserError as e:
-    print(f"verify: error: {e}", file=sys.stderr)
-    return 2
-
-
-def _main(argv: Optional[Sequence[str]]) -> int:
   from mpr.envs.games import find_games
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--split", required=True)
