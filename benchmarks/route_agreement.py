@@ -18,7 +18,6 @@ Writes results.json and table.md under --out.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -84,29 +83,17 @@ def table(result: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _read_json(path: str) -> dict:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except FileNotFoundError:
-    raise UserError(f"{path} not found (run the pipeline through route_eval's start first)") from None
-  except ValueError as e:
-    raise UserError(f"{path} is not valid JSON ({e})") from None
-
-
 def run(workdir: str, out: str) -> str:
-  config = ml_collections.ConfigDict(_read_json(os.path.join(workdir, "route_eval", "config.json")))
+  config = ml_collections.ConfigDict(io.read_json_object(os.path.join(workdir, "route_eval", "config.json")))
   if config.agent.mode != "score":
     raise UserError(f"{workdir} ran in {config.agent.mode!r} mode; the entropy, margin and oracle rules need 'score'")
-  tau = _read_json(os.path.join(workdir, "router_sl", "metrics.json")).get("tau")
+  tau = io.read_json_object(os.path.join(workdir, "router_sl", "metrics.json")).get("tau")
   if not isinstance(tau, (int, float)):
     raise UserError(f"{workdir}/router_sl/metrics.json records no τ")
   val = data.load(collect.table_path(os.path.join(workdir, "collect"), config.collect.val_split))
   first = {}
   for method, _, rcfg, params in route_eval.trained_routers(workdir, config):
     first.setdefault(method, (rcfg, params))
-  if not first:
-    raise UserError(f"no trained router in {workdir} (run router_sl first)")
   p_high = {m: routes.table_p_high(params, rcfg, val) for m, (rcfg, params) in first.items()}
   result = agreement(val, p_high, float(tau), [float(q) for q in config.eval.shares])
   text = table(result)

@@ -391,4 +391,4 @@ def test_route_agreement_bad_workdir_is_one_line_exit_2(tmp_path):
   p = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "route_agreement.py"), "--workdir",
                       str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")], capture_output=True, text=True)
   assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
-  assert p.stderr.startswith("route_agreement: error:") and "config.json not found" in p.stderr
+  assert p.stderr.startswith("route_agreement: error:") and "config.json: No such file or directory" in p.stderr

@@ -143,7 +143,8 @@ def point_log(sdir: str, method: str, param) -> str:
 
 
 def trained_routers(wdir: str, config) -> list[tuple[str, int, ml_collections.ConfigDict, dict]]:
-  """(method, seed, cfg, params) of every trained router in the workdir, the reference seed first."""
+  """(method, seed, cfg, params) of every trained router in the workdir, the reference seed first; a
+  workdir with none is a UserError."""
   hi, lo = config.tiers.high, config.tiers.low
   out = []
   for method, stage in ROUTERS:
@@ -156,6 +157,8 @@ def trained_routers(wdir: str, config) -> list[tuple[str, int, ml_collections.Co
       if (meta.get("high"), meta.get("low")) != (hi, lo):
         raise UserError(f"{rdir} routes {meta.get('high')}/{meta.get('low')}, not {hi}/{lo}")
       out.append((method, seed, cfg, params))
+  if not out:
+    raise UserError(f"no trained router in {wdir} (run router_sl first)")
   return out
 
 
@@ -200,8 +203,6 @@ def run(config, sdir: str) -> dict:
   check_disjoint(split_games(config, config.collect.split, 0 if 0 in counts else max(counts)), games, "route_eval")
   wdir = os.path.dirname(sdir)
   routers = trained_routers(wdir, config)
-  if not routers:
-    raise UserError(f"no trained router in {wdir} (run router_sl first)")
   val_table = data.load(collect.table_path(os.path.join(wdir, "collect"), config.collect.val_split))
   p_val = {(m, seed): routes.table_p_high(params, cfg, val_table) for m, seed, cfg, params in routers}
   th = thresholds(val_table, {m: p for (m, seed), p in p_val.items() if seed == _first_seed(routers, m)}, shares)
