@@ -16,7 +16,7 @@ at 0ff4aff: collect 1000 + 200 games 16 min, router_sl (3 seeds) 10.5 min, route
 iterations × 8 games × 8 episodes, the selection on valid_train, 2 more seeds) 80 min, the scratch
 ablation 15 min; route_eval plays 2 + 10 points per pre-set share (3 routers, their 3 random baselines,
 entropy, margin, first-k, oracle) and the other seeds' routers at 20% and 30%: 50 points of 500
-episodes, about 6.3 h (a router point ~9 min, random and heuristics 6-8 min, the oracle 11 min).
+episodes, about 7.6 h (a router point ~9 min, random and heuristics 6-9 min, the oracle 11-12 min).
 """
 import ml_collections
 
