@@ -28,7 +28,6 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from mpr.errors import UserError, one_line_errors
 from mpr.models import config as config_lib
